@@ -1,0 +1,232 @@
+"""Preset registry (the presets/ directory), loading, `--set` overrides and error reporting.
+
+A preset is named by its file stem in presets/, or given as a path to a user preset file; both go
+through the same strict schema. Overrides are applied to the raw data and coerced by the schema, so
+`--set train.learning_rate=5e-5` yields a float exactly as if it had been written in the file.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from pydantic import BaseModel, ValidationError
+
+from launcher.core.errors import UserError, closest
+from launcher.core.schema import Preset, cross_checks
+
+REGISTRY_PACKAGE = "launcher.presets_data"
+
+
+@dataclass(frozen=True)
+class LoadedPreset:
+    preset: Preset
+    origin: str  # the registry name or the path the user gave
+    text: str  # the file as written, before overrides
+    overrides: tuple[str, ...]
+
+    @property
+    def content_hash(self) -> str:
+        """sha256 of the resolved settings (file plus overrides), as recorded in run.json."""
+        canonical = json.dumps(self.preset.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _registry():
+    return resources.files(REGISTRY_PACKAGE)
+
+
+def preset_names() -> list[str]:
+    """Every preset shipped in presets/, sorted: the directory is the registry."""
+    return sorted(p.name[: -len(".toml")] for p in _registry().iterdir() if p.name.endswith(".toml"))
+
+
+def _looks_like_path(ref: str) -> bool:
+    return ref.endswith(".toml") or "/" in ref or Path(ref).is_file()
+
+
+def read_source(ref: str) -> tuple[str, str]:
+    """(origin, text) for a preset name or a path to a preset file."""
+    if _looks_like_path(ref):
+        path = Path(ref)
+        if not path.is_file():
+            raise UserError(f"preset file {ref} not found: give an existing .toml file or a preset name "
+                            "from `launcher presets list`")
+        try:
+            return str(path), path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise UserError(f"preset file {ref} is not UTF-8 text: save it as UTF-8") from None
+    names = preset_names()
+    if ref not in names:
+        raise UserError(f"unknown preset {ref!r}{closest(ref, names)}: run `launcher presets list` to see them")
+    return ref, _registry().joinpath(f"{ref}.toml").read_text(encoding="utf-8")
+
+
+def parse_toml(text: str, origin: str) -> dict:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{origin}: TOML syntax error: {exc}: fix the file and try again") from None
+
+
+# --- walking the schema by dotted path -------------------------------------------------------------
+
+def _unwrap(annotation):
+    """Strip Annotated and Optional so the walk sees the real type."""
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is typing.Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin in (typing.Union, types.UnionType):
+            members = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if len(members) != 1:
+                return annotation
+            annotation = members[0]
+        else:
+            return annotation
+
+
+def _is_model(annotation) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _child(annotation, segment: str):
+    """The annotation one step down, or None when `segment` is not a key there."""
+    annotation = _unwrap(annotation)
+    if _is_model(annotation):
+        field = annotation.model_fields.get(segment)
+        return None if field is None else field.annotation
+    if typing.get_origin(annotation) is list and segment.isdigit():
+        return typing.get_args(annotation)[0]
+    return None
+
+
+def _keys_at(annotation, prefix: str) -> list[str]:
+    annotation = _unwrap(annotation)
+    return [f"{prefix}{name}" for name in annotation.model_fields] if _is_model(annotation) else []
+
+
+def _annotation_at(path: list[str]):
+    annotation = Preset
+    for depth, segment in enumerate(path):
+        child = _child(annotation, segment)
+        if child is None:
+            dotted = ".".join(path)
+            prefix = ".".join(path[:depth]) + ("." if depth else "")
+            raise UserError(f"unknown override key {dotted!r}{closest(dotted, _keys_at(annotation, prefix))}: "
+                            "see `launcher presets show NAME` for the keys")
+        annotation = child
+    return annotation
+
+
+def _allows_none(annotation) -> bool:
+    if typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    return type(None) in typing.get_args(annotation)
+
+
+def _coerce_text(annotation, key: str, value: str):
+    """Turn the override's text into raw data; the schema does the real type conversion."""
+    if value.lower() in ("none", "null") and _allows_none(annotation):
+        return None
+    base = _unwrap(annotation)
+    if _is_model(base):
+        raise UserError(f"{key} is a table: set one of its keys, e.g. {_keys_at(base, key + '.')[0]}=...")
+    if typing.get_origin(base) in (list, tuple):
+        if value.startswith("["):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError:
+                raise UserError(f"{key}: {value!r} is not a list: write it as [960,544] or 960,544") from None
+        return [part.strip() for part in value.replace("x", ",").split(",") if part.strip()]
+    return value
+
+
+def _default_at(annotation, segment: str):
+    """The schema default of `segment` as raw data, so an override can reach into defaulted tables."""
+    field = _unwrap(annotation).model_fields[segment]
+    default = field.get_default(call_default_factory=True)
+    if isinstance(default, BaseModel):
+        return default.model_dump(mode="json")
+    if isinstance(default, list):
+        return [d.model_dump(mode="json") if isinstance(d, BaseModel) else d for d in default]
+    return {} if default is None else default
+
+
+def _step(node, segment: str, annotation, key: str):
+    if isinstance(node, list):
+        index = int(segment)
+        if index >= len(node):
+            raise UserError(f"{key}: there are only {len(node)} entries: use an index below {len(node)}")
+        return node[index]
+    if node.get(segment) is None:
+        node[segment] = _default_at(annotation, segment)
+    return node[segment]
+
+
+def _assign(raw: dict, path: list[str], value, key: str) -> None:
+    node, annotation = raw, Preset
+    for segment in path[:-1]:
+        node = _step(node, segment, annotation, key)
+        annotation = _child(annotation, segment)
+    if isinstance(node, list):
+        _step(node, path[-1], annotation, key)  # bounds check
+        node[int(path[-1])] = value
+    else:
+        node[path[-1]] = value
+
+
+def apply_overrides(raw: dict, overrides: typing.Iterable[str]) -> dict:
+    """A copy of `raw` with each `key=value` applied; unknown keys fail with a suggestion."""
+    result = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserError(f"override {item!r} is not key=value: write e.g. --set train.learning_rate=5e-5")
+        path = key.split(".")
+        annotation = _annotation_at(path)
+        _assign(result, path, _coerce_text(annotation, key, value.strip()), key)
+    return result
+
+
+# --- validation --------------------------------------------------------------------------------------
+
+def _dotted(loc) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def _describe(error: dict) -> str:
+    loc = list(error["loc"])
+    if error["type"] == "extra_forbidden":
+        parent = _annotation_at([str(p) for p in loc[:-1]]) if loc[:-1] else Preset
+        return f"{_dotted(loc)}: unknown key{closest(str(loc[-1]), _keys_at(parent, ''))}"
+    if error["type"] == "missing":
+        return f"{_dotted(loc)}: required but missing"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{_dotted(loc) or 'preset'}: {message} (got {error['input']!r})"
+
+
+def validate(raw: dict, origin: str) -> Preset:
+    """The preset, or UserError listing every problem with its dotted path."""
+    try:
+        preset = Preset.model_validate(raw)
+    except ValidationError as exc:
+        raise UserError(*(f"{origin}: {_describe(e)}" for e in exc.errors())) from None
+    problems = cross_checks(preset)
+    if problems:
+        raise UserError(*(f"{origin}: {path}: {message}" for path, message in problems))
+    return preset
+
+
+def load_preset(ref: str, overrides: typing.Sequence[str] = ()) -> LoadedPreset:
+    origin, text = read_source(ref)
+    raw = apply_overrides(parse_toml(text, origin), overrides)
+    return LoadedPreset(validate(raw, origin), origin, text, tuple(overrides))
