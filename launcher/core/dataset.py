@@ -1,0 +1,139 @@
+"""Reading a dataset folder into a `DatasetLayout` (the plan's input), with the checks that must pass
+before any GPU time is spent: media present, every file captioned in UTF-8, no stem clashes.
+
+Media live in the dataset folder itself and/or its `images/` and `videos/` subfolders; each media file
+has a caption `<stem>.txt` beside it (musubi-tuner's `caption_extension`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from launcher.core.errors import UserError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv")
+CAPTION_EXTENSION = ".txt"
+SUBFOLDERS = ("images", "videos")
+MAX_LISTED = 20  # beyond this many problems, the rest are counted, not listed
+
+
+@dataclass(frozen=True)
+class MediaDir:
+    """One folder's media of one kind: a musubi `image_directory` or `video_directory`."""
+
+    relpath: str  # "" for the dataset root, else "images" or "videos"
+    kind: str  # "image" or "video"
+    files: tuple[str, ...]
+    digest: str  # sha256 over every media file and caption in it: the cache key's content part
+
+
+@dataclass(frozen=True)
+class DatasetLayout:
+    dirs: tuple[MediaDir, ...]
+
+    def of_kind(self, kind: str) -> tuple[MediaDir, ...]:
+        return tuple(d for d in self.dirs if d.kind == kind)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {kind: sum(len(d.files) for d in self.of_kind(kind)) for kind in ("image", "video")}
+
+
+def media_kind(name: str) -> str | None:
+    """'image', 'video' or None. musubi globs exact-case extensions, so only all-lower or all-upper count."""
+    suffix = Path(name).suffix
+    if suffix not in (suffix.lower(), suffix.upper()):
+        return None
+    lower = suffix.lower()
+    return "image" if lower in IMAGE_EXTENSIONS else "video" if lower in VIDEO_EXTENSIONS else None
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _caption_problem(media: Path, shown: str) -> str | None:
+    caption = media.with_suffix(CAPTION_EXTENSION)
+    shown_caption = str(Path(shown).with_suffix(CAPTION_EXTENSION))
+    if not caption.is_file():
+        return f"{shown} has no caption: write {shown_caption} (one line describing it)"
+    try:
+        text = caption.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        return f"{shown_caption} is not UTF-8 text: re-save it as UTF-8"
+    if not text.strip():
+        return f"{shown_caption} is empty: describe the {media_kind(media.name)} in it"
+    return None
+
+
+def _other_file_problem(path: Path, shown: str) -> str | None:
+    if path.name.startswith("."):
+        return None
+    if path.is_dir():
+        return None if path.name in SUBFOLDERS else (
+            f"unexpected folder {shown}/: media go in the dataset folder, images/ or videos/; move it out")
+    if path.suffix == CAPTION_EXTENSION:
+        return None
+    if path.suffix.lower() in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS:
+        return f"{shown}: write the extension as {path.suffix.lower()} (musubi-tuner skips mixed-case ones)"
+    supported = ", ".join(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
+    return f"{shown}: unsupported file type {path.suffix or '(none)'}: convert it to one of {supported} " \
+           "or move it out of the dataset"
+
+
+def _stem_clashes(media: list[Path], prefix: str) -> list[str]:
+    by_stem: dict[str, list[str]] = {}
+    for path in media:
+        by_stem.setdefault(path.stem, []).append(path.name)
+    return [f"{' and '.join(prefix + n for n in sorted(names))} share the stem {stem!r} and so one caption: "
+            "rename one of them" for stem, names in sorted(by_stem.items()) if len(names) > 1]
+
+
+def _media_dir(folder: Path, relpath: str, kind: str, media: list[Path]) -> MediaDir:
+    digest = hashlib.sha256()
+    for path in media:
+        caption = path.with_suffix(CAPTION_EXTENSION)
+        digest.update(f"{path.name}\0{_file_sha256(path)}\0{_file_sha256(caption)}\n".encode())
+    return MediaDir(relpath, kind, tuple(p.name for p in media), digest.hexdigest())
+
+
+def _scan_folder(folder: Path, relpath: str, problems: list[str]) -> list[MediaDir]:
+    prefix = f"{relpath}/" if relpath else ""
+    entries = sorted(folder.iterdir())
+    media = [p for p in entries if p.is_file() and media_kind(p.name)]
+    for path in entries:
+        if path not in media:
+            problems.extend(filter(None, [_other_file_problem(path, prefix + path.name)]))
+    problems.extend(_stem_clashes(media, prefix))
+    problems.extend(filter(None, (_caption_problem(p, prefix + p.name) for p in media)))
+    return [_media_dir(folder, relpath, kind, [p for p in media if media_kind(p.name) == kind])
+            for kind in ("image", "video") if any(media_kind(p.name) == kind for p in media)]
+
+
+def scan_dataset(root: str | Path) -> DatasetLayout:
+    """The layout of a dataset folder, or UserError listing every problem found in it."""
+    root = Path(root)
+    if not root.exists():
+        raise UserError(f"dataset folder {root} not found: pass --dataset with a folder of images/videos "
+                        "and their .txt captions")
+    if not root.is_dir():
+        raise UserError(f"dataset {root} is not a folder: pass the folder that holds the media files")
+    problems: list[str] = []
+    dirs = _scan_folder(root, "", problems)
+    for sub in SUBFOLDERS:
+        if (root / sub).is_dir():
+            dirs += _scan_folder(root / sub, sub, problems)
+    if not dirs and not problems:
+        problems.append(f"dataset folder {root} has no images or videos: add {', '.join(IMAGE_EXTENSIONS)} "
+                        f"or {', '.join(VIDEO_EXTENSIONS)} files with .txt captions (or images/ and videos/)")
+    if problems:
+        extra = len(problems) - MAX_LISTED
+        raise UserError(*problems[:MAX_LISTED], *([f"... and {extra} more problems"] if extra > 0 else []))
+    return DatasetLayout(tuple(dirs))

@@ -1,0 +1,296 @@
+"""The plan: a pure function from (preset, expert, dataset layout, container paths) to exact steps.
+
+`make_plan` touches no disk, network or clock. Its output (every step's complete argv, the musubi
+dataset TOML, the weight files, resources and output names) is what `launcher run --dry-run` prints,
+what golden tests pin, and what the container entrypoint executes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+
+import tomli_w
+
+from launcher import contract
+from launcher.core.dataset import CAPTION_EXTENSION, DatasetLayout, MediaDir
+from launcher.core.errors import UserError
+from launcher.core.schema import EXPERTS, Expert, Preset
+
+MUSUBI_SCRIPTS = "src/musubi_tuner"
+LATENTS_MARKER = ".lora-gym-latents.ok"
+TEXT_MARKER = ".lora-gym-text.ok"
+MERGE_MARKER = ".lora-gym-merge.ok"
+
+
+@dataclass(frozen=True)
+class ContainerPaths:
+    """Where things are inside the container (the entrypoint's environment contract fills these)."""
+
+    dataset: str = "/dataset"
+    output: str = "/output"
+    cache: str = "/cache"
+    weights: str = "/weights"
+    musubi: str = "/opt/musubi-tuner"
+    python: str = "python"
+    tensorboard: bool = True  # whether the image has the tensorboard package
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    role: str
+    repo: str
+    path: str
+    container_path: str
+    sha256: str | None = None  # from the weights lock, when one is given
+    size: int | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    argv: tuple[str, ...]
+    # A cache step is skipped when every marker exists; the entrypoint writes them only on success.
+    markers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Resources:
+    gpu_memory_gb: int
+    gpu_count: int
+    time_limit_hours: float
+
+
+@dataclass(frozen=True)
+class Plan:
+    preset: str
+    expert: str | None
+    run_id: str
+    run_dir: str
+    dataset_config_path: str
+    dataset_config: str
+    steps: tuple[Step, ...]
+    weights: tuple[WeightFile, ...]
+    resources: Resources
+    outputs: tuple[str, ...] = field(default=())
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _num(value: float) -> str:
+    """A float as musubi should read it, without binary noise (8e-05 * 0.01 -> '8e-07')."""
+    return repr(float(f"{value:.12g}"))
+
+
+def _key(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class _Weights:
+    """Weight files by role, with container paths and lock data; identities feed the cache keys."""
+
+    def __init__(self, root: str, lock: Mapping[str, Mapping]):
+        self.root, self.lock, self.files = root, lock, {}
+
+    def add(self, role: str, ref: str) -> str:
+        repo, path = ref.split(":", 1)
+        entry = self.lock.get(ref, {})
+        self.files[role] = WeightFile(role, repo, path, f"{self.root}/{repo}/{path}",
+                                      entry.get("sha256"), entry.get("size"))
+        return self.files[role].container_path
+
+    def identity(self, role: str) -> str:
+        file = self.files[role]
+        return file.sha256 or f"{file.repo}:{file.path}"
+
+
+def _expert_settings(preset: Preset, expert: str | None) -> Expert:
+    """The per-model settings as one Expert, also for Wan 2.1 (whose values live in model/train)."""
+    if preset.experts is not None:
+        return getattr(preset.experts, expert)
+    t = preset.train
+    return Expert(dit=preset.model.dit, min_timestep=t.min_timestep if t.min_timestep is not None else 0,
+                  max_timestep=t.max_timestep or 1000, learning_rate=t.learning_rate,
+                  network_dim=t.network_dim, network_alpha=t.network_alpha)
+
+
+def _experts_to_train(preset: Preset, expert: str | None) -> list[str | None]:
+    if preset.experts is None:
+        if expert is not None:
+            raise UserError(f"--expert is only for Wan 2.2 presets; {preset.name} trains one model: "
+                            "drop --expert")
+        return [None]
+    if expert is None:
+        raise UserError(f"{preset.name} is a Wan 2.2 preset with two experts: add --expert high, low or both")
+    if expert not in (*EXPERTS, "both"):
+        raise UserError(f"unknown expert {expert!r}: use high, low or both")
+    return list(EXPERTS) if expert == "both" else [expert]
+
+
+# --- dataset config ------------------------------------------------------------------------------------
+
+def _entries(preset: Preset, layout: DatasetLayout) -> list[tuple[MediaDir, dict]]:
+    """Every musubi dataset entry: (media folder, entry settings without paths)."""
+    ds, result = preset.dataset, []
+    for media in layout.of_kind("image"):
+        result.append((media, {"resolution": list(ds.images.resolution), "num_repeats": ds.images.num_repeats}))
+    for media in layout.of_kind("video"):
+        for video in ds.videos:
+            settings = video.model_dump(exclude={"name"}, exclude_none=True)
+            settings["resolution"] = list(video.resolution)
+            result.append((media, settings))
+    return result
+
+
+def _dataset_config(preset: Preset, layout: DatasetLayout, paths: ContainerPaths, cache_inputs: dict):
+    """(TOML text, cache directories): each entry caches into a folder keyed by everything it depends on."""
+    ds = preset.dataset
+    general = {"caption_extension": CAPTION_EXTENSION, "batch_size": ds.batch_size,
+               "enable_bucket": ds.enable_bucket, "bucket_no_upscale": ds.bucket_no_upscale}
+    datasets, cache_dirs = [], []
+    for media, settings in _entries(preset, layout):
+        folder = f"{paths.dataset}/{media.relpath}".rstrip("/")
+        key = _key(media.digest, media.kind, settings, general | {"batch_size": None}, cache_inputs)
+        cache_dir = f"{paths.cache}/datasets/{key}"
+        datasets.append({f"{media.kind}_directory": folder, "cache_directory": cache_dir, **settings})
+        cache_dirs.append(cache_dir)
+    return tomli_w.dumps({"general": general, "datasets": datasets}), cache_dirs
+
+
+# --- steps ---------------------------------------------------------------------------------------------
+
+def _script(paths: ContainerPaths, name: str) -> str:
+    return f"{paths.musubi}/{MUSUBI_SCRIPTS}/{name}.py"
+
+
+def _cache_steps(preset: Preset, paths: ContainerPaths, config: str, cache_dirs: list[str], weights: _Weights):
+    info = contract.task_info(preset.model.task)
+    latents = [paths.python, _script(paths, "wan_cache_latents"), "--dataset_config", config,
+               "--vae", weights.files["vae"].container_path]
+    if info["needs_i2v_latent_cache"]:
+        latents.append("--i2v")
+    if info["needs_clip_features"]:
+        latents += ["--clip", weights.files["clip"].container_path]
+    if preset.cache.vae_cache_cpu:
+        latents.append("--vae_cache_cpu")
+    text = [paths.python, _script(paths, "wan_cache_text_encoder_outputs"), "--dataset_config", config,
+            "--t5", weights.files["t5"].container_path, "--batch_size", str(preset.cache.text_encoder_batch_size)]
+    if preset.cache.fp8_t5:
+        text.append("--fp8_t5")
+    return [Step("cache-latents", tuple(latents), tuple(f"{d}/{LATENTS_MARKER}" for d in cache_dirs)),
+            Step("cache-text-encoder", tuple(text), tuple(f"{d}/{TEXT_MARKER}" for d in cache_dirs))]
+
+
+def _merge_step(expert: str, settings: Expert, paths: ContainerPaths, weights: _Weights) -> tuple[Step, str]:
+    dit = weights.add(f"dit-{expert}", settings.dit)
+    lora = weights.add(f"lightning-{expert}", settings.lightning.lora)
+    strength = settings.lightning.strength
+    key = _key(weights.identity(f"dit-{expert}"), weights.identity(f"lightning-{expert}"), strength)
+    merged_dir = f"{paths.cache}/lightning/{key}"
+    merged = f"{merged_dir}/{settings.dit.rsplit('/', 1)[-1]}"
+    argv = (paths.python, "-m", "lora_gym_entrypoint.merge", "--dit", dit, "--lora", lora,
+            "--strength", _num(strength), "--output", merged)
+    return Step(f"merge-lightning-{expert}", argv, (f"{merged_dir}/{MERGE_MARKER}",)), merged
+
+
+def _optimizer_args(train, lr: float) -> list[str]:
+    args = ["--optimizer_type", train.optimizer_type]
+    if train.weight_decay:
+        args += ["--optimizer_args", f"weight_decay={_num(train.weight_decay)}"]
+    return args + ["--learning_rate", _num(lr)]
+
+
+def _schedule_args(train, lr: float) -> list[str]:
+    args = ["--lr_scheduler", train.lr_scheduler]
+    if train.lr_scheduler == "polynomial":
+        # musubi ignores --lr_scheduler_min_lr_ratio for polynomial; its floor is lr_end.
+        args += ["--lr_scheduler_power", _num(train.lr_scheduler_power),
+                 "--lr_scheduler_args", f"lr_end={_num(lr * train.lr_end_ratio)}"]
+    if train.lr_warmup_steps:
+        args += ["--lr_warmup_steps", str(train.lr_warmup_steps)]
+    return args
+
+
+def _timestep_args(preset: Preset, s: Expert) -> list[str]:
+    t = preset.train
+    args = ["--timestep_sampling", t.timestep_sampling, "--discrete_flow_shift", _num(t.discrete_flow_shift)]
+    if preset.experts is not None or t.min_timestep is not None or t.max_timestep is not None:
+        args += ["--min_timestep", str(s.min_timestep), "--max_timestep", str(s.max_timestep)]
+        if t.timestep_sampling != "sigma":  # musubi ignores it with sigma sampling
+            args.append("--preserve_distribution_shape")
+    return args
+
+
+def _memory_args(preset: Preset) -> list[str]:
+    t, m = preset.train, preset.model
+    args = [f"--{t.attention}"]
+    args += ["--fp8_base"] * m.fp8_base + ["--fp8_scaled"] * m.fp8_scaled
+    args += ["--gradient_checkpointing"] * t.gradient_checkpointing
+    if t.blocks_to_swap:
+        args += ["--blocks_to_swap", str(t.blocks_to_swap)]
+    args += ["--max_data_loader_n_workers", str(t.max_data_loader_n_workers)]
+    return args + ["--persistent_data_loader_workers"] * t.persistent_data_loader_workers
+
+
+def _train_step(preset: Preset, s: Expert, dit: str, name: str, out: tuple[str, str], paths: ContainerPaths,
+                config: str) -> Step:
+    t, dtype = preset.train, preset.model.dtype
+    argv = ["accelerate", "launch", "--num_processes", "1", "--num_machines", "1", "--dynamo_backend", "no",
+            "--num_cpu_threads_per_process", "1", "--mixed_precision", dtype,
+            _script(paths, "wan_train_network"), "--task", preset.model.task, "--dit", dit,
+            "--dataset_config", config, "--mixed_precision", dtype, *_memory_args(preset),
+            "--network_module", t.network_module, "--network_dim", str(s.network_dim),
+            "--network_alpha", _num(s.network_alpha), *_optimizer_args(t, s.learning_rate),
+            *_schedule_args(t, s.learning_rate), *_timestep_args(preset, s)]
+    if t.gradient_accumulation_steps > 1:
+        argv += ["--gradient_accumulation_steps", str(t.gradient_accumulation_steps)]
+    argv += ["--max_train_epochs", str(t.max_train_epochs), "--save_every_n_epochs", str(t.save_every_n_epochs),
+             "--seed", str(t.seed), "--output_dir", out[0], "--output_name", out[1]]
+    argv += ["--save_state"] * t.save_state
+    if t.tensorboard and paths.tensorboard:
+        argv += ["--log_with", "tensorboard", "--logging_dir", f"{out[0]}/logs"]
+    return Step(name, tuple(argv))
+
+
+def _weights_for(preset: Preset, weights: _Weights) -> dict:
+    for role in ("vae", "t5", "clip"):
+        ref = getattr(preset.model, role)
+        if ref:
+            weights.add(role, ref)
+    cache_inputs = {"vae": weights.identity("vae"), "t5": weights.identity("t5"), "fp8_t5": preset.cache.fp8_t5,
+                    "i2v": contract.task_info(preset.model.task)["needs_i2v_latent_cache"]}
+    return cache_inputs | ({"clip": weights.identity("clip")} if preset.model.clip else {})
+
+
+def make_plan(preset: Preset, expert: str | None, layout: DatasetLayout, run_id: str,
+              paths: ContainerPaths = ContainerPaths(), lock: Mapping[str, Mapping] | None = None) -> Plan:
+    """The complete, validated plan for one run. Pure: the same inputs always give the same plan."""
+    experts = _experts_to_train(preset, expert)
+    weights = _Weights(paths.weights, lock or {})
+    run_dir = f"{paths.output}/{run_id}"
+    config_path = f"{run_dir}/dataset.toml"
+    config_text, cache_dirs = _dataset_config(preset, layout, paths, _weights_for(preset, weights))
+    steps = _cache_steps(preset, paths, config_path, cache_dirs, weights)
+    outputs = []
+    base_name = preset.output_name or preset.name
+    for exp in experts:
+        settings = _expert_settings(preset, exp)
+        suffix = f"-{exp}" if exp else ""
+        if settings.lightning:
+            merge, dit = _merge_step(exp, settings, paths, weights)
+            steps.append(merge)
+        else:
+            dit = weights.add(f"dit{suffix}", settings.dit)
+        name = base_name + suffix
+        steps.append(_train_step(preset, settings, dit, f"train{suffix}", (run_dir, name), paths, config_path))
+        outputs.append(f"{run_dir}/{name}.safetensors")
+    plan = Plan(preset.name, expert, run_id, run_dir, config_path, config_text, tuple(steps),
+                tuple(weights.files.values()),
+                Resources(preset.resources.gpu_memory_gb, 1, preset.resources.time_limit_hours), tuple(outputs))
+    from launcher.core.checks import verify_plan  # local: checks imports this module
+
+    verify_plan(plan, preset)
+    return plan
