@@ -117,7 +117,7 @@ def _expert_settings(preset: Preset, expert: str | None) -> Expert:
                   network_dim=t.network_dim, network_alpha=t.network_alpha)
 
 
-def _experts_to_train(preset: Preset, expert: str | None) -> list[str | None]:
+def experts_to_train(preset: Preset, expert: str | None) -> list[str | None]:
     if preset.experts is None:
         if expert is not None:
             raise UserError(f"--expert is only for Wan 2.2 presets; {preset.name} trains one model: "
@@ -268,7 +268,7 @@ def _weights_for(preset: Preset, weights: _Weights) -> dict:
 def make_plan(preset: Preset, expert: str | None, layout: DatasetLayout, run_id: str,
               paths: ContainerPaths = ContainerPaths(), lock: Mapping[str, Mapping] | None = None) -> Plan:
     """The complete, validated plan for one run. Pure: the same inputs always give the same plan."""
-    experts = _experts_to_train(preset, expert)
+    experts = experts_to_train(preset, expert)
     weights = _Weights(paths.weights, lock or {})
     run_dir = f"{paths.output}/{run_id}"
     config_path = f"{run_dir}/dataset.toml"

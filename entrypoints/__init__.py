@@ -1,0 +1,1 @@
+"""Container entrypoint for LoRA Gym: runs musubi-tuner steps inside the image."""

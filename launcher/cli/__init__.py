@@ -1,0 +1,1 @@
+"""The `launcher` command line. Subcommands load lazily so `launcher --help` imports nothing heavy."""

@@ -1,0 +1,73 @@
+"""`launcher`: the root command group, lazy subcommand loading and the one error handler."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+# name -> "module:attribute"; modules are imported only when their command runs or shows help.
+COMMANDS = {
+    "presets": ("launcher.cli.presets_cmd:presets", "List, show and copy training presets."),
+    "run": ("launcher.cli.run_cmd:run", "Plan a training run and (soon) start it on a backend."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        module, attribute = COMMANDS[name][0].split(":")
+        return getattr(importlib.import_module(module), attribute)
+
+    def format_commands(self, ctx, formatter):
+        # Help for the group lists the commands from the table above, without importing them.
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog="""\b
+Examples:
+  launcher presets list
+  launcher presets show wan22-t2v-lightning
+  launcher run --preset wan22-t2v-lightning --expert high --dataset ./my-dataset --dry-run""")
+@click.version_option(package_name="lora-gym", prog_name="launcher")
+def cli():
+    """LoRA Gym: train Wan 2.1 / 2.2 LoRAs with musubi-tuner from validated presets."""
+
+
+def _fail(lines: list[str], code: int = 2) -> int:
+    for line in lines:
+        click.echo(f"error: {line}", err=True)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; bad input becomes `error: ...` lines and exit code 2, never a traceback."""
+    from launcher.core.errors import UserError  # light: no third-party imports
+
+    try:
+        result = cli.main(args=argv, prog_name="launcher", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except UserError as exc:
+        return _fail(exc.problems, exc.exit_code)
+    except click.UsageError as exc:
+        hint = f"see `{exc.ctx.command_path} --help`" if exc.ctx else "see `launcher --help`"
+        return _fail([f"{exc.format_message().rstrip('.')}: {hint}"])
+    except click.ClickException as exc:
+        return _fail([exc.format_message()], exc.exit_code)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except (click.Abort, KeyboardInterrupt):
+        click.echo("aborted", err=True)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""`launcher presets list|show|cp`."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import click
+
+from launcher.cli.options import set_option
+
+
+@click.group(epilog="""\b
+Examples:
+  launcher presets list
+  launcher presets show wan21-t2v-14b --set train.learning_rate=5e-5
+  launcher presets cp wan22-i2v-lightning ./my-preset.toml""")
+def presets():
+    """List, show and copy training presets. A path to a .toml file works wherever a name does."""
+
+
+@presets.command("list")
+def list_presets():
+    """Every shipped preset, with its task, experts and GPU class."""
+    from launcher.core.presets import load_preset, preset_names
+
+    rows = []
+    for name in preset_names():
+        p = load_preset(name).preset
+        experts = "high, low" if p.experts else "-"
+        rows.append((name, p.model.task, experts, f"{p.resources.gpu_memory_gb} GB", p.description))
+    header = ("PRESET", "TASK", "EXPERTS", "GPU", "DESCRIPTION")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(4)]
+    for row in [header, *rows]:
+        click.echo("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[4])
+
+
+@presets.command("show")
+@click.argument("preset")
+@set_option
+def show(preset, overrides):
+    """The fully resolved values of PRESET (defaults filled in, overrides applied), as TOML."""
+    import tomli_w
+
+    from launcher.core.presets import load_preset
+
+    loaded = load_preset(preset, overrides)
+    click.echo(f"# {loaded.origin}, resolved (sha256 {loaded.content_hash[:12]})")
+    click.echo(tomli_w.dumps(loaded.preset.model_dump(mode="json", exclude_none=True)), nl=False)
+
+
+@presets.command("cp")
+@click.argument("preset")
+@click.argument("path", type=click.Path(path_type=Path))
+def copy(preset, path: Path):
+    """Copy PRESET to PATH (a file, or a folder to copy into) to edit it; never overwrites."""
+    from launcher.core.errors import UserError
+    from launcher.core.presets import load_preset, read_source
+
+    origin, text = read_source(preset)
+    load_preset(preset)  # refuse to copy a broken user preset
+    target = path / f"{Path(origin).stem}.toml" if path.is_dir() else path
+    if target.exists():
+        raise UserError(f"{target} already exists: choose another path (nothing was overwritten)")
+    if not target.parent.is_dir():
+        raise UserError(f"folder {target.parent} does not exist: create it first")
+    tmp = target.with_name(f".{target.name}.partial")
+    tmp.write_text(text, encoding="utf-8")
+    shutil.move(tmp, target)
+    click.echo(f"copied {origin} to {target}; run it with: launcher run --preset {target} ...")
