@@ -1,0 +1,82 @@
+"""The container's environment contract: every variable the entrypoint reads, read here and only here.
+
+entrypoints/README.md documents the same table; a test keeps the two in sync.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from launcher.core.errors import UserError
+from launcher.core.plan import ContainerPaths
+
+
+@dataclass(frozen=True)
+class Var:
+    name: str
+    default: str
+    meaning: str
+
+
+VARS = (
+    Var("LORA_GYM_PRESET", "", "Preset name (`launcher presets list`) or path to a preset .toml. Required."),
+    Var("LORA_GYM_EXPERT", "", "Wan 2.2 only: `high`, `low` or `both`. Must be empty for Wan 2.1."),
+    Var("LORA_GYM_SET", "", "Overrides, shell-quoted `key=value` words, e.g. `train.max_train_epochs=30`."),
+    Var("LORA_GYM_DATASET_DIR", "/dataset", "Dataset folder (media plus .txt captions); read only."),
+    Var("LORA_GYM_OUTPUT_DIR", "/output", "Each run writes a new folder here: LoRAs, run.json, logs."),
+    Var("LORA_GYM_CACHE_DIR", "/cache", "Latent and text-encoder caches, merged Lightning DiTs."),
+    Var("LORA_GYM_WEIGHTS_DIR", "/weights", "Model files, laid out as `<repo>/<path>`."),
+    Var("LORA_GYM_WEIGHTS_LOCK", "", "Weights lock JSON; when set, file sizes are checked against it."),
+    Var("LORA_GYM_MUSUBI_DIR", "/opt/musubi-tuner", "musubi-tuner checkout (installed) whose scripts run."),
+    Var("LORA_GYM_PYTHON", "python", "Python interpreter for the cache and merge steps."),
+    Var("LORA_GYM_IMAGE_LABELS", "", "JSON file with the image's labels, copied into run.json."),
+    Var("LORA_GYM_RUN_ID", "", "Name of the run folder; default `<preset>[-<expert>]-<UTC time>`."),
+    Var("LORA_GYM_DRY_RUN", "0", "`1`: print the plan and exit without running or writing anything."),
+)
+DEFAULTS = {v.name: v.default for v in VARS}
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off", "")
+
+
+@dataclass(frozen=True)
+class Settings:
+    preset: str
+    expert: str | None
+    overrides: tuple[str, ...]
+    dataset_dir: str
+    paths: ContainerPaths
+    weights_lock: str
+    image_labels: str
+    run_id: str | None
+    dry_run: bool
+
+
+def _flag(name: str, value: str) -> bool:
+    if value.lower() in TRUE_WORDS + FALSE_WORDS:
+        return value.lower() in TRUE_WORDS
+    raise UserError(f"{name}={value!r} is not a yes/no value: use 1 or 0")
+
+
+def _overrides(value: str) -> tuple[str, ...]:
+    try:
+        return tuple(shlex.split(value))
+    except ValueError as exc:
+        raise UserError(f"LORA_GYM_SET cannot be split into words ({exc}): check its quotes") from None
+
+
+def read(environ: Mapping[str, str], tensorboard: bool) -> Settings:
+    """Settings from the environment; unset variables take the defaults in VARS."""
+    get = {name: environ.get(name, default).strip() for name, default in DEFAULTS.items()}
+    if not get["LORA_GYM_PRESET"]:
+        raise UserError("LORA_GYM_PRESET is not set: pass -e LORA_GYM_PRESET=<preset name> "
+                        "(see `launcher presets list`)")
+    paths = ContainerPaths(dataset=get["LORA_GYM_DATASET_DIR"], output=get["LORA_GYM_OUTPUT_DIR"],
+                           cache=get["LORA_GYM_CACHE_DIR"], weights=get["LORA_GYM_WEIGHTS_DIR"],
+                           musubi=get["LORA_GYM_MUSUBI_DIR"], python=get["LORA_GYM_PYTHON"],
+                           tensorboard=tensorboard)
+    return Settings(get["LORA_GYM_PRESET"], get["LORA_GYM_EXPERT"] or None, _overrides(get["LORA_GYM_SET"]),
+                    get["LORA_GYM_DATASET_DIR"], paths, get["LORA_GYM_WEIGHTS_LOCK"],
+                    get["LORA_GYM_IMAGE_LABELS"], get["LORA_GYM_RUN_ID"] or None,
+                    _flag("LORA_GYM_DRY_RUN", get["LORA_GYM_DRY_RUN"]))

@@ -1,0 +1,63 @@
+"""run.json: what ran, with what, and what came out. Written atomically after every step.
+
+Secret values never reach it: the plan carries none, and any value equal to a secret in the
+environment is replaced before writing, as a second line of defence.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+SECRET_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "GEMINI_API_KEY", "REPLICATE_API_TOKEN", "RUNPOD_API_KEY",
+               "MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "AWS_SECRET_ACCESS_KEY", "WANDB_API_KEY")
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _redact(value, secrets: list[str]):
+    if isinstance(value, str):
+        for secret in secrets:
+            value = value.replace(secret, "***")
+        return value
+    if isinstance(value, list):
+        return [_redact(v, secrets) for v in value]
+    if isinstance(value, dict):
+        return {k: _redact(v, secrets) for k, v in value.items()}
+    return value
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Manifest:
+    def __init__(self, path: Path, data: dict, environ=os.environ):
+        self.path, self.data = path, data
+        self.secrets = [environ[v] for v in SECRET_VARS if len(environ.get(v, "")) >= 4]
+
+    def step(self, name: str, argv, status: str, exit_code: int | None = None, started: str | None = None):
+        self.data["steps"].append({"name": name, "argv": list(argv), "status": status, "exit_code": exit_code,
+                                   "started_at": started, "ended_at": now()})
+        self.write()
+
+    def finish(self, status: str, exit_code: int) -> None:
+        run_dir = self.path.parent
+        self.data.update(status=status, exit_code=exit_code, ended_at=now(), outputs=[
+            {"path": str(p.relative_to(run_dir)), "size": p.stat().st_size, "sha256": file_sha256(p)}
+            for p in sorted(run_dir.rglob("*.safetensors"))])
+        self.write()
+
+    def write(self) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.partial")
+        tmp.write_text(json.dumps(_redact(self.data, self.secrets), indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, self.path)

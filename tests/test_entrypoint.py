@@ -1,0 +1,217 @@
+"""The container entrypoint end to end, with the musubi-tuner and accelerate test doubles in tests/fakes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import FAKES, clean_env
+
+from launcher.core.job import prepare
+from launcher.core.plan import ContainerPaths
+
+
+class Container:
+    """One fake container: its volumes in tmp_path and the LORA_GYM_* environment that points at them."""
+
+    def __init__(self, tmp_path: Path, dataset: Path):
+        self.root = tmp_path
+        self.dataset = dataset
+        self.output, self.cache, self.weights = (tmp_path / n for n in ("output", "cache", "weights"))
+        self.log = tmp_path / "musubi-calls.jsonl"
+
+    @property
+    def paths(self) -> ContainerPaths:
+        return ContainerPaths(dataset=str(self.dataset), output=str(self.output), cache=str(self.cache),
+                              weights=str(self.weights), musubi=str(FAKES / "fake_musubi_tuner"),
+                              python=sys.executable)
+
+    def env(self, preset: str, expert: str = "", **extra: str) -> dict[str, str]:
+        env = clean_env(LORA_GYM_PRESET=preset, LORA_GYM_EXPERT=expert, LORA_GYM_DATASET_DIR=str(self.dataset),
+                        LORA_GYM_OUTPUT_DIR=str(self.output), LORA_GYM_CACHE_DIR=str(self.cache),
+                        LORA_GYM_WEIGHTS_DIR=str(self.weights), LORA_GYM_MUSUBI_DIR=self.paths.musubi,
+                        LORA_GYM_PYTHON=sys.executable, FAKE_MUSUBI_LOG=str(self.log))
+        env["PATH"] = f"{FAKES / 'bin'}{os.pathsep}{env['PATH']}"
+        return env | extra
+
+    def stock_weights(self, preset: str, expert: str | None = None) -> None:
+        """Stand-in weight files at every path the plan needs (tiny real tensors for Lightning merges)."""
+        plan = prepare(preset, expert, (), self.dataset, run_id="x", paths=self.paths).plan
+        for weight in plan.weights:
+            path = Path(weight.container_path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if weight.role.startswith(("dit-", "lightning-")) and any(w.role.startswith("lightning") for w in
+                                                                      plan.weights):
+                write_tiny_wan(path, lora=weight.role.startswith("lightning-"))
+            else:
+                path.write_bytes(b"stand-in " + weight.role.encode())
+
+    def run(self, env, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "lora_gym_entrypoint", *args], env=env, text=True,
+                              capture_output=True, timeout=120)
+
+    def calls(self) -> list[dict]:
+        return [json.loads(line) for line in self.log.read_text().splitlines()] if self.log.exists() else []
+
+    def runs(self) -> list[Path]:
+        return sorted(p for p in self.output.iterdir()) if self.output.exists() else []
+
+
+def write_tiny_wan(path: Path, lora: bool) -> None:
+    """A 2-block DiT (fp16) or a matching lightx2v-style rank-2 LoRA."""
+    import torch
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(0)
+    tensors = {}
+    for block in range(2):
+        name = f"blocks.{block}.self_attn.q"
+        if lora:
+            tensors[f"diffusion_model.{name}.lora_down.weight"] = torch.randn(2, 8, generator=gen).half()
+            tensors[f"diffusion_model.{name}.lora_up.weight"] = torch.randn(8, 2, generator=gen).half()
+        else:
+            tensors[f"{name}.weight"] = torch.randn(8, 8, generator=gen).half()
+    save_file(tensors, str(path))
+
+
+@pytest.fixture
+def box(tmp_path, dataset) -> Container:
+    return Container(tmp_path, dataset)
+
+
+def test_full_run_writes_lora_and_manifest(box):
+    box.stock_weights("wan21-i2v-720p")
+    result = box.run(box.env("wan21-i2v-720p"))
+    assert result.returncode == 0, result.stderr + result.stdout
+    [run_dir] = box.runs()
+    manifest = json.loads((run_dir / "run.json").read_text())
+    assert manifest["status"] == "succeeded" and manifest["exit_code"] == 0
+    assert [s["name"] for s in manifest["steps"]] == ["cache-latents", "cache-text-encoder", "train"]
+    assert all(s["exit_code"] == 0 for s in manifest["steps"])
+    [output] = manifest["outputs"]
+    assert output["path"] == "wan21-i2v-720p.safetensors" and len(output["sha256"]) == 64
+    assert manifest["preset"]["name"] == "wan21-i2v-720p" and len(manifest["preset"]["sha256"]) == 64
+    assert (run_dir / "dataset.toml").read_text().startswith("[general]")
+    assert "[cache-latents] caching latents: 3/3" in result.stdout  # \r progress became lines
+    latents = box.calls()[0]
+    assert latents["script"] == "wan_cache_latents" and "--i2v" in latents["argv"] and "--clip" in latents["argv"]
+
+
+def test_second_run_reuses_caches_and_never_overwrites(box):
+    box.stock_weights("wan21-t2v-14b")
+    env = box.env("wan21-t2v-14b", LORA_GYM_RUN_ID="")
+    assert box.run(env).returncode == 0
+    second = box.run(env)
+    assert second.returncode == 0, second.stderr
+    assert "cache-latents: skipped" in second.stdout and "cache-text-encoder: skipped" in second.stdout
+    assert [c["script"] for c in box.calls()].count("wan_cache_latents") == 1
+    assert len(box.runs()) == 2  # a new run folder each time
+
+
+def test_second_expert_reuses_first_experts_caches(box):
+    box.stock_weights("wan22-t2v-vanilla", "both")
+    assert box.run(box.env("wan22-t2v-vanilla", "high")).returncode == 0
+    low = box.run(box.env("wan22-t2v-vanilla", "low"))
+    assert low.returncode == 0, low.stderr
+    assert [c["script"] for c in box.calls()] == [
+        "wan_cache_latents", "wan_cache_text_encoder_outputs", "wan_train_network", "wan_train_network"]
+
+
+def test_failing_step_stops_the_run_with_its_exit_code(box):
+    box.stock_weights("wan21-t2v-14b")
+    result = box.run(box.env("wan21-t2v-14b", FAKE_MUSUBI_FAIL="wan_cache_text_encoder_outputs"))
+    assert result.returncode == 3
+    manifest = json.loads((box.runs()[0] / "run.json").read_text())
+    assert manifest["status"] == "failed" and manifest["exit_code"] == 3
+    assert [(s["name"], s["exit_code"]) for s in manifest["steps"]] == [("cache-latents", 0),
+                                                                        ("cache-text-encoder", 3)]
+    assert "wan_train_network" not in [c["script"] for c in box.calls()]
+    assert not list(box.cache.rglob(".lora-gym-text.ok")) and list(box.cache.rglob(".lora-gym-latents.ok"))
+
+
+def test_sigterm_is_forwarded_and_no_further_step_starts(box):
+    box.stock_weights("wan21-t2v-14b")
+    env = box.env("wan21-t2v-14b", FAKE_MUSUBI_HANG="wan_cache_latents")
+    proc = subprocess.Popen([sys.executable, "-m", "lora_gym_entrypoint"], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        lines.append(proc.stdout.readline())
+        if lines[-1].strip().endswith("ready"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "got signal 15" in rest
+    assert [c["script"] for c in box.calls()] == ["wan_cache_latents"]
+    assert not list(box.cache.rglob(".lora-gym-latents.ok"))  # interrupted caches are not marked valid
+
+
+def test_lightning_merge_runs_before_training_and_is_cached(box):
+    box.stock_weights("wan22-t2v-lightning", "high")
+    env = box.env("wan22-t2v-lightning", "high")
+    first = box.run(env)
+    assert first.returncode == 0, first.stderr + first.stdout
+    [merged] = list((box.cache / "lightning").glob("*/*.safetensors"))
+    train = [c for c in box.calls() if c["script"] == "wan_train_network"][0]["argv"]
+    assert train[train.index("--dit") + 1] == str(merged)
+    second = box.run(env)
+    assert "merge-lightning-high: skipped" in second.stdout
+
+
+def test_missing_weights_fail_preflight_and_write_nothing(box):
+    result = box.run(box.env("wan21-t2v-14b"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 3 and all(line.startswith("error: weight file ") for line in lines)
+    assert "Traceback" not in result.stderr and box.runs() == []
+
+
+def test_lock_size_mismatch_fails_preflight(box, tmp_path):
+    box.stock_weights("wan21-t2v-1.3b")
+    plan = prepare("wan21-t2v-1.3b", None, (), box.dataset, run_id="x", paths=box.paths).plan
+    files = [{"repo": w.repo, "path": w.path, "revision": "0" * 40, "size": 12345, "sha256": "0" * 64}
+             for w in plan.weights]
+    lock = tmp_path / "lock.json"
+    lock.write_text(json.dumps({"files": files}))
+    result = box.run(box.env("wan21-t2v-1.3b", LORA_GYM_WEIGHTS_LOCK=str(lock)))
+    assert result.returncode == 2 and "the lock says 12345" in result.stderr
+
+
+def test_bad_environment_is_a_one_line_error(box):
+    result = box.run(box.env("wan22-t2v-lightning"))  # no expert
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: wan22-t2v-lightning is a Wan 2.2 preset with two experts: add --expert high, low or both"]
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(box):
+    result = box.run(box.env("wan21-t2v-14b", LORA_GYM_DRY_RUN="1", LORA_GYM_SET="train.max_train_epochs=7"))
+    assert result.returncode == 0, result.stderr
+    assert "--max_train_epochs 7" in result.stdout
+    assert box.runs() == [] and not box.cache.exists()
+
+
+def test_arguments_are_executed_instead_of_the_job(box):
+    result = box.run(box.env("wan21-t2v-14b"), sys.executable, "-c", "print('custom command')")
+    assert result.returncode == 0 and result.stdout.strip() == "custom command"
+
+
+def test_manifest_holds_image_labels_and_no_secret_values(box, tmp_path):
+    box.stock_weights("wan21-t2v-14b")
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({"org.opencontainers.image.version": "0.1.0"}))
+    secret = "hf_TopSecretValue42"
+    env = box.env("wan21-t2v-14b", HF_TOKEN=secret, LORA_GYM_IMAGE_LABELS=str(labels),
+                  LORA_GYM_SET=f"output_name={secret}")
+    assert box.run(env).returncode == 0
+    text = (box.runs()[0] / "run.json").read_text()
+    assert json.loads(text)["image_labels"] == {"org.opencontainers.image.version": "0.1.0"}
+    assert secret not in text
