@@ -33,6 +33,8 @@ SUFFIXES = {
 }
 FIX = "this LoRA does not fit this DiT: check the preset's lightning.lora matches the expert's dit"
 COPY_CHUNK = 64 << 20  # untouched tensors are copied in chunks this big, so memory stays flat
+# DiT dtypes a delta can be added to. fp8 is left out on purpose: scaled-fp8 DiTs need their scales.
+MERGEABLE = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
 
 
 class MergeError(Exception):
@@ -151,6 +153,9 @@ def _plan(modules: dict[str, dict[str, str]], lora: _Header, dit: _Header) -> di
         raise _fail(unmatched, f"match no tensor in the DiT (DiT key prefix: {prefix or 'none'!r})")
     if mismatched:
         raise _fail(mismatched, "do not match their DiT tensor's shape")
+    odd = sorted({dit.tensors[key]["dtype"] for key in plan} - set(MERGEABLE))
+    if odd:
+        raise MergeError(f"cannot merge into a {'/'.join(odd)} DiT: use the fp16 or bf16 DiT as the preset's dit")
     return plan
 
 
@@ -174,12 +179,23 @@ def _merged(tensor, deltas: list, lora_file, strength: float, name: str):
     return out
 
 
-def _write_tensor(out, tensor, size: int) -> None:
-    # ctypes gives a zero-copy view of the tensor's bytes without needing numpy (not in every image).
-    tensor = tensor.contiguous()
-    if tensor.numel() * tensor.element_size() != size:
-        raise MergeError(f"internal error: merged tensor is not {size} bytes")
-    out.write(memoryview((ctypes.c_char * size).from_address(tensor.data_ptr())).cast("B"))
+def _raw(tensor) -> memoryview:
+    # ctypes gives a zero-copy view of a contiguous tensor's bytes without numpy (not in every image).
+    size = tensor.numel() * tensor.element_size()
+    return memoryview((ctypes.c_char * size).from_address(tensor.data_ptr())).cast("B")
+
+
+def _read_tensor(src, dit: _Header, key: str):
+    # Plain reads rather than safe_open's mmap: mapped pages of a 28 GB file pile up in the process's
+    # RSS until the file is closed, while this holds only the one tensor being merged.
+    import torch
+
+    entry = dit.tensors[key]
+    tensor = torch.empty(entry["shape"], dtype=getattr(torch, MERGEABLE[entry["dtype"]]))
+    src.seek(dit.data_start + entry["data_offsets"][0])
+    if src.readinto(_raw(tensor)) != tensor.numel() * tensor.element_size():
+        raise MergeError(f"DiT file ended early while reading {key} (was it changed during the merge?)")
+    return tensor
 
 
 def _copy_range(src, out, start: int, size: int) -> None:
@@ -212,20 +228,20 @@ def _stream(dit_path: Path, dit: _Header, plan: dict, lora_path: Path, strength:
             partial: Path, metadata: dict[str, str], progress: Callable[[int, int], None] | None) -> None:
     # Hand-written writer: safetensors' save_file needs every tensor in memory at once (~28 GB here),
     # while this writes the header first (sizes never change) and then one tensor at a time.
-    from safetensors import safe_open
+    from safetensors import safe_open  # the LoRA is small, so its mmap is fine
 
     order, header, total = _layout(dit, metadata)
     if shutil.disk_usage(partial.parent).free < len(header) + total:
         raise MergeError(f"not enough free disk space in {partial.parent} for {total / 1e9:.1f} GB")
     done = 0
     with (open(partial, "wb") as out, open(dit_path, "rb") as src,
-          safe_open(dit_path, framework="pt") as dit_file, safe_open(lora_path, framework="pt") as lora_file):
+          safe_open(lora_path, framework="pt") as lora_file):
         out.write(header)
         for key in order:
             start, end = dit.tensors[key]["data_offsets"]
             if key in plan:
-                merged = _merged(dit_file.get_tensor(key), plan[key], lora_file, strength, key)
-                _write_tensor(out, merged, end - start)
+                merged = _merged(_read_tensor(src, dit, key), plan[key], lora_file, strength, key)
+                out.write(_raw(merged))  # same dtype and shape as the input, so same byte count
             else:
                 _copy_range(src, out, dit.data_start + start, end - start)
             done += end - start
