@@ -155,7 +155,7 @@ def _plan(modules: dict[str, dict[str, str]], lora: _Header, dit: _Header) -> di
         raise _fail(mismatched, "do not match their DiT tensor's shape")
     odd = sorted({dit.tensors[key]["dtype"] for key in plan} - set(MERGEABLE))
     if odd:
-        raise MergeError(f"cannot merge into a {'/'.join(odd)} DiT: use the fp16 or bf16 DiT as the preset's dit")
+        raise MergeError(f"cannot merge into a {'/'.join(odd)} DiT: point the preset's dit at fp16/bf16")
     return plan
 
 
@@ -181,8 +181,9 @@ def _merged(tensor, deltas: list, lora_file, strength: float, name: str):
 
 def _raw(tensor) -> memoryview:
     # ctypes gives a zero-copy view of a contiguous tensor's bytes without numpy (not in every image).
-    size = tensor.numel() * tensor.element_size()
-    return memoryview((ctypes.c_char * size).from_address(tensor.data_ptr())).cast("B")
+    array = (ctypes.c_char * (tensor.numel() * tensor.element_size())).from_address(tensor.data_ptr())
+    array.owner = tensor  # the view must keep the tensor alive, or it reads freed memory
+    return memoryview(array).cast("B")
 
 
 def _read_tensor(src, dit: _Header, key: str):

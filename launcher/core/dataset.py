@@ -96,7 +96,7 @@ def _stem_clashes(media: list[Path], prefix: str) -> list[str]:
             "rename one of them" for stem, names in sorted(by_stem.items()) if len(names) > 1]
 
 
-def _media_dir(folder: Path, relpath: str, kind: str, media: list[Path]) -> MediaDir:
+def _media_dir(relpath: str, kind: str, media: list[Path]) -> MediaDir:
     digest = hashlib.sha256()
     for path in media:
         caption = path.with_suffix(CAPTION_EXTENSION)
@@ -104,7 +104,7 @@ def _media_dir(folder: Path, relpath: str, kind: str, media: list[Path]) -> Medi
     return MediaDir(relpath, kind, tuple(p.name for p in media), digest.hexdigest())
 
 
-def _scan_folder(folder: Path, relpath: str, problems: list[str]) -> list[MediaDir]:
+def _scan_folder(folder: Path, relpath: str, problems: list[str]) -> list[tuple[str, str, list[Path]]]:
     prefix = f"{relpath}/" if relpath else ""
     entries = sorted(folder.iterdir())
     media = [p for p in entries if p.is_file() and media_kind(p.name)]
@@ -113,8 +113,8 @@ def _scan_folder(folder: Path, relpath: str, problems: list[str]) -> list[MediaD
             problems.extend(filter(None, [_other_file_problem(path, prefix + path.name)]))
     problems.extend(_stem_clashes(media, prefix))
     problems.extend(filter(None, (_caption_problem(p, prefix + p.name) for p in media)))
-    return [_media_dir(folder, relpath, kind, [p for p in media if media_kind(p.name) == kind])
-            for kind in ("image", "video") if any(media_kind(p.name) == kind for p in media)]
+    by_kind = {kind: [p for p in media if media_kind(p.name) == kind] for kind in ("image", "video")}
+    return [(relpath, kind, files) for kind, files in by_kind.items() if files]
 
 
 def scan_dataset(root: str | Path) -> DatasetLayout:
@@ -136,4 +136,5 @@ def scan_dataset(root: str | Path) -> DatasetLayout:
     if problems:
         extra = len(problems) - MAX_LISTED
         raise UserError(*problems[:MAX_LISTED], *([f"... and {extra} more problems"] if extra > 0 else []))
-    return DatasetLayout(tuple(dirs))
+    # Hash only a sound dataset: every caption exists and is readable by now.
+    return DatasetLayout(tuple(_media_dir(*found) for found in dirs))
