@@ -14,7 +14,7 @@ st_torch = pytest.importorskip("safetensors.torch")
 
 from lora_gym_entrypoint.merge import MergeError, merge_lora  # noqa: E402
 
-DTYPES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32"}
+DTYPES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32", torch.int32: "I32"}
 RANK = 2
 
 
@@ -202,6 +202,11 @@ def test_unknown_suffix(tmp_path, files):
     lora = {**lora_pair("blocks.0.self_attn.q"),
             "diffusion_model.blocks.0.self_attn.q.lora_mid.weight": rand(2, 2)}
     assert_fails(tmp_path, *files(dit_tensors(), lora), "unknown suffix", "lora_mid")
+
+
+def test_non_float_target_dtype(tmp_path, files):
+    dit = {**dit_tensors(), "blocks.0.self_attn.q.weight": torch.zeros(8, 8, dtype=torch.int32)}
+    assert_fails(tmp_path, *files(dit, lora_pair("blocks.0.self_attn.q")), "I32")
 
 
 def test_fp16_overflow_fails_mid_write_and_removes_partial(tmp_path, files):

@@ -59,7 +59,8 @@ def copy(preset, path: Path):
 
     origin, text = read_source(preset)
     load_preset(preset)  # refuse to copy a broken user preset
-    target = path / f"{Path(origin).stem}.toml" if path.is_dir() else path
+    file_name = Path(origin).name if origin.endswith(".toml") else f"{origin}.toml"  # "1.3b" is no suffix
+    target = path / file_name if path.is_dir() else path
     if target.exists():
         raise UserError(f"{target} already exists: choose another path (nothing was overwritten)")
     if not target.parent.is_dir():
