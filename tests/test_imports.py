@@ -55,7 +55,8 @@ def test_command_runs_with_heavy_imports_blocked(argv):
 
 def test_blocker_really_blocks():
     # The same driver around a command that imports a blocked module must fail: the test can fail.
-    script = DRIVER.format(heavy=HEAVY, argv=["--help"]).replace("from launcher.cli.main", "import numpy\nfrom launcher.cli.main")
+    script = DRIVER.format(heavy=HEAVY, argv=["--help"])
+    script = script.replace("from launcher.cli.main", "import numpy\nfrom launcher.cli.main")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=clean_env())
     assert result.returncode != 0 and "blocked heavy import: numpy" in result.stderr
 

@@ -17,6 +17,8 @@ from launcher.core.errors import UserError
 from launcher.core.plan import ContainerPaths, Plan, experts_to_train, make_plan
 from launcher.core.presets import LoadedPreset, load_preset
 
+DEFAULT_PATHS = ContainerPaths()
+
 
 @dataclass(frozen=True)
 class Job:
@@ -38,13 +40,14 @@ def read_lock(path: str | Path | None) -> dict[str, Mapping]:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         return {f"{f['repo']}:{f['path']}": f for f in data["files"]}
     except FileNotFoundError:
-        raise UserError(f"weights lock {path} not found: point LORA_GYM_WEIGHTS_LOCK at the image's lock file") from None
+        raise UserError(f"weights lock {path} not found: point LORA_GYM_WEIGHTS_LOCK at the image's lock file") \
+            from None
     except (ValueError, KeyError, TypeError) as exc:
         raise UserError(f"weights lock {path} is malformed ({exc}): regenerate it with make lock-weights") from None
 
 
 def prepare(preset_ref: str, expert: str | None, overrides: Sequence[str], dataset_dir: str | Path,
-            run_id: str | None = None, paths: ContainerPaths = ContainerPaths(),
+            run_id: str | None = None, paths: ContainerPaths = DEFAULT_PATHS,
             lock: Mapping[str, Mapping] | None = None, now: datetime | None = None) -> Job:
     """Load and check everything, then plan; every problem is a UserError before any work starts."""
     loaded = load_preset(preset_ref, overrides)

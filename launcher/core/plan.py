@@ -266,8 +266,9 @@ def _weights_for(preset: Preset, weights: _Weights) -> dict:
 
 
 def make_plan(preset: Preset, expert: str | None, layout: DatasetLayout, run_id: str,
-              paths: ContainerPaths = ContainerPaths(), lock: Mapping[str, Mapping] | None = None) -> Plan:
+              paths: ContainerPaths | None = None, lock: Mapping[str, Mapping] | None = None) -> Plan:
     """The complete, validated plan for one run. Pure: the same inputs always give the same plan."""
+    paths = paths or ContainerPaths()
     experts = experts_to_train(preset, expert)
     weights = _Weights(paths.weights, lock or {})
     run_dir = f"{paths.output}/{run_id}"
