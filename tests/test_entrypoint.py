@@ -164,6 +164,9 @@ def test_lightning_merge_runs_before_training_and_is_cached(box):
     assert train[train.index("--dit") + 1] == str(merged)
     second = box.run(env)
     assert "merge-lightning-high: skipped" in second.stdout
+    next(box.cache.rglob(".lora-gym-merge.ok")).unlink()  # as if stopped after the file, before the marker
+    third = box.run(env)
+    assert third.returncode == 0 and "[merge-lightning-high]" in third.stdout, third.stderr
 
 
 def test_missing_weights_fail_preflight_and_write_nothing(box):

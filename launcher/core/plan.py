@@ -191,8 +191,9 @@ def _merge_step(expert: str, settings: Expert, paths: ContainerPaths, weights: _
     key = _key(weights.identity(f"dit-{expert}"), weights.identity(f"lightning-{expert}"), strength)
     merged_dir = f"{paths.cache}/lightning/{key}"
     merged = f"{merged_dir}/{settings.dit.rsplit('/', 1)[-1]}"
+    # --overwrite: the marker, not the file, says a merge finished; a file without one is a leftover.
     argv = (paths.python, "-m", "lora_gym_entrypoint.merge", "--dit", dit, "--lora", lora,
-            "--strength", _num(strength), "--output", merged)
+            "--strength", _num(strength), "--output", merged, "--overwrite")
     return Step(f"merge-lightning-{expert}", argv, (f"{merged_dir}/{MERGE_MARKER}",)), merged
 
 
