@@ -7,9 +7,11 @@ of the first failing step (128+N when a step died by signal N).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
+import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -87,18 +89,35 @@ def new_manifest(job: Job, settings) -> Manifest:
 
 
 class Stop:
-    """Remembers a SIGTERM/SIGINT that arrived during a step, so no further step starts."""
+    """Remembers a SIGTERM/SIGINT, whether it came during a step (via the runner) or between steps."""
 
     signal: int | None = None
 
-    def __call__(self, signum: int) -> None:
+    def __call__(self, signum: int, _frame=None) -> None:
         self.signal = signum
 
+    @contextlib.contextmanager
+    def listening(self):
+        # Between steps the signal only sets the flag; the runner swaps in its forwarder during a step.
+        previous = {sig: signal.signal(sig, self) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
-def run_steps(job: Job, manifest: Manifest) -> int:
+
+def _write_markers(markers) -> None:
+    for marker in markers:
+        Path(marker).parent.mkdir(parents=True, exist_ok=True)
+        Path(marker).write_text(json.dumps({"at": now()}) + "\n")
+
+
+def run_steps(job: Job, manifest: Manifest, stop: Stop) -> int:
     child_env = dict(os.environ, PYTHONUNBUFFERED="1")
-    stop = Stop()
     for step in job.plan.steps:
+        if stop.signal is not None:
+            return 128 + stop.signal
         if step.markers and all(Path(m).is_file() for m in step.markers):
             log(f"{step.name}: skipped, its output for these inputs is already cached")
             manifest.step(step.name, step.argv, "skipped")
@@ -107,9 +126,7 @@ def run_steps(job: Job, manifest: Manifest) -> int:
         started = now()
         code = run_step(step.name, step.argv, env=child_env, on_signal=stop)
         if code == 0 and stop.signal is None:
-            for marker in step.markers:
-                Path(marker).parent.mkdir(parents=True, exist_ok=True)
-                Path(marker).write_text(json.dumps({"step": step.name, "at": now()}) + "\n")
+            _write_markers(step.markers)  # only a complete, uninterrupted step makes its cache valid
         manifest.step(step.name, step.argv, "succeeded" if code == 0 else "failed", code, started)
         if code != 0 or stop.signal is not None:
             code = code or 128 + stop.signal
@@ -133,9 +150,11 @@ def run_job(settings) -> int:
     manifest = new_manifest(job, settings)
     manifest.write()
     log(f"run {job.plan.run_id}: {len(job.plan.steps)} steps, output in {job.plan.run_dir}")
-    code = run_steps(job, manifest)
-    manifest.finish("succeeded" if code == 0 else "failed", code)
-    log(f"run {'finished' if code == 0 else 'failed'}; manifest: {manifest.path}")
+    with Stop().listening() as stop:
+        code = run_steps(job, manifest, stop)
+    status = "succeeded" if code == 0 else "stopped" if stop.signal else "failed"
+    manifest.finish(status, code)
+    log(f"run {status}; manifest: {manifest.path}")
     return code
 
 

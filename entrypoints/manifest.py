@@ -6,11 +6,12 @@ environment is replaced before writing, as a second line of defence.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from datetime import UTC, datetime
 from pathlib import Path
+
+from launcher.core.dataset import file_sha256
 
 SECRET_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "GEMINI_API_KEY", "REPLICATE_API_TOKEN", "RUNPOD_API_KEY",
                "MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "AWS_SECRET_ACCESS_KEY", "WANDB_API_KEY")
@@ -30,14 +31,6 @@ def _redact(value, secrets: list[str]):
     if isinstance(value, dict):
         return {k: _redact(v, secrets) for k, v in value.items()}
     return value
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class Manifest:

@@ -152,6 +152,8 @@ def test_sigterm_is_forwarded_and_no_further_step_starts(box):
     assert "got signal 15" in rest
     assert [c["script"] for c in box.calls()] == ["wan_cache_latents"]
     assert not list(box.cache.rglob(".lora-gym-latents.ok"))  # interrupted caches are not marked valid
+    manifest = json.loads((box.runs()[0] / "run.json").read_text())
+    assert manifest["status"] == "stopped" and manifest["exit_code"] == 143
 
 
 def test_lightning_merge_runs_before_training_and_is_cached(box):

@@ -51,7 +51,7 @@ def media_kind(name: str) -> str | None:
     return "image" if lower in IMAGE_EXTENSIONS else "video" if lower in VIDEO_EXTENSIONS else None
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -100,7 +100,7 @@ def _media_dir(relpath: str, kind: str, media: list[Path]) -> MediaDir:
     digest = hashlib.sha256()
     for path in media:
         caption = path.with_suffix(CAPTION_EXTENSION)
-        digest.update(f"{path.name}\0{_file_sha256(path)}\0{_file_sha256(caption)}\n".encode())
+        digest.update(f"{path.name}\0{file_sha256(path)}\0{file_sha256(caption)}\n".encode())
     return MediaDir(relpath, kind, tuple(p.name for p in media), digest.hexdigest())
 
 
