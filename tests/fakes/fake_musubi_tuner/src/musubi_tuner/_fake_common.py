@@ -1,5 +1,10 @@
-"""Shared behaviour of the fake musubi-tuner scripts (a test double)."""
+"""Shared behaviour of the fake musubi-tuner scripts (a test double).
 
+Parsers are built from the real musubi-tuner contract data, split like the real ones: a common
+`setup_parser_common()` and a per-script `wan_setup_parser(parser)`.
+"""
+
+import argparse
 import json
 import os
 import signal
@@ -9,6 +14,25 @@ import tomllib
 from pathlib import Path
 
 from launcher import contract
+
+TYPES = {"int": int, "float": float, "str": str, "Path": Path, "int_or_float": float}
+
+
+def empty_parser() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser()
+
+
+def add_options(parser: argparse.ArgumentParser, script: str) -> argparse.ArgumentParser:
+    for raw in contract.load()["scripts"][script]["options"]:
+        if raw["action"] == "help":
+            continue
+        if raw["action"] == "store_true":
+            parser.add_argument(*raw["option_strings"], dest=raw["dest"], action="store_true")
+            continue
+        nargs = raw["nargs"] if raw["nargs"] in ("*", "+", "?") else None
+        parser.add_argument(*raw["option_strings"], dest=raw["dest"], type=TYPES.get(raw["type"], str),
+                            choices=raw["choices"], nargs=nargs, required=raw["required"])
+    return parser
 
 
 def value(args, flag):

@@ -2,11 +2,24 @@
 
 from pathlib import Path
 
-from _fake_common import progress, start, value
+if not __package__:  # run as a file, like the real scripts: make the package importable
+    import _script_path  # noqa: F401
+from musubi_tuner._fake_common import add_options, progress, start, value
 
-args = start("wan_train_network")
-assert Path(value(args, "--dit")).is_file(), "fake musubi: --dit does not exist"
-out = Path(value(args, "--output_dir"))
-out.mkdir(parents=True, exist_ok=True)
-progress("steps")
-(out / f"{value(args, '--output_name')}.safetensors").write_bytes(b"fake lora " + value(args, "--dit").encode())
+
+def wan_setup_parser(parser):
+    return add_options(parser, "wan_train_network")
+
+
+def main():
+    args = start("wan_train_network")
+    assert Path(value(args, "--dit")).is_file(), "fake musubi: --dit does not exist"
+    out = Path(value(args, "--output_dir"))
+    out.mkdir(parents=True, exist_ok=True)
+    progress("steps")
+    lora = out / f"{value(args, '--output_name')}.safetensors"
+    lora.write_bytes(b"fake lora " + value(args, "--dit").encode())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Fake musubi_tuner.training (test double)."""

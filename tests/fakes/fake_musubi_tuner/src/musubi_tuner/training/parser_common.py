@@ -1,0 +1,3 @@
+"""Fake musubi_tuner.training.parser_common (test double)."""
+
+from musubi_tuner._fake_common import empty_parser as setup_parser_common  # noqa: F401
