@@ -16,14 +16,13 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from lora_gym_entrypoint import env
-from lora_gym_entrypoint.manifest import Manifest, now
-from lora_gym_entrypoint.runner import format_argv, run_step
-
 from launcher import __version__
 from launcher.core.errors import UserError
 from launcher.core.job import Job, prepare, read_lock
 from launcher.core.plan import make_plan
+from lora_gym_entrypoint import env
+from lora_gym_entrypoint.manifest import Manifest, now
+from lora_gym_entrypoint.runner import format_argv, run_step
 
 TAG = "lora-gym"
 

@@ -6,9 +6,9 @@ import re
 
 import pytest
 from conftest import ROOT
-from lora_gym_entrypoint import env
 
 from launcher.core.errors import UserError
+from lora_gym_entrypoint import env
 
 ROW = re.compile(r"^\| `(LORA_GYM_\w+)` \| (.+?) \| (.+?) \|$", re.M)
 
