@@ -3,7 +3,16 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install install-dev test lint demo golden bench clean
+.PHONY: install install-dev test lint demo golden bench clean image-wan21 image-wan22 push-wan21 push-wan22 lock-weights
+
+# Images: `make image-wan22 [FLAVOR=full|slim] [TASKS=all|t2v|i2v] [ENGINE=docker|podman] [REGISTRY=...]`.
+# IMAGE_OPTS passes more options to `python -m launcher.imagebuild` (e.g. --base-image, --network host).
+ENGINE ?= docker
+REGISTRY ?=
+FLAVOR ?= full
+TASKS ?= all
+IMAGE_OPTS ?=
+IMAGE_ARGS = --family $* --flavor $(FLAVOR) --tasks $(TASKS) --engine $(ENGINE) --registry "$(REGISTRY)" $(IMAGE_OPTS)
 
 install: $(VENV)/.installed            ## the launcher and entrypoint, no test tools
 install-dev: $(VENV)/.installed-dev    ## plus pytest, ruff, torch (CPU), Pillow, PyAV, modal
@@ -32,6 +41,16 @@ golden: install-dev            ## re-pin the golden plans after an intended plan
 
 bench: install-dev
 	$(BIN)/python benchmarks/cli_startup.py
+
+image-wan21 image-wan22: image-%: install
+	$(BIN)/python -m launcher.imagebuild build $(IMAGE_ARGS)
+
+push-wan21 push-wan22: push-%: install
+	$(BIN)/python -m launcher.imagebuild push $(IMAGE_ARGS)
+
+lock-weights: install          ## resolve images/$(FAMILY)/weights.lock.json from the Hub (needs internet)
+	@test -n "$(FAMILY)" || (echo "error: say which family: make lock-weights FAMILY=wan22" >&2; exit 2)
+	$(BIN)/python -m launcher.weights lock --family $(FAMILY) --out images/$(FAMILY)/weights.lock.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -27,7 +27,8 @@ VARS = (
     Var("LORA_GYM_DATASET_DIR", "/dataset", "Dataset folder (media plus .txt captions); read only."),
     Var("LORA_GYM_OUTPUT_DIR", "/output", "Each run writes a new folder here: LoRAs, run.json, logs."),
     Var("LORA_GYM_CACHE_DIR", "/cache", "Latent and text-encoder caches, merged Lightning DiTs."),
-    Var("LORA_GYM_WEIGHTS_DIR", "/weights", "Model files, laid out as `<repo>/<path>`."),
+    Var("LORA_GYM_WEIGHTS_DIR", "", "Model files as `<repo>/<path>`; empty: `/weights`, or `<cache>/weights` if slim."),
+    Var("LORA_GYM_FLAVOR", "full", "`slim`: download missing locked weight files at start (the image sets it)."),
     Var("LORA_GYM_WEIGHTS_LOCK", "", "Weights lock JSON; when set, file sizes are checked against it."),
     Var("LORA_GYM_MUSUBI_DIR", "/opt/musubi-tuner", "musubi-tuner checkout (installed) whose scripts run."),
     Var("LORA_GYM_PYTHON", "python", "Python interpreter for the cache and merge steps."),
@@ -48,6 +49,7 @@ class Settings:
     dataset_dir: str
     paths: ContainerPaths
     weights_lock: str
+    fetch_missing_weights: bool
     image_labels: str
     run_id: str | None
     dry_run: bool
@@ -72,11 +74,17 @@ def read(environ: Mapping[str, str], tensorboard: bool) -> Settings:
     if not get["LORA_GYM_PRESET"]:
         raise UserError("LORA_GYM_PRESET is not set: pass -e LORA_GYM_PRESET=<preset name> "
                         "(see `launcher presets list`)")
+    flavor = get["LORA_GYM_FLAVOR"]
+    if flavor not in ("full", "slim"):
+        raise UserError(f"LORA_GYM_FLAVOR={flavor!r} is neither full nor slim: leave it as the image sets it")
+    # Slim images keep downloaded weights on the cache volume, so the next container finds them.
+    slim_weights = f"{get['LORA_GYM_CACHE_DIR']}/weights"
+    weights = get["LORA_GYM_WEIGHTS_DIR"] or (slim_weights if flavor == "slim" else "/weights")
     paths = ContainerPaths(dataset=get["LORA_GYM_DATASET_DIR"], output=get["LORA_GYM_OUTPUT_DIR"],
-                           cache=get["LORA_GYM_CACHE_DIR"], weights=get["LORA_GYM_WEIGHTS_DIR"],
+                           cache=get["LORA_GYM_CACHE_DIR"], weights=weights,
                            musubi=get["LORA_GYM_MUSUBI_DIR"], python=get["LORA_GYM_PYTHON"],
                            tensorboard=tensorboard)
     return Settings(get["LORA_GYM_PRESET"], get["LORA_GYM_EXPERT"] or None, _overrides(get["LORA_GYM_SET"]),
-                    get["LORA_GYM_DATASET_DIR"], paths, get["LORA_GYM_WEIGHTS_LOCK"],
+                    get["LORA_GYM_DATASET_DIR"], paths, get["LORA_GYM_WEIGHTS_LOCK"], flavor == "slim",
                     get["LORA_GYM_IMAGE_LABELS"], get["LORA_GYM_RUN_ID"] or None,
                     _flag("LORA_GYM_DRY_RUN", get["LORA_GYM_DRY_RUN"]))

@@ -113,7 +113,8 @@ def _write_markers(markers) -> None:
 
 
 def run_steps(job: Job, manifest: Manifest, stop: Stop) -> int:
-    child_env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # A training run needs no network: tokenizers come from the image's Hub cache.
+    child_env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
     for step in job.plan.steps:
         if stop.signal is not None:
             return 128 + stop.signal
@@ -143,6 +144,11 @@ def run_job(settings) -> int:
 
         print(as_text(job))
         return 0
+    if settings.fetch_missing_weights:
+        from lora_gym_entrypoint.weights import ensure_weights
+
+        report = ensure_weights(job.plan.weights, settings.weights_lock, os.environ.get("HF_HOME", "/opt/hf"), log)
+        log(f"weights: {report.downloaded} downloaded ({report.bytes / 1e9:.2f} GB), {report.present} present")
     preflight(job, settings.paths)
     job = claim_run_dir(job, settings)
     Path(job.plan.dataset_config_path).write_text(job.plan.dataset_config, encoding="utf-8")

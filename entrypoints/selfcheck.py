@@ -11,7 +11,10 @@ import argparse
 import contextlib
 import importlib
 import io
+import json
+import os
 import sys
+from pathlib import Path
 
 from launcher import contract
 from launcher.core.checks import split_script
@@ -86,11 +89,34 @@ def check(family: str) -> list[str]:
     return problems
 
 
+def label_problems(labels: dict[str, str], lock_path: str) -> list[str]:
+    """The labels the launcher trusts must describe this code and this lock."""
+    from launcher.weights import lockfile
+
+    expected = {"ai.loragym.contract": contract.CONTRACT_VERSION,
+                "ai.loragym.musubi-commit": contract.musubi_commit(),
+                "ai.loragym.weights-lock": lockfile.digest(lockfile.read(lock_path))}
+    return [f"label {key}={labels.get(key)!r} but this image has {value!r}: build it with make image-<family>"
+            for key, value in expected.items() if labels.get(key) != value]
+
+
+def write_labels(path: str, labels: dict[str, str]) -> None:
+    Path(path).write_text(json.dumps(labels, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = argparse.ArgumentParser(prog="python -m lora_gym_entrypoint.selfcheck")
-    args.add_argument("--family", required=True, choices=("wan21", "wan22"))
-    family = args.parse_args(argv).family
-    problems = check(family)
+    parser = argparse.ArgumentParser(prog="python -m lora_gym_entrypoint.selfcheck")
+    parser.add_argument("--family", required=True, choices=("wan21", "wan22"))
+    parser.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                        help="an image label to verify (with --lock) and record (with --write-labels)")
+    parser.add_argument("--lock", default=os.environ.get("LORA_GYM_WEIGHTS_LOCK", ""))
+    parser.add_argument("--write-labels", metavar="PATH", help="write the labels as JSON for run.json")
+    args = parser.parse_args(argv)
+    family = args.family
+    labels = dict(item.partition("=")[::2] for item in args.label)
+    problems = check(family) + (label_problems(labels, args.lock) if labels else [])
+    if args.write_labels and not problems:
+        write_labels(args.write_labels, labels)
     for problem in problems:
         print(f"error: self-check: {problem}", file=sys.stderr)
     if not problems:

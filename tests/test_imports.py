@@ -14,7 +14,7 @@ import pytest
 from conftest import EXAMPLE_DATASET, clean_env
 
 HEAVY = ("modal", "docker", "httpx", "google.genai", "replicate", "boto3", "botocore", "torch", "safetensors",
-         "numpy", "PIL", "av", "requests")
+         "numpy", "PIL", "av", "requests", "huggingface_hub")
 
 DRIVER = """
 import importlib.abc, json, sys
@@ -39,8 +39,12 @@ COMMANDS = [
     ["presets", "list"],
     ["presets", "show", "wan22-i2v-lightning"],
     ["run", "--help"],
+    ["caption", "--help"],
+    ["dataset", "--help"],
     ["run", "--preset", "wan22-t2v-lightning", "--expert", "both", "--dataset", str(EXAMPLE_DATASET), "--dry-run"],
     ["run", "--preset", "wan21-i2v-720p", "--dataset", str(EXAMPLE_DATASET), "--dry-run", "--format", "json"],
+    ["run", "--preset", "wan21-t2v-1.3b", "--dataset", str(EXAMPLE_DATASET), "--dry-run", "--backend", "local",
+     "--output", "out"],
 ]
 
 

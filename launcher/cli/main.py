@@ -9,6 +9,8 @@ import click
 
 # name -> "module:attribute"; modules are imported only when their command runs or shows help.
 COMMANDS = {
+    "caption": ("launcher.cli.caption_cmd:caption", "Caption every image and video (Gemini, Replicate)."),
+    "dataset": ("launcher.cli.dataset_cmd:dataset", "Check (and prepare) a dataset before renting a GPU."),
     "presets": ("launcher.cli.presets_cmd:presets", "List, show and copy training presets."),
     "run": ("launcher.cli.run_cmd:run", "Plan a training run and (soon) start it on a backend."),
 }

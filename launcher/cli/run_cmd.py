@@ -1,9 +1,10 @@
-"""`launcher run`: plan a training run; `--dry-run` prints the exact commands the container will run."""
+"""`launcher run`: plan a training run; `--dry-run` prints it, `--backend` runs it."""
 
 from __future__ import annotations
 
 import click
 
+from launcher.backends import backend_names
 from launcher.cli.options import set_option
 
 
@@ -11,24 +12,64 @@ from launcher.cli.options import set_option
 Examples:
   launcher run --preset wan22-t2v-lightning --expert high --dataset ./my-dataset --dry-run
   launcher run --preset wan21-t2v-1.3b --dataset ./my-dataset --set train.max_train_epochs=20 --dry-run
-  launcher run --preset ./my-preset.toml --expert both --dataset ./my-dataset --dry-run --format json""")
+  launcher run --preset ./my-preset.toml --expert both --dataset ./my-dataset --dry-run --format json
+  launcher run --preset wan21-t2v-1.3b --dataset ./my-dataset --output ./runs --backend local""")
 @click.option("--preset", required=True, help="A preset name (see `launcher presets list`) or a .toml path.")
 @click.option("--expert", type=click.Choice(["high", "low", "both"]),
               help="Wan 2.2 only: which expert to train; `both` caches once and trains both.")
 @click.option("--dataset", "dataset_dir", required=True, type=click.Path(),
               help="Folder of images/videos with a .txt caption beside each (or images/ and videos/).")
 @set_option
-@click.option("--dry-run", is_flag=True, help="Print the plan (every command, the dataset config) and exit.")
+@click.option("--backend", type=click.Choice(backend_names()),
+              help="Where to run: local = this machine's Docker or Podman. With --dry-run: show how.")
+@click.option("--output", type=click.Path(file_okay=False),
+              help="local: folder for the run folders (LoRAs, run.json); created if missing.")
+@click.option("--image", help="local: image tag or digest to run instead of lora-gym-<family>:<version>.")
+@click.option("--gpus", default="all", show_default=True, help="local: all, none, or GPU ids such as 0,1.")
+@click.option("--cache-volume", help="local: named volume for caches [default: lora-gym-cache-<family>].")
+@click.option("--dry-run", is_flag=True, help="Print the plan (or with --backend, its command) and exit.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="Output format of --dry-run.")
-def run(preset, expert, dataset_dir, overrides, dry_run, fmt):
-    """Plan a LoRA training run from PRESET on a dataset folder."""
+@click.option("--no-check", is_flag=True,
+              help="Skip the media check (files open, frames, fps) run before launching; --dry-run skips it too.")
+def run(preset, expert, dataset_dir, overrides, backend, output, image, gpus, cache_volume, dry_run, fmt, no_check):
+    """Plan a LoRA training run from PRESET on a dataset folder, and run it with --backend."""
+    from launcher.backends import LaunchOptions, load_backend
     from launcher.cli import render
     from launcher.core.errors import UserError
     from launcher.core.job import prepare
 
-    job = prepare(preset, expert, overrides, dataset_dir)
-    if not dry_run:
-        raise UserError("running needs a backend (local Docker/Podman, Modal, RunPod), which is not built "
-                        "yet: add --dry-run to see the exact plan")
-    click.echo(render.as_json(job) if fmt == "json" else render.as_text(job))
+    job = prepare(preset, expert, overrides, dataset_dir)  # bad input fails here, before any backend
+    if backend is None:
+        if not dry_run:
+            raise UserError("running needs a backend: add --backend local (Docker or Podman on this machine), "
+                            "or --dry-run to see the plan")
+        click.echo(render.as_json(job) if fmt == "json" else render.as_text(job))
+        return 0
+    if dry_run and fmt == "json":
+        raise UserError("--format json prints the plan, not a backend's command: drop --backend or --format")
+    options = LaunchOptions(dataset=dataset_dir, output=output, image=image, gpus=gpus, cache_volume=cache_volume)
+    chosen = load_backend(backend)
+    if dry_run:
+        click.echo(chosen.dry_run(job, options))
+        return 0
+    for warning in [] if no_check else check_media(job, expert, dataset_dir):
+        click.echo(f"warning: {warning}", err=True)
+    return chosen.launch(job, options)
+
+
+def check_media(job, expert: str | None, dataset_dir: str) -> list[str]:
+    """`launcher dataset check` on the job's dataset before GPU time is spent: errors stop the run (exit 2, one
+    `error:` line each); the warnings are returned. --dry-run never comes here, so planning stays free of
+    Pillow and PyAV (tests/test_imports.py) and works on an install without lora-gym[dataset]."""
+    from launcher.cli.dataset_cmd import trainings_for
+    from launcher.core.errors import UserError
+    from launcher.media import require
+    from launcher.media.check import check_dataset
+
+    require(hint=", or add --no-check to launch without the media check")
+    preset = job.loaded.preset
+    report = check_dataset(dataset_dir, preset, trainings_for(preset, expert), layout=job.layout)
+    if report.errors:
+        raise UserError(*(p.message for p in report.errors))
+    return [p.message for p in report.warnings]

@@ -108,8 +108,9 @@ def _scan_folder(folder: Path, relpath: str, problems: list[str]) -> list[tuple[
     prefix = f"{relpath}/" if relpath else ""
     entries = sorted(folder.iterdir())
     media = [p for p in entries if p.is_file() and media_kind(p.name)]
+    media_set = set(media)  # membership below is per file: a list would make big folders quadratic
     for path in entries:
-        if path not in media:
+        if path not in media_set:
             problems.extend(filter(None, [_other_file_problem(path, prefix + path.name)]))
     problems.extend(_stem_clashes(media, prefix))
     problems.extend(filter(None, (_caption_problem(p, prefix + p.name) for p in media)))

@@ -1,0 +1,169 @@
+"""Captioning throughput of `launcher caption` against a loopback fake Gemini API (tests/fakes/fake_gemini.py).
+
+Every run goes through the real google-genai client and the real GeminiProvider; only the server is fake,
+answering each generateContent after a fixed latency (500 ms, times --scale). Four measurements:
+
+1. reference: the one-at-a-time loop of the original script, with its fixed 10 s sleep after each file
+   (also times --scale), against the launcher at --concurrency 8 with no binding rate limit. Target >= 8x.
+2. concurrency alone: the launcher at concurrency 8 against concurrency 1, no sleeps, at the full 500 ms.
+3. rate limit: the launcher at concurrency 8 with an --rpm that binds; the request rate the server saw,
+   as a share of the limit. Target >= 90%.
+4. faults: 20% of requests answered 429 (with Retry-After) and 5% 500; every file must end with exactly its
+   own caption, and the server must have answered exactly one successful request per file.
+
+    .venv/bin/python benchmarks/caption_throughput.py [--scale 0.1] [--files 64]
+
+Exits 1 if a target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))  # the fakes live with the tests
+
+from fakes.fake_gemini import FakeGemini, Faults, media_tag  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from launcher.caption import core, gemini  # noqa: E402
+
+KEY = "bench-key"
+LATENCY_S = 0.5  # per generateContent, before --scale
+REFERENCE_SLEEP_S = 10.0  # the original script's fixed pause after each Gemini file, before --scale
+PROMPT = {"image": "Caption this image of annika."}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=float, default=0.1,
+                        help="multiplies both the API latency and the reference's sleep (default: %(default)s)")
+    parser.add_argument("--files", type=int, default=64, help="files per launcher run (default: %(default)s)")
+    parser.add_argument("--reference-files", type=int, default=8, help="files for the reference (default: %(default)s)")
+    parser.add_argument("--concurrency", type=int, default=8, help="(default: %(default)s)")
+    parser.add_argument("--rpm", type=int, default=1200, help="the binding limit of test 3 (default: %(default)s)")
+    return parser.parse_args(argv)
+
+
+def make_images(folder: Path, count: int) -> list[core.MediaItem]:
+    folder.mkdir(parents=True)
+    items = []
+    for i in range(count):
+        path = folder / f"img{i:04}.png"
+        Image.new("RGB", (16, 16), (i % 256, i // 256 % 256, 77)).save(path)
+        items.append(core.MediaItem(path, "image", path.name))
+    return items
+
+
+def launcher_run(fake: FakeGemini, items, concurrency: int, rpm: float, scale: float) -> float:
+    """Captions per second of the launcher's own runner (core.Job + GeminiProvider)."""
+    policy = core.RetryPolicy(base_delay=1.0 * scale, max_delay=60.0 * scale)
+    caller = core.Caller(policy, core.RateLimiter(rpm))
+    provider = gemini.GeminiProvider(api_key=KEY, model="gemini-bench", caller=caller, base_url=fake.base_url)
+    job = core.Job(provider, PROMPT, "annika", caller, concurrency=concurrency, hidden=(KEY,))
+    start = time.perf_counter()
+    summary = job.run(items, core.Summary(), progress=False)
+    elapsed = time.perf_counter() - start
+    if summary.failed:
+        raise SystemExit(f"unexpected failures: {summary.failed[:3]}")
+    return len(items) / elapsed
+
+
+def reference_run(fake: FakeGemini, items, pause: float) -> float:
+    """The original script's loop: one file at a time, then a fixed pause (none after the last file)."""
+    from google import genai
+    from google.genai import types
+
+    client = genai.Client(api_key=KEY, http_options=types.HttpOptions(base_url=fake.base_url))
+    start = time.perf_counter()
+    for index, item in enumerate(items):
+        part = types.Part.from_bytes(data=item.path.read_bytes(), mime_type="image/png")
+        text = client.models.generate_content(model="gemini-bench", contents=[part, PROMPT["image"]]).text
+        item.caption_path.write_text(text.strip() + "\n", encoding="utf-8")
+        if index < len(items) - 1:
+            time.sleep(pause)
+    return len(items) / (time.perf_counter() - start)
+
+
+def server_rate(fake: FakeGemini, since: int) -> float:
+    """Requests per second between the first and the last generateContent the server received."""
+    stamps = fake.generate_times[since:]
+    return (len(stamps) - 1) / (stamps[-1] - stamps[0])
+
+
+def check_no_loss(items) -> list[str]:
+    problems = []
+    for item in items:
+        want = f"[{media_tag(item.path.read_bytes())}]"
+        if not item.caption_path.is_file():
+            problems.append(f"{item.shown}: no caption")
+        elif not item.caption_path.read_text().rstrip().endswith(want):
+            problems.append(f"{item.shown}: someone else's caption")
+    return problems
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    latency, pause = LATENCY_S * args.scale, REFERENCE_SLEEP_S * args.scale
+    unlimited = 1_000_000
+    results, ok = [], True
+    with tempfile.TemporaryDirectory() as tmp, FakeGemini(api_key=KEY, latency=latency) as fake:
+        tmp = Path(tmp)
+        fake.generate_times = []
+        reply = fake.reply
+
+        def timed_reply(prompt, media):
+            fake.generate_times.append(time.perf_counter())
+            return reply(prompt, media)
+
+        fake.reply = timed_reply
+
+        reference = reference_run(fake, make_images(tmp / "ref", args.reference_files), pause)
+        ours = launcher_run(fake, make_images(tmp / "ours", args.files), args.concurrency, unlimited, args.scale)
+        ratio = ours / reference
+        ok &= ratio >= 8
+        results.append(("1. vs reference (one at a time, fixed sleep)",
+                        f"{reference:.2f} → {ours:.1f} captions/s", f"{ratio:.0f}× (target ≥ 8×)"))
+
+        fake.latency = LATENCY_S  # unscaled: a real Flash call takes about this long
+        one = launcher_run(fake, make_images(tmp / "c1", args.concurrency), 1, unlimited, args.scale)
+        many = launcher_run(fake, make_images(tmp / "c8", args.concurrency * 8), args.concurrency, unlimited,
+                            args.scale)
+        results.append((f"2. concurrency {args.concurrency} vs 1, 500 ms latency, no sleeps",
+                        f"{one:.2f} → {many:.2f} captions/s", f"{many / one:.1f}× (ceiling {args.concurrency}×)"))
+
+        fake.latency = latency
+        since = len(fake.generate_times)
+        limited = launcher_run(fake, make_images(tmp / "rpm", args.files), args.concurrency, args.rpm, args.scale)
+        share = server_rate(fake, since) / (args.rpm / 60)
+        ok &= share >= 0.9
+        results.append((f"3. --rpm {args.rpm} binding ({args.rpm / 60:.0f}/s)",
+                        f"{server_rate(fake, since):.2f} requests/s, {limited:.2f} captions/s",
+                        f"{share:.0%} of the limit (target ≥ 90%)"))
+
+        fake.faults = Faults(rate_429=0.2, rate_500=0.05, retry_after=f"{1.0 * args.scale:g}", seed=1)
+        since, answered = len(fake.generate_times), fake.count("POST", "generateContent")
+        items = make_images(tmp / "faults", args.files)
+        faulty = launcher_run(fake, items, args.concurrency, unlimited, args.scale)
+        problems = check_no_loss(items)
+        successes = len(fake.generate_times) - since
+        requests = fake.count("POST", "generateContent") - answered
+        ok &= not problems and successes == len(items)
+        results.append(("4. 20% 429 + 5% 500 injected", f"{requests} requests for {len(items)} files, "
+                        f"{faulty:.1f} captions/s", f"{len(problems)} lost or wrong, "
+                        f"{successes - len(items)} duplicated"))
+
+    print(f"scale {args.scale:g}: latency {latency * 1000:.0f} ms, reference sleep {pause:g} s; "
+          f"concurrency {args.concurrency}, {args.files} files per run\n")
+    print("| measurement | throughput | result |\n|---|---|---|")
+    for row in results:
+        print("| " + " | ".join(row) + " |")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Backends: where a prepared job runs (this machine's Docker/Podman now; Modal and RunPod later).
+
+Every backend gets the same validated Job (the plan `--dry-run` shows) and the same LaunchOptions, and
+runs the same pinned image with the same environment contract. Backends are loaded by name only when
+used, so `launcher --help` and `run --dry-run` never import an SDK (tests/test_imports.py checks it).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from launcher.core.job import Job
+
+# name -> "module:attribute" of a zero-argument factory (usually the class).
+BACKENDS = {
+    "local": "launcher.backends.local:LocalBackend",
+}
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    name: str
+    max_runtime_hours: float | None  # None: no limit imposed by the platform
+    detach: bool  # whether a run can continue after the launcher exits
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    """What the user asked for besides the plan; each backend uses the fields that apply to it."""
+
+    dataset: str
+    output: str | None = None
+    image: str | None = None  # a tag or digest reference; None: the default image of the preset's family
+    gpus: str = "all"  # all | none | comma list of GPU ids
+    cache_volume: str | None = None
+    run_id: str | None = None  # the run folder's name; None: the entrypoint picks one
+
+
+class Backend(Protocol):
+    capabilities: Capabilities
+
+    def launch(self, job: Job, options: LaunchOptions) -> int:
+        """Run the job to the end, streaming its logs; the run's exit status (130 when interrupted)."""
+
+    def dry_run(self, job: Job, options: LaunchOptions) -> str:
+        """What `launch` would do, as text a user can read or paste, without touching anything."""
+
+
+def backend_names() -> list[str]:
+    return sorted(BACKENDS)
+
+
+def load_backend(name: str) -> Backend:
+    module, attribute = BACKENDS[name].split(":")
+    return getattr(importlib.import_module(module), attribute)()

@@ -1,0 +1,306 @@
+"""The local backend: run the pinned image on this machine with Docker Engine or Podman (docker-py).
+
+The container is described once as data (ContainerSpec); `--dry-run` renders it as a plain `docker run`
+command and `launch` turns it into docker-py arguments, so the printed command is what actually runs.
+docker-py is imported only inside the functions that talk to the engine: `run --dry-run --backend local`
+works without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shlex
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from launcher.backends import Capabilities, LaunchOptions, labels
+from launcher.core.errors import UserError
+from launcher.core.job import DEFAULT_PATHS, Job
+
+PRESETS_DIR = "/presets"
+# PyTorch data-loader workers pass batches through /dev/shm; Docker's 64 MB default makes them crash.
+SHM_SIZE = "8g"
+STOP_TIMEOUT_S = 30  # SIGTERM, then this long for the entrypoint to stop its step, then SIGKILL
+PODMAN_CDI_API = (5, 4)  # first Podman whose Docker API honours GPU (CDI) device requests
+PODMAN_SOCKET_FIX = ("start Docker, or Podman's Docker API with `podman system service --time=0 "
+                     "unix:///run/podman/podman.sock &` and `export DOCKER_HOST=unix:///run/podman/podman.sock`")
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: str  # an absolute host path, or a volume name
+    target: str
+    read_only: bool = False
+
+    @property
+    def bind(self) -> str:
+        """The `-v` form; docker-py's `volumes` takes the same string, so both paths mount alike."""
+        return f"{self.source}:{self.target}:{'ro' if self.read_only else 'rw'}"
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    image: str
+    env: dict[str, str]
+    mounts: tuple[Mount, ...]
+    user: str | None
+    gpus: tuple[str, ...] | str | None  # "all", GPU ids, or None for no GPU
+    labels: dict[str, str] = field(default_factory=dict)
+    shm_size: str = SHM_SIZE
+
+
+# --- the container as data -------------------------------------------------------------------------------
+
+def parse_gpus(value: str) -> tuple[str, ...] | str | None:
+    value = value.strip()
+    if value in ("all", "none"):
+        return None if value == "none" else "all"
+    ids = tuple(part.strip() for part in value.split(","))
+    if not all(re.fullmatch(r"[A-Za-z0-9-]+", i) for i in ids):
+        raise UserError(f"--gpus {value!r} is not understood: use all, none, or GPU ids such as 0,1")
+    return ids
+
+
+def _host_path(path: str | Path) -> str:
+    resolved = str(Path(path).expanduser().resolve())
+    if ":" in resolved:  # `-v` splits on ':'; refuse rather than mount the wrong thing
+        raise UserError(f"{resolved} contains ':', which Docker cannot mount: use a path without ':'")
+    return resolved
+
+
+def output_dir(options: LaunchOptions) -> str:
+    if not options.output:
+        raise UserError("--backend local needs --output DIR: the folder on this machine where each run's "
+                        "LoRAs and run.json are written")
+    path = _host_path(options.output)
+    if Path(path).exists() and not Path(path).is_dir():
+        raise UserError(f"--output {options.output} is a file: give a folder (it is created if missing)")
+    return path
+
+
+def cache_volume(options: LaunchOptions, family: str) -> str:
+    name = options.cache_volume or f"lora-gym-cache-{family}"
+    # A name with '/' would silently become a bind mount of a host folder: only volume names are accepted.
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise UserError(f"--cache-volume {name!r} is not a volume name: use letters, digits, '_', '.' and '-'")
+    return name
+
+
+def _preset(origin: str) -> tuple[str, Mount | None]:
+    """LORA_GYM_PRESET, and the read-only mount of a user preset file (registry names need none)."""
+    if not Path(origin).is_file():
+        return origin, None
+    target = f"{PRESETS_DIR}/{Path(origin).stem}.toml"
+    return target, Mount(_host_path(origin), target, read_only=True)
+
+
+def _user() -> str | None:
+    # The container runs as the invoking user so the LoRAs it writes belong to them (no getuid on Windows).
+    return f"{os.getuid()}:{os.getgid()}" if hasattr(os, "getuid") else None
+
+
+def container_spec(job: Job, options: LaunchOptions, user: str | None = None) -> ContainerSpec:
+    """Everything `docker run` needs, from the validated job; no Docker involved."""
+    family, paths = job.loaded.preset.family, DEFAULT_PATHS
+    preset_env, preset_mount = _preset(job.loaded.origin)
+    # Only the contract's variables go in: nothing from the host environment, so no secret leaks in.
+    env = {"LORA_GYM_PRESET": preset_env}
+    if job.plan.expert:
+        env["LORA_GYM_EXPERT"] = job.plan.expert
+    if job.loaded.overrides:
+        env["LORA_GYM_SET"] = shlex.join(job.loaded.overrides)
+    if options.run_id:
+        env["LORA_GYM_RUN_ID"] = options.run_id
+    # Explicit, so an image that changes a default still sees the folders mounted below.
+    env |= {"LORA_GYM_DATASET_DIR": paths.dataset, "LORA_GYM_OUTPUT_DIR": paths.output,
+            "LORA_GYM_CACHE_DIR": paths.cache}
+    mounts = [Mount(_host_path(options.dataset), paths.dataset, read_only=True),
+              Mount(output_dir(options), paths.output),
+              Mount(cache_volume(options, family), paths.cache)]
+    mounts += [preset_mount] if preset_mount else []
+    return ContainerSpec(image=options.image or labels.default_image(family), env=env, mounts=tuple(mounts),
+                         user=user if user is not None else _user(), gpus=parse_gpus(options.gpus),
+                         labels={labels.LAUNCHED_BY: "launcher"})
+
+
+def docker_run_argv(spec: ContainerSpec) -> list[str]:
+    """The plain `docker run` equivalent: the image's entrypoint, no command."""
+    argv = ["docker", "run", "--rm"]
+    argv += ["--user", spec.user] if spec.user else []
+    if spec.gpus == "all":
+        argv += ["--gpus", "all"]
+    elif spec.gpus:
+        argv += ["--gpus", f'"device={",".join(spec.gpus)}"']  # the CLI needs the quotes for a list
+    argv += ["--shm-size", spec.shm_size]
+    for key, value in spec.labels.items():
+        argv += ["--label", f"{key}={value}"]
+    for key, value in spec.env.items():
+        argv += ["-e", f"{key}={value}"]
+    for mount in spec.mounts:
+        argv += ["-v", mount.bind]
+    return argv + [spec.image]
+
+
+def render_command(argv: list[str]) -> str:
+    """One shell command, one option per line, continued with backslashes."""
+    words = [shlex.quote(a) for a in argv]
+    lines, i = [" ".join(words[:3])], 3
+    while i < len(words) - 1:
+        takes_value = words[i].startswith("-") and i + 1 < len(words) - 1
+        lines.append(" ".join(words[i:i + 2]) if takes_value else words[i])
+        i += 2 if takes_value else 1
+    lines.append(words[-1])
+    return " \\\n    ".join(lines)
+
+
+def gpu_requests(gpus: tuple[str, ...] | str | None, engine: str, version: tuple[int, ...]) -> list[dict]:
+    """docker-py device_requests: Docker's NVIDIA request, or CDI devices for Podman (which ignores the former)."""
+    if not gpus:
+        return []
+    ids = None if gpus == "all" else list(gpus)
+    if engine != "podman":
+        request = {"count": -1} if ids is None else {"device_ids": ids}
+        return [request | {"capabilities": [["gpu"]]}]
+    if version < PODMAN_CDI_API:
+        raise UserError(f"Podman {'.'.join(map(str, version))} ignores GPU requests over its Docker API "
+                        "(honoured from Podman 5.4): upgrade Podman or use Docker, or pass --gpus none")
+    cdi = [f"nvidia.com/gpu={i}" for i in (ids or ["all"])]
+    return [{"driver": "cdi", "device_ids": cdi, "capabilities": [["gpu"]]}]
+
+
+def run_kwargs(spec: ContainerSpec, device_requests: list[dict]) -> dict:
+    """docker-py `containers.create` arguments for the spec (no command: the entrypoint runs as built)."""
+    return {"image": spec.image, "environment": dict(spec.env), "volumes": [m.bind for m in spec.mounts],
+            "user": spec.user, "device_requests": device_requests or None, "labels": dict(spec.labels),
+            "shm_size": spec.shm_size}
+
+
+# --- the engine ----------------------------------------------------------------------------------------
+
+def connect():
+    """A docker-py client for DOCKER_HOST (or the default socket), or a one-line UserError with the fix."""
+    try:
+        import docker
+        from docker.errors import DockerException
+        from requests.exceptions import RequestException
+    except ImportError:
+        raise UserError("--backend local needs the docker package: pip install 'lora-gym[local]'") from None
+    where = os.environ.get("DOCKER_HOST") or "the default socket"
+    try:
+        client = docker.from_env()
+        client.ping()
+        return client
+    except (DockerException, RequestException, OSError) as exc:
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise UserError(f"cannot reach Docker or Podman at {where} ({reason}): {PODMAN_SOCKET_FIX}") from None
+
+
+def engine_of(client) -> tuple[str, tuple[int, ...]]:
+    """("podman" | "docker", version): Podman reports itself as a component of its Docker API version."""
+    for component in client.version().get("Components") or []:
+        if "podman" in component.get("Name", "").lower():
+            numbers = re.findall(r"\d+", component.get("Version", ""))[:3]
+            return "podman", tuple(int(n) for n in numbers)
+    return "docker", ()
+
+
+def image_labels(client, image: str, family: str) -> dict[str, str]:
+    from docker.errors import ImageNotFound
+
+    try:
+        return client.images.get(image).labels or {}
+    except ImageNotFound:
+        fix = labels.make_command(family)
+        if image == labels.default_image(family):
+            raise UserError(f"image {image} is not on this machine: build it with `{fix}`") from None
+        raise UserError(f"image {image} is not on this machine: pull it, or build the default image with "
+                        f"`{fix}` and drop --image") from None
+
+
+def _stream(container, out) -> None:
+    # Raw bytes as they arrive: the entrypoint already prefixes each line with its step name.
+    for chunk in container.logs(stream=True, follow=True):
+        out.write(chunk)
+        out.flush()
+
+
+# Start failures that mean "no GPU runtime here", and their fixes.
+GPU_HINTS = {"device driver": "install the NVIDIA Container Toolkit, or pass --gpus none",
+             "cdi device": "generate the CDI spec with `nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml`, "
+                           "or pass --gpus none"}
+
+
+def start_error(explanation: str) -> UserError:
+    hints = [fix for needle, fix in GPU_HINTS.items() if needle in explanation.lower()]
+    return UserError(f"the container did not start: {explanation.strip()}" + (f": {hints[0]}" if hints else ""))
+
+
+def _follow(container, out) -> int:
+    from docker.errors import APIError
+
+    try:
+        container.start()
+    except APIError as exc:
+        raise start_error(str(exc.explanation or exc)) from None
+    # Logs stream in a thread so the main thread stays free to take Ctrl-C and stop the container
+    # while its last lines (the entrypoint's shutdown) still come through.
+    streamer = threading.Thread(target=_stream, args=(container, out), daemon=True)
+    try:
+        streamer.start()
+        while streamer.is_alive():
+            streamer.join(0.5)
+        return container.wait()["StatusCode"]
+    except KeyboardInterrupt:
+        print(f"launcher: stopping the container (SIGTERM now, SIGKILL after {STOP_TIMEOUT_S} s)", file=sys.stderr)
+        with contextlib.suppress(APIError):  # it may have exited on its own meanwhile
+            container.stop(timeout=STOP_TIMEOUT_S)
+        if streamer.is_alive():
+            streamer.join(10)
+        return 130
+
+
+def _remove(container) -> None:
+    from docker.errors import APIError, NotFound
+
+    try:
+        container.remove(force=True)
+    except NotFound:
+        pass
+    except APIError as exc:
+        print(f"launcher: could not remove container {container.short_id} ({exc.explanation}): "
+              f"run `docker rm -f {container.short_id}`", file=sys.stderr)
+
+
+def run_container(client, spec: ContainerSpec, device_requests: list[dict], out=None) -> int:
+    """Start, stream logs until it exits, return its status; Ctrl-C stops it (exit 130). Always removed."""
+    from docker.errors import APIError
+
+    try:
+        container = client.containers.create(**run_kwargs(spec, device_requests))
+    except APIError as exc:  # Podman resolves CDI devices at create time, Docker at start
+        raise start_error(str(exc.explanation or exc)) from None
+    try:
+        return _follow(container, out or sys.stdout.buffer)
+    finally:
+        _remove(container)
+
+
+class LocalBackend:
+    capabilities = Capabilities(name="local", max_runtime_hours=None, detach=False)
+
+    def dry_run(self, job: Job, options: LaunchOptions) -> str:
+        return render_command(docker_run_argv(container_spec(job, options)))
+
+    def launch(self, job: Job, options: LaunchOptions) -> int:
+        spec = container_spec(job, options)  # bad options fail before the engine is touched
+        client = connect()
+        requests = gpu_requests(spec.gpus, *engine_of(client))
+        preset = job.loaded.preset
+        labels.check_image(spec.image, image_labels(client, spec.image, preset.family), preset.family,
+                           preset.model.task)
+        Path(output_dir(options)).mkdir(parents=True, exist_ok=True)  # only now: a refused run writes nothing
+        return run_container(client, spec, requests)

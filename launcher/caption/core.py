@@ -1,0 +1,306 @@
+"""Captioning a folder: which files, in what order, how fast, with what retries, and how results are written.
+
+No SDK is imported here: providers (gemini.py, replicate_provider.py) turn their library's errors into a
+`Retry` via the `classify` function they hand to `Caller`, and raise `CaptionError` for a file that cannot be
+captioned. Everything that waits goes through `Caller.sleep`, so tests inject a fake clock and Ctrl-C stops
+the waiting at once.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import os
+import random
+import re
+import secrets
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from launcher.caption.prompts import anchor_pattern
+from launcher.core.dataset import CAPTION_EXTENSION, SUBFOLDERS, media_kind
+from launcher.core.errors import UserError
+
+
+class Provider(Protocol):
+    """One captioning service. Raises CaptionError for a file it cannot caption."""
+
+    def caption(self, path: Path, kind: str, prompt: str) -> str: ...
+
+
+class CaptionError(Exception):
+    """This file failed, for the reason in the message; the run goes on with the others."""
+
+
+class Stopped(Exception):
+    """The run was interrupted while this worker was waiting."""
+
+
+INTERRUPTED = "\0interrupted"  # a worker's outcome that is neither a caption nor a failure
+
+
+# ---------------------------------------------------------------------------------------------------- files
+
+@dataclass(frozen=True)
+class MediaItem:
+    path: Path
+    kind: str  # "image" or "video"
+    shown: str  # the path relative to the dataset folder, for messages
+
+    @property
+    def caption_path(self) -> Path:
+        return self.path.with_suffix(CAPTION_EXTENSION)
+
+    def has_caption(self) -> bool:
+        try:
+            return bool(self.caption_path.read_bytes().strip())
+        except FileNotFoundError:
+            return False
+
+
+def discover(root: Path) -> list[MediaItem]:
+    """The media in `root` and its images/ and videos/ subfolders, the layout `launcher run` reads."""
+    if not root.is_dir():
+        what = "is not a folder" if root.exists() else "not found"
+        raise UserError(f"dataset folder {root} {what}: pass the folder that holds your images and videos")
+    items = []
+    for folder, prefix in [(root, ""), *((root / sub, f"{sub}/") for sub in SUBFOLDERS)]:
+        if folder.is_dir():
+            items += [MediaItem(p, media_kind(p.name), prefix + p.name)
+                      for p in sorted(folder.iterdir()) if p.is_file() and media_kind(p.name)]
+    if not items:
+        raise UserError(f"dataset folder {root} has no images or videos: add .png/.jpg/.jpeg/.webp/.bmp or "
+                        ".mp4/.webm/.mov/.mkv files to it (or to its images/ and videos/ subfolders)")
+    stems: dict[Path, list[str]] = {}
+    for item in items:
+        stems.setdefault(item.caption_path, []).append(item.shown)
+    clashes = [f"{' and '.join(names)} would share the caption {names[0].rsplit('.', 1)[0]}.txt: rename one"
+               for names in stems.values() if len(names) > 1]
+    if clashes:
+        raise UserError(*clashes)
+    return items
+
+
+# Spelled out: mimetypes depends on the system's tables, and some lack .webp or .mkv.
+MIME_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
+              ".bmp": "image/bmp", ".mp4": "video/mp4", ".webm": "video/webm", ".mov": "video/quicktime",
+              ".mkv": "video/x-matroska"}
+
+
+def mime_type(path: Path) -> str:
+    return MIME_TYPES[path.suffix.lower()]
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write beside the target, then rename over it: an interrupted run never leaves a half-written caption."""
+    # A dot-name, so that `launcher dataset` and musubi-tuner ignore a leftover from a killed process.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.partial")
+    try:
+        with tmp.open("x", encoding="utf-8") as handle:
+            handle.write(text + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------- pacing and retries
+
+@dataclass(frozen=True)
+class Retry:
+    """A transient failure: try again, after `after` seconds if the service said so (Retry-After)."""
+
+    reason: str
+    after: float | None = None
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After as seconds (fractions accepted) or an HTTP date; None if absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def is_network_error(exc: BaseException) -> bool:
+    """Timeouts and dropped connections, from httpx or httpx2 (google-genai uses the latter) or the stdlib."""
+    # By class name, so that core needs neither HTTP library installed nor imported.
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return isinstance(exc, TimeoutError | ConnectionError) or bool(
+        names & {"TimeoutException", "NetworkError", "RemoteProtocolError"})
+
+
+class RateLimiter:
+    """At most `rpm` starts per minute, evenly spaced: a slot every 60/rpm s, shared by all workers."""
+
+    def __init__(self, rpm: float, clock: Callable[[], float] = time.monotonic):
+        self.interval, self.clock = 60.0 / rpm, clock
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def reserve(self) -> float:
+        """Claim the next free slot; returns how long to wait for it."""
+        with self._lock:
+            now = self.clock()
+            slot = max(now, self._next)
+            self._next = slot + self.interval
+            return slot - now
+
+
+@dataclass
+class RetryPolicy:
+    attempts: int = 6  # tries per request, the first included
+    base_delay: float = 1.0  # the first backoff; doubles each retry
+    max_delay: float = 60.0
+    max_retry_after: float = 300.0  # a longer Retry-After means a spent quota: fail the file, don't stall
+    random: Callable[[], float] = random.random
+
+    def backoff(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return retry_after * (1 + 0.1 * self.random())  # never earlier than asked; spread the herd
+        ceiling = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
+        return ceiling * (0.5 + 0.5 * self.random())  # "equal jitter": a floor, plus randomness
+
+
+class Caller:
+    """Runs one HTTP request at a time for a provider: rate-limited if asked, retried while transient."""
+
+    def __init__(self, policy: RetryPolicy | None = None, limiter: RateLimiter | None = None,
+                 sleep: Callable[[float], None] | None = None):
+        self.policy, self.limiter = policy or RetryPolicy(), limiter
+        self.stop = threading.Event()
+        self._sleep = sleep
+
+    def sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        if self._sleep:
+            self._sleep(seconds)
+        elif self.stop.wait(seconds):  # Ctrl-C sets `stop`: waiting workers give up at once
+            raise Stopped()
+
+    def __call__(self, fn: Callable[[], object], classify: Callable[[BaseException], Retry | None], *,
+                 limited: bool = False, cleanup: bool = False):
+        """fn(), retried while `classify` (or `is_network_error`) calls the error transient.
+
+        limited: the call counts against --rpm. cleanup: it runs even after Ctrl-C (once), e.g. deleting an upload.
+        """
+        for attempt in range(1, self.policy.attempts + 1):
+            if self.stop.is_set() and not (cleanup and attempt == 1):
+                raise Stopped()
+            if limited and self.limiter:
+                self.sleep(self.limiter.reserve())
+            try:
+                return fn()
+            except Exception as exc:
+                retry = classify(exc) or (Retry(f"network error ({type(exc).__name__})")
+                                          if is_network_error(exc) else None)
+                if retry is None:
+                    raise
+                if retry.after is not None and retry.after > self.policy.max_retry_after:
+                    raise CaptionError(f"{retry.reason}, and the service asks to wait {retry.after:.0f} s "
+                                       "(quota spent?): run again later to resume") from None
+                if attempt == self.policy.attempts:
+                    raise CaptionError(f"gave up after {attempt} attempts: {retry.reason}") from None
+                self.sleep(self.policy.backoff(attempt, retry.after))
+        raise AssertionError("unreachable")
+
+
+# ------------------------------------------------------------------------------------------------ the run
+
+def clean(text: str) -> str:
+    """One line, without the wrapping quotes or labels that models sometimes add."""
+    text = _unquote(" ".join(text.split()))
+    return _unquote(re.sub(r"^caption\s*:\s*", "", text, flags=re.IGNORECASE))
+
+
+def _unquote(text: str) -> str:
+    return text[1:-1].strip() if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'" else text
+
+
+def redact(text: str, hidden: tuple[str, ...]) -> str:
+    for secret in hidden:
+        text = text.replace(secret, "***")
+    return text
+
+
+@dataclass
+class Summary:
+    captioned: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    interrupted: bool = False
+
+    def lines(self) -> list[str]:
+        head = f"captioned {len(self.captioned)}, skipped {len(self.skipped)}, failed {len(self.failed)}"
+        out = [head + (" (interrupted: run the same command again to resume)" if self.interrupted else "")]
+        return out + [f"failed: {name}: {reason}" for name, reason in sorted(self.failed)]
+
+
+@dataclass
+class Job:
+    provider: Provider
+    prompts: dict[str, str]  # kind -> prompt
+    anchor: str
+    caller: Caller
+    concurrency: int = 4
+    hidden: tuple[str, ...] = ()  # secrets to scrub from every message
+
+    def caption_one(self, item: MediaItem) -> str:
+        """The caption for one file, written beside it; a caption without the anchor is asked for once more."""
+        pattern, text = anchor_pattern(self.anchor), ""
+        for _ in range(2):
+            text = clean(self.provider.caption(item.path, item.kind, self.prompts[item.kind]))
+            if pattern.search(text):
+                write_atomic(item.caption_path, text)
+                return text
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        raise CaptionError(f"no {self.anchor!r} in the caption, twice (last: {shown!r})")
+
+    def _attempt(self, item: MediaItem) -> str | None:
+        try:
+            self.caption_one(item)
+            return None
+        except Stopped:
+            return INTERRUPTED
+        except CaptionError as exc:
+            return redact(str(exc), self.hidden)
+        except Exception as exc:  # one broken file (or an SDK surprise) must not stop the others
+            return redact(f"{type(exc).__name__}: {exc}".splitlines()[0][:300], self.hidden)
+
+    def run(self, todo: list[MediaItem], summary: Summary, progress: bool = True) -> Summary:
+        from tqdm import tqdm  # lazy: `--help` and `--dry-run` stay fast
+
+        bar = tqdm(total=len(todo), unit="file", file=sys.stderr, disable=not progress, dynamic_ncols=True)
+        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="caption")
+        futures = {pool.submit(self._attempt, item): item for item in todo}
+        try:
+            for future in as_completed(futures):
+                item, error = futures[future], future.result()
+                if error is None:
+                    summary.captioned.append(item.shown)
+                elif error != INTERRUPTED:
+                    summary.failed.append((item.shown, error))
+                bar.set_postfix(failed=len(summary.failed), refresh=False)
+                bar.update()
+        except KeyboardInterrupt:
+            summary.interrupted = True
+            self.caller.stop.set()  # waiting workers quit; requests in flight finish and are written whole
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        finally:
+            bar.close()
+            pool.shutdown(wait=not summary.interrupted)
+        return summary

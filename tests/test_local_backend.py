@@ -1,0 +1,306 @@
+"""`launcher run --backend local`: the container spec and `docker run` rendering as data, then real runs of
+a fake LoRA Gym image through Podman's Docker-compatible API (the same docker-py calls Docker Engine gets).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from conftest import EXAMPLE_DATASET, FAKES, ROOT, clean_env
+
+from launcher.backends import LaunchOptions, labels, local
+from launcher.cli.main import main
+from launcher.contract import CONTRACT_VERSION
+from launcher.core.errors import UserError
+from launcher.core.job import prepare
+
+NOWHERE = "unix:///nonexistent/lora-gym-test.sock"
+
+
+def spec_for(preset, tmp_path, expert=None, overrides=(), **options):
+    job = prepare(preset, expert, overrides, EXAMPLE_DATASET)
+    opts = LaunchOptions(dataset=str(EXAMPLE_DATASET), output=str(tmp_path / "out"), **options)
+    return local.container_spec(job, opts, user="1000:1000")
+
+
+# --- the container as data ----------------------------------------------------------------------------------
+
+def test_spec_holds_the_env_contract_mounts_user_and_gpus(tmp_path):
+    spec = spec_for("wan22-t2v-lightning", tmp_path, "high", ["train.max_train_epochs=20", "model.clip=none"])
+    assert spec.env == {"LORA_GYM_PRESET": "wan22-t2v-lightning", "LORA_GYM_EXPERT": "high",
+                        "LORA_GYM_SET": "train.max_train_epochs=20 model.clip=none",
+                        "LORA_GYM_DATASET_DIR": "/dataset", "LORA_GYM_OUTPUT_DIR": "/output",
+                        "LORA_GYM_CACHE_DIR": "/cache"}
+    assert [m.bind for m in spec.mounts] == [f"{EXAMPLE_DATASET}:/dataset:ro", f"{tmp_path}/out:/output:rw",
+                                             "lora-gym-cache-wan22:/cache:rw"]
+    assert (spec.image, spec.user, spec.gpus) == ("lora-gym-wan22:0.1.0", "1000:1000", "all")
+    assert not (tmp_path / "out").exists()  # describing a run creates nothing
+
+
+def test_spec_options_registry_image_volume_run_id(tmp_path, monkeypatch):
+    monkeypatch.setenv(labels.REGISTRY_ENV, "ghcr.io/acme/")
+    assert spec_for("wan21-t2v-1.3b", tmp_path).image == "ghcr.io/acme/lora-gym-wan21:0.1.0"
+    spec = spec_for("wan21-t2v-1.3b", tmp_path, image="me/img@sha256:" + "a" * 64, cache_volume="c1",
+                    run_id="r1", gpus="none")
+    assert spec.image.endswith("a" * 64) and spec.mounts[2].bind == "c1:/cache:rw"
+    assert spec.env["LORA_GYM_RUN_ID"] == "r1" and spec.gpus is None and "LORA_GYM_EXPERT" not in spec.env
+
+
+def test_user_preset_file_is_mounted_read_only(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(ROOT / "presets" / "wan21-t2v-1.3b.toml", "mine.toml")
+    spec = spec_for("mine.toml", tmp_path)
+    assert spec.env["LORA_GYM_PRESET"] == "/presets/mine.toml"
+    assert spec.mounts[-1].bind == f"{tmp_path}/mine.toml:/presets/mine.toml:ro"
+
+
+def test_rendered_command_is_one_shell_command_equal_to_the_spec(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_very_secret")  # nothing from the host environment goes in
+    spec = spec_for("wan21-t2v-1.3b", tmp_path, overrides=["dataset.videos.1.resolution=640x352"], gpus="0,1")
+    argv = local.docker_run_argv(spec)
+    text = local.render_command(argv)
+    assert shlex.split(text.replace("\\\n", "")) == argv
+    assert argv[:3] == ["docker", "run", "--rm"] and argv[-1] == "lora-gym-wan21:0.1.0"
+    assert "--gpus '\"device=0,1\"'" in text and "--user 1000:1000" in text
+    assert "-e 'LORA_GYM_SET=dataset.videos.1.resolution=640x352'" not in text  # no needless quoting...
+    assert "-e LORA_GYM_SET=dataset.videos.1.resolution=640x352" in text  # ...but exact words
+    assert "secret" not in text and "HF_TOKEN" not in text
+
+
+@pytest.mark.parametrize(("gpus", "engine", "version", "expected"), [
+    ("all", "docker", (), [{"count": -1, "capabilities": [["gpu"]]}]),
+    ("0,1", "docker", (), [{"device_ids": ["0", "1"], "capabilities": [["gpu"]]}]),
+    ("none", "docker", (), []),
+    ("all", "podman", (5, 4, 0), [{"driver": "cdi", "device_ids": ["nvidia.com/gpu=all"], "capabilities": [["gpu"]]}]),
+    ("1", "podman", (5, 6), [{"driver": "cdi", "device_ids": ["nvidia.com/gpu=1"], "capabilities": [["gpu"]]}]),
+    ("none", "podman", (4, 3, 1), []),
+])
+def test_gpu_requests_per_engine(gpus, engine, version, expected):
+    assert local.gpu_requests(local.parse_gpus(gpus), engine, version) == expected
+
+
+def test_malformed_or_ignored_options_are_refused():
+    with pytest.raises(UserError, match="Podman 4.3.1 ignores GPU requests.*--gpus none"):
+        local.gpu_requests("all", "podman", (4, 3, 1))
+    with pytest.raises(UserError, match="use all, none, or GPU ids"):
+        local.parse_gpus("0;rm -rf /")
+    with pytest.raises(UserError, match="is not a volume name"):
+        local.cache_volume(LaunchOptions(dataset=".", cache_volume="./cache"), "wan21")
+
+
+@pytest.mark.parametrize(("explanation", "fix"), [
+    ('could not select device driver "" with capabilities: [[gpu]]', "install the NVIDIA Container Toolkit"),
+    ("setting up CDI devices: unresolvable CDI devices nvidia.com/gpu=all", "nvidia-ctk cdi generate"),
+    ("OCI runtime error", None),
+])
+def test_gpu_start_failures_name_the_fix(explanation, fix):
+    message = local.start_error(explanation).problems[0]
+    assert message.startswith(f"the container did not start: {explanation}")
+    assert (fix in message) if fix else message.endswith(explanation)
+
+
+GOOD = {labels.FAMILY: "wan22", labels.FLAVOR: "full", labels.TASKS: "t2v", labels.CONTRACT: CONTRACT_VERSION}
+
+
+@pytest.mark.parametrize(("change", "task", "message"), [
+    ({}, "t2v-A14B", None),
+    ({labels.FLAVOR: "slim", labels.TASKS: ""}, "i2v-A14B", None),  # a slim image brings no weights
+    ({labels.TASKS: "t2v,i2v"}, "i2v-A14B", None),
+    ({labels.TASKS: "all"}, "i2v-A14B", None),
+    ({labels.TASKS: "t2v"}, "i2v-A14B", "needs i2v: rebuild with `make image-wan22 TASKS=all`"),
+    ({labels.CONTRACT: "musubi-old"}, "t2v-A14B", "built for musubi-old.*rebuild with `make image-wan22`"),
+    ({labels.FAMILY: "wan21"}, "t2v-A14B", "is for wan21, the preset needs wan22"),
+    ({labels.CONTRACT: None}, "t2v-A14B", "not a LoRA Gym image: build one with `make image-wan22`"),
+])
+def test_image_label_checks(change, task, message):
+    found = {k: v for k, v in (GOOD | change).items() if v is not None}
+    if message is None:
+        labels.check_image("img", found, "wan22", task)
+    else:
+        with pytest.raises(UserError, match=message):
+            labels.check_image("img", found, "wan22", task)
+
+
+def run_cli(capfd, *argv):
+    """(exit code, stdout, the `error:` lines of stderr): the media check may add `warning:` lines."""
+    code = main(list(argv))
+    out, err = capfd.readouterr()
+    return code, out, "".join(line for line in err.splitlines(keepends=True) if not line.startswith("warning: "))
+
+
+def test_cli_dry_run_prints_the_docker_command_and_needs_output(capfd, tmp_path):
+    base = ["run", "--preset", "wan21-t2v-1.3b", "--dataset", str(EXAMPLE_DATASET), "--backend", "local"]
+    code, out, _ = run_cli(capfd, *base, "--dry-run", "--output", str(tmp_path / "o"), "--gpus", "none")
+    assert code == 0 and out.startswith("docker run --rm") and "--gpus" not in out
+    assert not (tmp_path / "o").exists()
+    code, _, err = run_cli(capfd, *base, "--dry-run")
+    assert code == 2 and err == "error: --backend local needs --output DIR: the folder on this machine where " \
+                                 "each run's LoRAs and run.json are written\n"
+    code, _, err = run_cli(capfd, *base[:5])
+    assert code == 2 and "add --backend local" in err and len(err.splitlines()) == 1
+
+
+def test_unreachable_engine_is_one_line_with_the_fix(capfd, tmp_path, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", NOWHERE)
+    code, _, err = run_cli(capfd, "run", "--preset", "wan21-t2v-1.3b", "--dataset", str(EXAMPLE_DATASET),
+                           "--backend", "local", "--output", str(tmp_path / "o"))
+    assert code == 2 and len(err.splitlines()) == 1
+    assert err.startswith(f"error: cannot reach Docker or Podman at {NOWHERE}") and "podman system service" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_input_fails_before_the_engine_is_touched(capfd, tmp_path, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", NOWHERE)
+    code, _, err = run_cli(capfd, "run", "--preset", "wan22-t2v-lightning", "--dataset", str(EXAMPLE_DATASET),
+                           "--backend", "local", "--output", str(tmp_path / "o"))
+    assert code == 2 and "add --expert high, low or both" in err and "Docker" not in err
+
+
+# --- real containers through Podman's Docker API ------------------------------------------------------------
+
+BASE_IMAGE = "localhost/debian:bookworm"
+TAG = f"localhost/lora-gym-test-fake:{uuid.uuid4().hex[:10]}"
+FAKE_LABELS = {labels.VERSION: "0.1.0", labels.REVISION: "test", labels.FAMILY: "wan21", labels.FLAVOR: "full",
+               labels.TASKS: "t2v", labels.MUSUBI_COMMIT: "30c658c4", labels.CONTRACT: CONTRACT_VERSION,
+               labels.WEIGHTS_LOCK: "0" * 64}
+VARIANTS = {"exit3": "ENV FAKE_EXIT=3", "slow": "ENV FAKE_SLEEP=60", "old": f'LABEL "{labels.CONTRACT}"="musubi-old"'}
+
+
+def _ensure_base_image(tmp: Path) -> None:
+    """Build localhost/debian:bookworm from Debian's packages when missing (about 45 s, once per machine)."""
+    if subprocess.run(["podman", "image", "exists", BASE_IMAGE]).returncode == 0:
+        return
+    if not shutil.which("debootstrap"):
+        pytest.fail(f"{BASE_IMAGE} is missing and debootstrap is not installed: apt-get install -y debootstrap")
+    rootfs = tmp / "rootfs"
+    for command in (["debootstrap", "--variant=minbase", "bookworm", str(rootfs), "http://deb.debian.org/debian"],
+                    ["sh", "-c", f"tar -C {shlex.quote(str(rootfs))} -c . | podman import - {BASE_IMAGE}"]):
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.fail(f"making {BASE_IMAGE} failed: {' '.join(command)}: {(done.stderr or done.stdout)[-500:]}")
+    shutil.rmtree(rootfs)  # 200 MB, now inside the image
+
+
+def _build(context: Path, tag: str, lines: list[str]) -> None:
+    (context / "Containerfile").write_text("\n".join(lines) + "\n")
+    subprocess.run(["podman", "build", "-q", "-t", tag, str(context)], check=True, capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def podman(tmp_path_factory):
+    """DOCKER_HOST of a private Podman API service, with the fake images built; all removed afterwards."""
+    if not shutil.which("podman"):
+        pytest.skip("podman is not installed: the local-backend integration tests run containers through it")
+    tmp = tmp_path_factory.mktemp("podman")
+    _ensure_base_image(tmp)
+    shutil.copy(FAKES / "fake_image_entrypoint.sh", tmp / "entrypoint.sh")
+    (tmp / "entrypoint.sh").chmod(0o755)
+    label_lines = [f'LABEL "{key}"="{value}"' for key, value in FAKE_LABELS.items()]
+    _build(tmp, TAG, [f"FROM {BASE_IMAGE}", *label_lines, "COPY entrypoint.sh /usr/local/bin/lora-gym-entrypoint",
+                      'ENTRYPOINT ["/usr/local/bin/lora-gym-entrypoint"]'])
+    for name, line in VARIANTS.items():
+        _build(tmp, f"{TAG}-{name}", [f"FROM {TAG}", line])
+    socket = tmp / "podman.sock"
+    service = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{socket}"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while not socket.exists() and service.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not socket.exists():
+        service.kill()
+        pytest.fail(f"podman system service did not open {socket} (exit status {service.poll()})")
+    yield f"unix://{socket}"
+    service.terminate()
+    service.wait(10)
+    subprocess.run(["podman", "rmi", "-f", TAG, *(f"{TAG}-{n}" for n in VARIANTS)], capture_output=True)
+    subprocess.run(["podman", "volume", "rm", "-f", f"cache-{TAG.rsplit(':', 1)[1]}"], capture_output=True)
+
+
+def our_containers() -> list[str]:
+    listing = subprocess.run(["podman", "ps", "-a", "--filter", f"label={labels.LAUNCHED_BY}", "--format",
+                              "{{.Image}}"], capture_output=True, text=True, check=True).stdout
+    return [line for line in listing.splitlines() if TAG in line]
+
+
+@pytest.fixture
+def local_run(podman, capfd, monkeypatch, tmp_path):
+    """`launcher run --backend local --gpus none` on the example dataset; returns (code, stdout, stderr)."""
+    monkeypatch.setenv("DOCKER_HOST", podman)
+
+    def run(preset="wan21-t2v-1.3b", *extra, image=TAG):
+        argv = ["run", "--preset", preset, "--dataset", str(EXAMPLE_DATASET), "--backend", "local", "--gpus", "none",
+                "--output", str(tmp_path / "out" / "new"), "--cache-volume", f"cache-{TAG.rsplit(':', 1)[1]}"]
+        return run_cli(capfd, *argv, *(["--image", image] if image else []), *extra)
+    return run
+
+
+def test_run_streams_logs_writes_outputs_and_removes_the_container(local_run, tmp_path):
+    code, out, _ = local_run("wan21-t2v-1.3b", "--set", "train.max_train_epochs=3")
+    assert code == 0, out
+    assert out.splitlines()[0] == "[cache-latents] preset=wan21-t2v-1.3b expert= set=train.max_train_epochs=3"
+    assert f"[cache-latents] user={os.getuid()}:{os.getgid()} run_id=" in out
+    assert "[cache-latents] dataset is read-only" in out and "[cache-latents] captions: 6" in out
+    assert "[cache-text] cache written" in out and out.rstrip().endswith("[train] done, exit 0")
+    lora = tmp_path / "out" / "new" / "fake-run" / "fake-lora.safetensors"
+    assert lora.read_text() == "fake lora\n" and lora.stat().st_uid == os.getuid()
+    assert our_containers() == []
+
+
+def test_exit_status_and_user_preset_file(local_run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(ROOT / "presets" / "wan21-t2v-1.3b.toml", "mine.toml")
+    code, out, _ = local_run("./mine.toml", image=f"{TAG}-exit3")
+    assert code == 3 and "[train] done, exit 3" in out
+    assert "preset=/presets/mine.toml" in out and "preset file: # wan21-t2v-1.3b:" in out
+    assert our_containers() == []
+
+
+@pytest.mark.parametrize(("preset", "image", "message"), [
+    ("wan21-t2v-1.3b", f"{TAG}-old", "built for musubi-old, this launcher needs .*: rebuild with `make image-wan21`"),
+    ("wan21-i2v-480p", TAG, "holds weights for t2v only, the preset needs i2v: .*`make image-wan21 TASKS=all`"),
+    ("wan21-t2v-1.3b", f"{TAG}-missing", "is not on this machine: pull it, or build .* `make image-wan21`"),
+], ids=["old-contract", "no-i2v-weights", "missing"])
+def test_wrong_images_are_refused_before_anything_runs(local_run, tmp_path, preset, image, message):
+    code, out, err = local_run(preset, image=image)
+    assert code == 2 and out == "" and len(err.splitlines()) == 1
+    assert re.search(message, err), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_default_image_names_the_make_command(local_run, monkeypatch):
+    monkeypatch.setenv(labels.REGISTRY_ENV, f"localhost/absent-{uuid.uuid4().hex[:8]}")
+    code, _, err = local_run(image=None)
+    assert code == 2 and err.endswith("lora-gym-wan21:0.1.0 is not on this machine: build it with "
+                                      "`make image-wan21`\n")
+
+
+def test_gpus_on_podman_before_5_4_are_refused(local_run):
+    code, _, err = local_run("wan21-t2v-1.3b", "--gpus", "all")
+    assert code == 2 and ("ignores GPU requests" in err or "did not start" in err), err
+    assert our_containers() == []
+
+
+def test_ctrl_c_stops_the_container_and_exits_130(podman, tmp_path):
+    launcher = Path(sys.executable).parent / "launcher"
+    proc = subprocess.Popen([str(launcher), "run", "--preset", "wan21-t2v-1.3b", "--dataset", str(EXAMPLE_DATASET),
+                             "--backend", "local", "--gpus", "none", "--output", str(tmp_path / "out"),
+                             "--image", f"{TAG}-slow", "--cache-volume", f"cache-{TAG.rsplit(':', 1)[1]}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=clean_env(DOCKER_HOST=podman))
+    first = proc.stdout.readline()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert first.startswith("[cache-latents] preset=wan21-t2v-1.3b"), first + err
+    assert proc.returncode == 130, err
+    assert "[train] got TERM" in out and "stopping the container" in err and "Traceback" not in err
+    assert our_containers() == []
