@@ -39,6 +39,7 @@ class BuildRequest:
     network: str | None = None  # e.g. "host" where builds must reach a proxy or a local fake hub
     build_args: tuple[str, ...] = field(default=())  # extra KEY=VALUE, e.g. TRAINING_STACK=0 in tests
     ca_file: str | None = None
+    context: str | None = None  # the source tree to build from; default this checkout
 
 
 def image_tag(family: str, flavor: str = "full", tasks: str = "all", registry: str = "",
@@ -79,10 +80,11 @@ def _build_args(req: BuildRequest, lock_dir: Path) -> dict[str, str]:
 
 def build_command(req: BuildRequest, token_file: str | None = None) -> list[str]:
     """The engine command line for one image (secrets as files; their values never appear here)."""
-    lock_dir = Path(req.lock_dir or ROOT / "images" / req.family)
+    root = Path(req.context or ROOT)
+    lock_dir = Path(req.lock_dir or root / "images" / req.family)
     engine = [req.engine, "build"] if req.engine == "podman" else [req.engine, "buildx", "build", "--load"]
-    argv = [*engine, "-f", str(ROOT / "images" / "Dockerfile"), "-t", image_tag(req.family, req.flavor, req.tasks,
-                                                                                 req.registry)]
+    tag = image_tag(req.family, req.flavor, req.tasks, req.registry)
+    argv = [*engine, "-f", str(root / "images" / "Dockerfile"), "-t", tag]
     argv += ["--build-context", f"lock={lock_dir}"]
     if req.musubi_dir:
         argv += ["--build-context", f"musubi={req.musubi_dir}"]
@@ -94,7 +96,7 @@ def build_command(req: BuildRequest, token_file: str | None = None) -> list[str]
         argv += ["--secret", f"id=ca,src={req.ca_file}"]
     if req.network:
         argv += ["--network", req.network]
-    return [*argv, str(ROOT)]
+    return [*argv, str(root)]
 
 
 def build(req: BuildRequest, dry_run: bool = False) -> int:
@@ -125,12 +127,23 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--network")
     parser.add_argument("--ca-file")
     parser.add_argument("--build-arg", action="append", default=[])
+    parser.add_argument("--context", help="source tree to build from (default: this checkout)")
     parser.add_argument("--dry-run", action="store_true", help="print the command only")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    from launcher.core.errors import UserError
+
+    try:
+        return _main(_parser().parse_args(argv))
+    except UserError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return exc.exit_code
+
+
+def _main(args: argparse.Namespace) -> int:
     tag = image_tag(args.family, args.flavor, args.tasks, args.registry)
     if args.action == "tag":
         print(tag)
@@ -143,7 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(shlex.join(command), flush=True)
         return 0 if args.dry_run else subprocess.run(command).returncode
     req = BuildRequest(args.family, args.flavor, args.tasks, args.engine, args.registry, args.base_image,
-                       args.musubi_dir, args.lock_dir, args.network, tuple(args.build_arg), args.ca_file)
+                       args.musubi_dir, args.lock_dir, args.network, tuple(args.build_arg), args.ca_file,
+                       args.context)
     return build(req, args.dry_run)
 
 

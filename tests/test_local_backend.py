@@ -11,12 +11,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 from conftest import EXAMPLE_DATASET, FAKES, ROOT, clean_env
+from container_support import BASE_IMAGE, ensure_base_image, podman_service, require_podman
 
 from launcher.backends import LaunchOptions, labels, local
 from launcher.cli.main import main
@@ -168,27 +168,11 @@ def test_bad_input_fails_before_the_engine_is_touched(capfd, tmp_path, monkeypat
 
 # --- real containers through Podman's Docker API ------------------------------------------------------------
 
-BASE_IMAGE = "localhost/debian:bookworm"
 TAG = f"localhost/lora-gym-test-fake:{uuid.uuid4().hex[:10]}"
 FAKE_LABELS = {labels.VERSION: "0.1.0", labels.REVISION: "test", labels.FAMILY: "wan21", labels.FLAVOR: "full",
                labels.TASKS: "t2v", labels.MUSUBI_COMMIT: "30c658c4", labels.CONTRACT: CONTRACT_VERSION,
                labels.WEIGHTS_LOCK: "0" * 64}
 VARIANTS = {"exit3": "ENV FAKE_EXIT=3", "slow": "ENV FAKE_SLEEP=60", "old": f'LABEL "{labels.CONTRACT}"="musubi-old"'}
-
-
-def _ensure_base_image(tmp: Path) -> None:
-    """Build localhost/debian:bookworm from Debian's packages when missing (about 45 s, once per machine)."""
-    if subprocess.run(["podman", "image", "exists", BASE_IMAGE]).returncode == 0:
-        return
-    if not shutil.which("debootstrap"):
-        pytest.fail(f"{BASE_IMAGE} is missing and debootstrap is not installed: apt-get install -y debootstrap")
-    rootfs = tmp / "rootfs"
-    for command in (["debootstrap", "--variant=minbase", "bookworm", str(rootfs), "http://deb.debian.org/debian"],
-                    ["sh", "-c", f"tar -C {shlex.quote(str(rootfs))} -c . | podman import - {BASE_IMAGE}"]):
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            pytest.fail(f"making {BASE_IMAGE} failed: {' '.join(command)}: {(done.stderr or done.stdout)[-500:]}")
-    shutil.rmtree(rootfs)  # 200 MB, now inside the image
 
 
 def _build(context: Path, tag: str, lines: list[str]) -> None:
@@ -199,10 +183,9 @@ def _build(context: Path, tag: str, lines: list[str]) -> None:
 @pytest.fixture(scope="session")
 def podman(tmp_path_factory):
     """DOCKER_HOST of a private Podman API service, with the fake images built; all removed afterwards."""
-    if not shutil.which("podman"):
-        pytest.skip("podman is not installed: the local-backend integration tests run containers through it")
+    require_podman()
     tmp = tmp_path_factory.mktemp("podman")
-    _ensure_base_image(tmp)
+    ensure_base_image(tmp)
     shutil.copy(FAKES / "fake_image_entrypoint.sh", tmp / "entrypoint.sh")
     (tmp / "entrypoint.sh").chmod(0o755)
     label_lines = [f'LABEL "{key}"="{value}"' for key, value in FAKE_LABELS.items()]
@@ -210,18 +193,8 @@ def podman(tmp_path_factory):
                       'ENTRYPOINT ["/usr/local/bin/lora-gym-entrypoint"]'])
     for name, line in VARIANTS.items():
         _build(tmp, f"{TAG}-{name}", [f"FROM {TAG}", line])
-    socket = tmp / "podman.sock"
-    service = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{socket}"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while not socket.exists() and service.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if not socket.exists():
-        service.kill()
-        pytest.fail(f"podman system service did not open {socket} (exit status {service.poll()})")
-    yield f"unix://{socket}"
-    service.terminate()
-    service.wait(10)
+    with podman_service(tmp) as docker_host:
+        yield docker_host
     subprocess.run(["podman", "rmi", "-f", TAG, *(f"{TAG}-{n}" for n in VARIANTS)], capture_output=True)
     subprocess.run(["podman", "volume", "rm", "-f", f"cache-{TAG.rsplit(':', 1)[1]}"], capture_output=True)
 

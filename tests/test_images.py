@@ -1,0 +1,221 @@
+"""The real image, built with Podman from images/Dockerfile, end to end on the example dataset.
+
+The build uses a Debian base made with debootstrap, a loopback fake of the Hugging Face Hub serving tiny
+files for a test lock, and the musubi-tuner test double as the `musubi` build context. Build arguments
+are the only test-specific inputs: it is the same Dockerfile `make image-wan21` uses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from conftest import EXAMPLE_DATASET, FAKES, ROOT, clean_env
+from container_support import ensure_base_image, podman_service, require_podman
+from fakes.fake_hub import FakeHub
+
+from launcher.imagebuild import image_tag
+from launcher.weights import lockfile
+
+TOKEN = "hf_BuildTimeSecret_" + uuid.uuid4().hex[:12]
+REGISTRY = f"localhost/lgtest{uuid.uuid4().hex[:6]}"
+PRESET = "wan21-t2v-1.3b"
+
+
+def tiny_repos(family: str) -> dict[str, dict[str, bytes]]:
+    """Every file the family's lock needs, a few KB of random bytes each, at its real repo and path."""
+    rnd, repos = random.Random(0), {}
+    for entry in lockfile.skeleton(family):
+        files = repos.setdefault(entry["repo"], {})
+        if entry["kind"] == "weight":
+            files[entry["path"]] = rnd.randbytes(2048)
+        else:
+            for name in ("tokenizer.json", "tokenizer_config.json", "spiece.model"):
+                files[f"{entry['subfolder']}/{name}"] = rnd.randbytes(64)
+    return repos
+
+
+class Build:
+    def __init__(self, hub: FakeHub, lock_dir: Path, base: str):
+        self.hub, self.lock_dir, self.base = hub, lock_dir, base
+
+    def __call__(self, flavor: str = "full", context: Path = ROOT) -> str:
+        argv = [sys.executable, "-m", "launcher.imagebuild", "build", "--family", "wan21", "--tasks", "t2v",
+                "--flavor", flavor, "--engine", "podman", "--registry", REGISTRY, "--base-image", self.base,
+                "--musubi-dir", str(FAKES / "fake_musubi_tuner"), "--lock-dir", str(self.lock_dir),
+                "--network", "host", "--build-arg", "TRAINING_STACK=0", "--context", str(context)]
+        if Path("/etc/ssl/certs/ca-certificates.crt").exists():  # pip behind this machine's TLS proxy
+            argv += ["--ca-file", "/etc/ssl/certs/ca-certificates.crt"]
+        env = clean_env(HF_ENDPOINT=self.hub.url, HF_TOKEN=TOKEN)
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1200)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        self.log = done.stdout + done.stderr
+        return image_tag("wan21", flavor, "t2v", REGISTRY)
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory):
+    require_podman()
+    tmp = tmp_path_factory.mktemp("images")
+    base = ensure_base_image(tmp)
+    hub = FakeHub(tiny_repos("wan21"), token=TOKEN).start()  # the build must present the token
+    lockfile.write(tmp / "weights.lock.json", lockfile.resolve("wan21", endpoint=hub.url, token=TOKEN))
+    yield Build(hub, tmp, base)
+    hub.stop()
+    images = subprocess.run(["podman", "images", "--format", "{{.Repository}}:{{.Tag}}", "--filter",
+                             f"reference={REGISTRY}/*"], capture_output=True, text=True).stdout.split()
+    subprocess.run(["podman", "rmi", "-f", *images], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def full_image(build):
+    return build("full")
+
+
+@pytest.fixture(scope="module")
+def docker_host(tmp_path_factory):
+    require_podman()
+    with podman_service(tmp_path_factory.mktemp("service")) as host:
+        yield host
+
+
+@pytest.fixture
+def volume():
+    name = f"lgtest-cache-{uuid.uuid4().hex[:8]}"
+    yield name
+    subprocess.run(["podman", "volume", "rm", "-f", name], capture_output=True)
+
+
+def launcher(*argv: str, docker_host: str) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).parent / "launcher"
+    return subprocess.run([str(exe), *argv], env=clean_env(DOCKER_HOST=docker_host), capture_output=True,
+                          text=True, timeout=600)
+
+
+def local_run(image: str, output: Path, volume: str, docker_host: str, *extra: str):
+    return launcher("run", "--backend", "local", "--preset", PRESET, "--dataset", str(EXAMPLE_DATASET), "--output",
+                    str(output), "--gpus", "none", "--image", image, "--cache-volume", volume,
+                    "--set", "train.max_train_epochs=2", *extra, docker_host=docker_host)
+
+
+def manifest(output: Path) -> dict:
+    [run_json] = sorted(output.glob("*/run.json"))[-1:]
+    return json.loads(run_json.read_text())
+
+
+def test_launcher_local_runs_the_image_end_to_end(full_image, build, docker_host, volume, tmp_path):
+    result = local_run(full_image, tmp_path / "out", volume, docker_host)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "[train] steps: 3/3" in result.stdout
+    run = manifest(tmp_path / "out")
+    assert run["status"] == "succeeded" and [o["path"] for o in run["outputs"]] == [f"{PRESET}.safetensors"]
+    assert run["image_labels"]["ai.loragym.flavor"] == "full" and run["image_labels"]["ai.loragym.tasks"] == "t2v"
+    lock = lockfile.read(build.lock_dir / "weights.lock.json")
+    assert run["image_labels"]["ai.loragym.weights-lock"] == lockfile.digest(lock)
+    again = local_run(full_image, tmp_path / "out", volume, docker_host)
+    assert again.returncode == 0 and "cache-latents: skipped" in again.stdout  # the cache volume is reused
+    assert len(list((tmp_path / "out").glob("*/run.json"))) == 2
+
+
+def _plain_command(full_image: str, output: Path, volume: str, docker_host: str) -> list[str]:
+    dry = local_run(full_image, output, volume, docker_host, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    command = shlex.split(dry.stdout.replace("\\\n", " "))  # one command, continued over lines
+    assert command[:2] == ["docker", "run"]
+    return ["podman", *command[1:]]
+
+
+def test_plain_podman_run_and_exit_codes(full_image, docker_host, volume, tmp_path):
+    command = _plain_command(full_image, tmp_path / "out", volume, docker_host)
+    (tmp_path / "out").mkdir()
+    ok = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr[-2000:]
+    failing = [*command[:2], "-e", "FAKE_MUSUBI_FAIL=wan_train_network", *command[2:]]
+    failed = subprocess.run(failing, capture_output=True, text=True, timeout=600)
+    assert failed.returncode == 3 and "stopping the run" in failed.stdout
+    runs = sorted((tmp_path / "out").glob("*/run.json"))
+    assert [json.loads(p.read_text())["status"] for p in runs] == ["succeeded", "failed"]
+
+
+def test_stop_reaches_the_running_step(full_image, docker_host, volume, tmp_path):
+    name = f"lgtest-{uuid.uuid4().hex[:8]}"
+    command = _plain_command(full_image, tmp_path / "out", volume, docker_host)
+    (tmp_path / "out").mkdir()
+    hanging = [*command[:2], "--name", name, "-e", "FAKE_MUSUBI_HANG=wan_cache_latents", *command[2:]]
+    proc = subprocess.Popen(hanging, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not proc.stdout.readline().rstrip().endswith("ready"):
+        pass
+    subprocess.run(["podman", "stop", "-t", "20", name], capture_output=True, timeout=60)
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "got signal 15" in rest
+    assert manifest(tmp_path / "out")["status"] == "stopped"
+
+
+def test_build_secret_is_in_no_layer_history_or_label(full_image, build, tmp_path):
+    assert build.hub.token == TOKEN  # the fake hub refused any request without it, so the build used it
+    history = subprocess.run(["podman", "history", "--no-trunc", "--format", "{{.CreatedBy}}", full_image],
+                             capture_output=True, text=True, check=True).stdout
+    inspect = subprocess.run(["podman", "inspect", full_image], capture_output=True, text=True, check=True).stdout
+    assert TOKEN not in history and TOKEN not in inspect and "hf_token" in history  # mounted, never stored
+    archive = tmp_path / "image.tar"
+    subprocess.run(["podman", "save", "-o", str(archive), full_image], check=True, capture_output=True)
+    with tarfile.open(archive) as saved:  # docker-archive: uncompressed layer tars, config and manifest
+        for member in saved.getmembers():
+            if member.isfile():
+                assert TOKEN.encode() not in saved.extractfile(member).read(), member.name
+
+
+def test_code_only_change_reuses_every_weight_layer(full_image, build, tmp_path):
+    tracked = subprocess.run(["git", "-C", str(ROOT), "ls-files"], capture_output=True, text=True,
+                             check=True).stdout.split()
+    copy = tmp_path / "src"
+    for name in tracked:
+        if (ROOT / name).is_file():
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, copy / name)
+    init = copy / "launcher" / "__init__.py"
+    init.write_text(init.read_text() + "# a code-only change\n")
+    served = sum(build.hub.served.values())
+    build("full", context=copy)
+    assert sum(build.hub.served.values()) == served  # 0 bytes fetched from the hub
+    assert build.log.count("Using cache") >= 12
+
+
+def test_slim_image_downloads_once_into_the_cache_volume(build, volume, tmp_path):
+    slim = build("slim")
+    assert subprocess.run(["podman", "run", "--rm", "--entrypoint", "ls", slim, "/weights"],
+                          capture_output=True).returncode != 0  # nothing baked
+    output = tmp_path / "out"
+    output.mkdir()
+    command = ["podman", "run", "--rm", "--network", "host", "-e", f"HF_ENDPOINT={build.hub.url}",
+               "-e", f"HF_TOKEN={TOKEN}", "-e", f"LORA_GYM_PRESET={PRESET}",
+               "-e", "LORA_GYM_SET=train.max_train_epochs=1",
+               "-v", f"{EXAMPLE_DATASET}:/dataset:ro", "-v", f"{output}:/output", "-v", f"{volume}:/cache",
+               "--user", f"{os.getuid()}:{os.getgid()}", slim]
+    before = sum(build.hub.served.values())
+    first = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    downloaded = sum(build.hub.served.values()) - before
+    assert downloaded == 3 * 2048  # the 1.3B DiT, the VAE and T5: exactly what this preset needs
+    second = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0 and sum(build.hub.served.values()) - before == downloaded
+    assert "weights: 0 downloaded" in second.stdout
+
+
+def test_hadolint_passes_on_every_dockerfile():
+    hadolint = Path(sys.executable).parent / "hadolint"
+    dockerfiles = sorted(ROOT.glob("images/**/Dockerfile"))
+    assert dockerfiles
+    result = subprocess.run([str(hadolint), *map(str, dockerfiles)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
