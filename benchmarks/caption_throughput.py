@@ -90,8 +90,8 @@ def reference_run(fake: FakeGemini, items, pause: float) -> float:
 
 
 def server_rate(fake: FakeGemini, since: int) -> float:
-    """Requests per second between the first and the last generateContent the server received."""
-    stamps = fake.generate_times[since:]
+    """Requests per second between the first and the last generateContent the server answered."""
+    stamps = fake.answered_at[since:]
     return (len(stamps) - 1) / (stamps[-1] - stamps[0])
 
 
@@ -106,63 +106,60 @@ def check_no_loss(items) -> list[str]:
     return problems
 
 
+UNLIMITED = 1_000_000  # an --rpm that never binds
+
+
+def measure_reference(fake, tmp: Path, args, pause: float) -> tuple[tuple, bool]:
+    reference = reference_run(fake, make_images(tmp / "ref", args.reference_files), pause)
+    ours = launcher_run(fake, make_images(tmp / "ours", args.files), args.concurrency, UNLIMITED, args.scale)
+    return ("1. vs reference (one at a time, fixed sleep)", f"{reference:.2f} → {ours:.1f} captions/s",
+            f"{ours / reference:.0f}× (target ≥ 8×)"), ours / reference >= 8
+
+
+def measure_concurrency(fake, tmp: Path, args) -> tuple[tuple, bool]:
+    fake.latency = LATENCY_S  # unscaled: a real Flash call takes about this long
+    one = launcher_run(fake, make_images(tmp / "c1", args.concurrency), 1, UNLIMITED, args.scale)
+    many = launcher_run(fake, make_images(tmp / "c8", args.concurrency * 8), args.concurrency, UNLIMITED, args.scale)
+    fake.latency = LATENCY_S * args.scale
+    return (f"2. concurrency {args.concurrency} vs 1, 500 ms latency, no sleeps", f"{one:.2f} → {many:.2f} captions/s",
+            f"{many / one:.1f}× (ceiling {args.concurrency}×)"), True  # informative: no target
+
+
+def measure_rate_limit(fake, tmp: Path, args) -> tuple[tuple, bool]:
+    since = len(fake.answered_at)
+    captions = launcher_run(fake, make_images(tmp / "rpm", args.files), args.concurrency, args.rpm, args.scale)
+    requests = server_rate(fake, since)
+    share = requests / (args.rpm / 60)
+    return (f"3. --rpm {args.rpm} binding ({args.rpm / 60:.0f}/s)",
+            f"{requests:.2f} requests/s, {captions:.2f} captions/s",
+            f"{share:.0%} of the limit (target ≥ 90%)"), share >= 0.9
+
+
+def measure_faults(fake, tmp: Path, args) -> tuple[tuple, bool]:
+    fake.faults = Faults(rate_429=0.2, rate_500=0.05, retry_after=f"{1.0 * args.scale:g}", seed=1)
+    since, sent = len(fake.answered_at), fake.count("POST", "generateContent")
+    items = make_images(tmp / "faults", args.files)
+    captions = launcher_run(fake, items, args.concurrency, UNLIMITED, args.scale)
+    problems = check_no_loss(items)
+    duplicated = len(fake.answered_at) - since - len(items)
+    requests = fake.count("POST", "generateContent") - sent
+    return ("4. 20% 429 + 5% 500 injected", f"{requests} requests for {len(items)} files, {captions:.1f} captions/s",
+            f"{len(problems)} lost or wrong, {duplicated} duplicated"), not problems and duplicated == 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     latency, pause = LATENCY_S * args.scale, REFERENCE_SLEEP_S * args.scale
-    unlimited = 1_000_000
-    results, ok = [], True
     with tempfile.TemporaryDirectory() as tmp, FakeGemini(api_key=KEY, latency=latency) as fake:
         tmp = Path(tmp)
-        fake.generate_times = []
-        reply = fake.reply
-
-        def timed_reply(prompt, media):
-            fake.generate_times.append(time.perf_counter())
-            return reply(prompt, media)
-
-        fake.reply = timed_reply
-
-        reference = reference_run(fake, make_images(tmp / "ref", args.reference_files), pause)
-        ours = launcher_run(fake, make_images(tmp / "ours", args.files), args.concurrency, unlimited, args.scale)
-        ratio = ours / reference
-        ok &= ratio >= 8
-        results.append(("1. vs reference (one at a time, fixed sleep)",
-                        f"{reference:.2f} → {ours:.1f} captions/s", f"{ratio:.0f}× (target ≥ 8×)"))
-
-        fake.latency = LATENCY_S  # unscaled: a real Flash call takes about this long
-        one = launcher_run(fake, make_images(tmp / "c1", args.concurrency), 1, unlimited, args.scale)
-        many = launcher_run(fake, make_images(tmp / "c8", args.concurrency * 8), args.concurrency, unlimited,
-                            args.scale)
-        results.append((f"2. concurrency {args.concurrency} vs 1, 500 ms latency, no sleeps",
-                        f"{one:.2f} → {many:.2f} captions/s", f"{many / one:.1f}× (ceiling {args.concurrency}×)"))
-
-        fake.latency = latency
-        since = len(fake.generate_times)
-        limited = launcher_run(fake, make_images(tmp / "rpm", args.files), args.concurrency, args.rpm, args.scale)
-        share = server_rate(fake, since) / (args.rpm / 60)
-        ok &= share >= 0.9
-        results.append((f"3. --rpm {args.rpm} binding ({args.rpm / 60:.0f}/s)",
-                        f"{server_rate(fake, since):.2f} requests/s, {limited:.2f} captions/s",
-                        f"{share:.0%} of the limit (target ≥ 90%)"))
-
-        fake.faults = Faults(rate_429=0.2, rate_500=0.05, retry_after=f"{1.0 * args.scale:g}", seed=1)
-        since, answered = len(fake.generate_times), fake.count("POST", "generateContent")
-        items = make_images(tmp / "faults", args.files)
-        faulty = launcher_run(fake, items, args.concurrency, unlimited, args.scale)
-        problems = check_no_loss(items)
-        successes = len(fake.generate_times) - since
-        requests = fake.count("POST", "generateContent") - answered
-        ok &= not problems and successes == len(items)
-        results.append(("4. 20% 429 + 5% 500 injected", f"{requests} requests for {len(items)} files, "
-                        f"{faulty:.1f} captions/s", f"{len(problems)} lost or wrong, "
-                        f"{successes - len(items)} duplicated"))
-
+        measured = [measure_reference(fake, tmp, args, pause), measure_concurrency(fake, tmp, args),
+                    measure_rate_limit(fake, tmp, args), measure_faults(fake, tmp, args)]
     print(f"scale {args.scale:g}: latency {latency * 1000:.0f} ms, reference sleep {pause:g} s; "
           f"concurrency {args.concurrency}, {args.files} files per run\n")
     print("| measurement | throughput | result |\n|---|---|---|")
-    for row in results:
+    for row, _ in measured:
         print("| " + " | ".join(row) + " |")
-    return 0 if ok else 1
+    return 0 if all(ok for _, ok in measured) else 1
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def make_image(path: Path, seed: int) -> Path:
 
 
 def make_video(path: Path, seed: int) -> Path:
-    with av.open(str(path), "w", format="mp4") as container:
+    with av.open(str(path), "w", format="matroska" if path.suffix == ".mkv" else "mp4") as container:
         stream = container.add_stream("mpeg4", rate=16)
         stream.width = stream.height = 32
         stream.pix_fmt = "yuv420p"
@@ -138,6 +138,16 @@ def test_gemini_video_upload_is_deleted_whatever_happens(tmp_path, gemini_api, c
     assert "failed: clip.mp4: " in out and reason in out
     assert gemini_api.files == {} and len(gemini_api.deleted) == 1
     assert not (tmp_path / "clip.txt").exists()
+
+
+def test_bmp_and_mkv_are_sent_as_png_and_mp4_from_outside_the_dataset(tmp_path, gemini_api, capsys):
+    make_image(tmp_path / "still.bmp", 1)
+    make_video(tmp_path / "clip.mkv", 2)
+    gemini_api.reply = lambda prompt, media: f"annika {media[:12]!r}"  # the first bytes tell the format
+    code, out, _ = cli(capsys, tmp_path, "--anchor", "annika", "--rpm", FAST)
+    assert code == 0, out
+    assert "\\x89PNG" in (tmp_path / "still.txt").read_text() and "ftyp" in (tmp_path / "clip.txt").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mkv", "clip.txt", "still.bmp", "still.txt"]
 
 
 def test_overwrite_recaptions_files_that_have_captions(media, gemini_api, capsys):
@@ -464,7 +474,7 @@ def test_anchor_is_matched_as_a_whole_word_in_any_case():
 
 def test_helpers():
     assert set(core.MIME_TYPES) == set(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
-    assert core.clean(' "Caption: annika\n waving" ') == "annika waving"
+    assert prompts.clean_caption(' "Caption: annika\n waving" ') == "annika waving"
     assert [core.parse_retry_after(v) for v in ("3", "0.5", "soon", None)] == [3.0, 0.5, None, None]
     in_ten = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 10))
     assert 8 <= core.parse_retry_after(in_ten) <= 10

@@ -8,12 +8,13 @@ the waiting at once.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import os
 import random
-import re
 import secrets
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from launcher.caption.prompts import anchor_pattern
+from launcher.caption.prompts import anchor_pattern, clean_caption
 from launcher.core.dataset import CAPTION_EXTENSION, SUBFOLDERS, media_kind
 from launcher.core.errors import UserError
 
@@ -57,10 +58,7 @@ class MediaItem:
         return self.path.with_suffix(CAPTION_EXTENSION)
 
     def has_caption(self) -> bool:
-        try:
-            return bool(self.caption_path.read_bytes().strip())
-        except FileNotFoundError:
-            return False
+        return self.caption_path.is_file() and bool(self.caption_path.read_bytes().strip())
 
 
 def discover(root: Path) -> list[MediaItem]:
@@ -96,6 +94,42 @@ def mime_type(path: Path) -> str:
     return MIME_TYPES[path.suffix.lower()]
 
 
+@contextlib.contextmanager
+def sendable(path: Path):
+    """(path, MIME type) of the media as Gemini takes it, which is neither BMP nor Matroska.
+
+    A .bmp is sent as PNG (Pillow) and a .mkv's video stream remuxed, not re-encoded, into MP4 (PyAV); both in a
+    temporary folder, never in the dataset. Other files are sent as they are.
+    """
+    suffix = path.suffix.lower()
+    if suffix not in (".bmp", ".mkv"):
+        yield path, mime_type(path)
+        return
+    with tempfile.TemporaryDirectory(prefix="lora-gym-caption-") as tmp:
+        target = Path(tmp) / (path.stem + (".png" if suffix == ".bmp" else ".mp4"))
+        _bmp_to_png(path, target) if suffix == ".bmp" else _mkv_to_mp4(path, target)
+        yield target, mime_type(target)
+
+
+def _bmp_to_png(source: Path, target: Path) -> None:
+    from PIL import Image  # lazy, like every media library: only a .bmp needs it
+
+    with Image.open(source) as image:
+        image.save(target, "PNG")
+
+
+def _mkv_to_mp4(source: Path, target: Path) -> None:
+    import av
+
+    with av.open(str(source)) as inp, av.open(str(target), "w", format="mp4") as out:
+        video = inp.streams.video[0]
+        copy = out.add_stream_from_template(video)
+        for packet in inp.demux(video):
+            if packet.dts is not None:  # the demuxer's final flush packet carries no data
+                packet.stream = copy
+                out.mux(packet)
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write beside the target, then rename over it: an interrupted run never leaves a half-written caption."""
     # A dot-name, so that `launcher dataset` and musubi-tuner ignore a leftover from a killed process.
@@ -124,14 +158,11 @@ def parse_retry_after(value: str | None) -> float | None:
     """Retry-After as seconds (fractions accepted) or an HTTP date; None if absent or unreadable."""
     if not value:
         return None
-    try:
+    with contextlib.suppress(ValueError):
         return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
+    with contextlib.suppress(TypeError, ValueError):
         return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
+    return None
 
 
 def is_network_error(exc: BaseException) -> bool:
@@ -220,16 +251,6 @@ class Caller:
 
 # ------------------------------------------------------------------------------------------------ the run
 
-def clean(text: str) -> str:
-    """One line, without the wrapping quotes or labels that models sometimes add."""
-    text = _unquote(" ".join(text.split()))
-    return _unquote(re.sub(r"^caption\s*:\s*", "", text, flags=re.IGNORECASE))
-
-
-def _unquote(text: str) -> str:
-    return text[1:-1].strip() if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'" else text
-
-
 def redact(text: str, hidden: tuple[str, ...]) -> str:
     for secret in hidden:
         text = text.replace(secret, "***")
@@ -262,7 +283,7 @@ class Job:
         """The caption for one file, written beside it; a caption without the anchor is asked for once more."""
         pattern, text = anchor_pattern(self.anchor), ""
         for _ in range(2):
-            text = clean(self.provider.caption(item.path, item.kind, self.prompts[item.kind]))
+            text = clean_caption(self.provider.caption(item.path, item.kind, self.prompts[item.kind]))
             if pattern.search(text):
                 write_atomic(item.caption_path, text)
                 return text

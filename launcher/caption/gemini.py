@@ -13,7 +13,7 @@ from pathlib import Path
 from google import genai
 from google.genai import errors, types
 
-from launcher.caption.core import Caller, CaptionError, Retry, mime_type, parse_retry_after
+from launcher.caption.core import Caller, CaptionError, Retry, parse_retry_after, sendable
 
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 TIMEOUT_S = 300  # per HTTP request; an upload is sent in 8 MiB chunks, each its own request
@@ -48,13 +48,15 @@ class GeminiProvider:
         self.poll_interval, self.active_timeout = POLL_INTERVAL_S, ACTIVE_TIMEOUT_S
         # No retry_options: the client then tries once, and Caller owns retries, pacing and Retry-After.
         options = types.HttpOptions(base_url=base_url, timeout=TIMEOUT_S * 1000)
-        self.client = genai.Client(api_key=api_key, http_options=options)
+        # vertexai=False: GOOGLE_GENAI_USE_VERTEXAI in the environment must not reroute an API-key client.
+        self.client = genai.Client(vertexai=False, api_key=api_key, http_options=options)
 
     def caption(self, path: Path, kind: str, prompt: str) -> str:
-        if kind == "image":
-            return self._generate(types.Part.from_bytes(data=path.read_bytes(), mime_type=mime_type(path)), prompt)
-        uploaded = self.caller(lambda: self.client.files.upload(
-            file=path, config=types.UploadFileConfig(mime_type=mime_type(path), display_name=path.name)), classify)
+        with sendable(path) as (media, mime):
+            if kind == "image":
+                return self._generate(types.Part.from_bytes(data=media.read_bytes(), mime_type=mime), prompt)
+            config = types.UploadFileConfig(mime_type=mime, display_name=path.name)
+            uploaded = self.caller(lambda: self.client.files.upload(file=media, config=config), classify)
         try:
             active = self._wait_until_active(uploaded)
             return self._generate(types.Part.from_uri(file_uri=active.uri, mime_type=active.mime_type), prompt)
@@ -62,6 +64,7 @@ class GeminiProvider:
             self._delete(uploaded.name)
 
     def _generate(self, media: types.Part, prompt: str) -> str:
+        # The media before the text: the order Google recommends for a single image or video.
         response = self.caller(lambda: self.client.models.generate_content(model=self.model, contents=[media, prompt]),
                                classify, limited=True)
         text = response.text

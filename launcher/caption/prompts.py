@@ -32,6 +32,16 @@ def anchor_pattern(anchor: str) -> re.Pattern:
     return re.compile(rf"(?<!\w){words}(?!\w)", re.IGNORECASE)
 
 
+def clean_caption(text: str) -> str:
+    """One line, without the wrapping quotes or "Caption:" label that models sometimes add."""
+    text = _unquote(" ".join(text.split()))
+    return _unquote(re.sub(r"^caption\s*:\s*", "", text, flags=re.IGNORECASE))
+
+
+def _unquote(text: str) -> str:
+    return text[1:-1].strip() if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'" else text
+
+
 def builtin_prompt(anchor: str, lora_type: str, kind: str) -> str:
     if lora_type not in LORA_TYPES or kind not in KINDS:
         raise ValueError(f"unknown LoRA type {lora_type!r} or media kind {kind!r}")

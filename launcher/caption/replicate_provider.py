@@ -15,7 +15,7 @@ import replicate
 from replicate.exceptions import ReplicateError
 
 from launcher.caption import parse_replicate_ref
-from launcher.caption.core import Caller, CaptionError, Retry, mime_type, parse_retry_after
+from launcher.caption.core import Caller, CaptionError, Retry, parse_retry_after, sendable
 
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 TERMINAL = ("succeeded", "failed", "canceled")
@@ -63,7 +63,8 @@ class ReplicateProvider:
                                        event_hooks={"response": [_raise_transient]})
 
     def caption(self, path: Path, kind: str, prompt: str) -> str:
-        upload = self.caller(lambda: self.client.files.create(path, content_type=mime_type(path)), classify)
+        with sendable(path) as (media, mime):
+            upload = self.caller(lambda: self.client.files.create(media, content_type=mime), classify)
         try:
             # google/gemini-2.5-flash's input schema: a prompt, and lists of image and video URLs.
             media_input = {"prompt": prompt, "images" if kind == "image" else "videos": [upload.urls["get"]]}

@@ -147,6 +147,7 @@ class FakeGemini(LoopbackServer):
         self.deleted: list[str] = []
         self.events: list[tuple[str, str]] = []  # ("upload"|"poll:<STATE>"|"generate"|"delete", file id or "inline")
         self.generated = 0  # successful generateContent answers
+        self.answered_at: list[float] = []  # time.perf_counter() of each, for rates
         self.prompts: list[str] = []
         self._sessions: dict[str, dict] = {}
         self._ids = itertools.count(1)
@@ -238,6 +239,7 @@ class FakeGemini(LoopbackServer):
         with self.lock:
             self.events.append(("generate", source))
             self.generated += 1
+            self.answered_at.append(time.perf_counter())
             self.prompts.append(prompt)
         return 200, {}, {"candidates": [{"content": {"role": "model", "parts": [{"text": text}]},
                                          "finishReason": "STOP", "index": 0}],
