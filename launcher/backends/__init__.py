@@ -37,6 +37,12 @@ class LaunchOptions:
     gpus: str = "all"  # all | none | comma list of GPU ids
     cache_volume: str | None = None
     run_id: str | None = None  # the run folder's name; None: the entrypoint picks one
+    # Cloud backends (Modal, RunPod):
+    gpu_type: str | None = None  # the platform's GPU name/id; None: chosen from the preset's GPU class
+    follow: bool = False  # stream the logs to the end instead of detaching after the first lines
+    max_hours: float | None = None  # None: the preset's resources.time_limit_hours
+    max_cost: float | None = None  # USD; refuse to start (or stop) past it
+    volume: str | None = None  # RunPod: network volume id to use (else one is created)
 
 
 class Backend(Protocol):
@@ -47,6 +53,23 @@ class Backend(Protocol):
 
     def dry_run(self, job: Job, options: LaunchOptions) -> str:
         """What `launch` would do, as text a user can read or paste, without touching anything."""
+
+
+class DetachedBackend(Backend, Protocol):
+    """A backend whose runs outlive the launcher: the verbs below find them again by their run record
+    (launcher/runs.py), from any terminal."""
+
+    def status(self, record: dict) -> dict:
+        """State of every container/pod of the run, with $/h and the cost so far where known."""
+
+    def logs(self, record: dict, follow: bool) -> int:
+        """Print the run's logs (to the end with follow); 0, or the run's exit status once it ended."""
+
+    def stop(self, record: dict) -> int:
+        """Stop the run now (nothing left billing); 0 when stopped."""
+
+    def pull(self, record: dict, dest: str) -> int:
+        """Download the run's output folder (LoRAs, run.json, logs) into dest; 0 when complete."""
 
 
 def backend_names() -> list[str]:

@@ -11,8 +11,12 @@ import click
 COMMANDS = {
     "caption": ("launcher.cli.caption_cmd:caption", "Caption every image and video (Gemini, Replicate)."),
     "dataset": ("launcher.cli.dataset_cmd:dataset", "Check (and prepare) a dataset before renting a GPU."),
+    "logs": ("launcher.cli.runs_cmd:logs", "Print a detached run's logs (--follow to stream them)."),
+    "pull": ("launcher.cli.runs_cmd:pull", "Download a detached run's LoRAs and run.json."),
+    "status": ("launcher.cli.runs_cmd:status", "State and cost of a detached run (Modal, RunPod)."),
+    "stop": ("launcher.cli.runs_cmd:stop", "Stop a detached run now."),
     "presets": ("launcher.cli.presets_cmd:presets", "List, show and copy training presets."),
-    "run": ("launcher.cli.run_cmd:run", "Plan a training run and (soon) start it on a backend."),
+    "run": ("launcher.cli.run_cmd:run", "Plan a training run; run it locally, on Modal or on RunPod."),
 }
 
 

@@ -27,12 +27,20 @@ Examples:
 @click.option("--image", help="local: image tag or digest to run instead of lora-gym-<family>:<version>.")
 @click.option("--gpus", default="all", show_default=True, help="local: all, none, or GPU ids such as 0,1.")
 @click.option("--cache-volume", help="local: named volume for caches [default: lora-gym-cache-<family>].")
+@click.option("--gpu", "gpu_type", help="modal/runpod: the platform's GPU type [default: from the preset's GPU class].")
+@click.option("--follow", is_flag=True, help="modal/runpod: stream the logs to the end instead of detaching.")
+@click.option("--max-hours", type=click.FloatRange(min=0, min_open=True),
+              help="modal/runpod: stop the run after this long [default: the preset's time limit].")
+@click.option("--max-cost", type=click.FloatRange(min=0, min_open=True),
+              help="modal/runpod: USD; refuse to start if the estimate is higher, stop when it is reached.")
+@click.option("--volume", help="runpod: network volume id to use (default: create one in the datacenter).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (or with --backend, its command) and exit.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="Output format of --dry-run.")
 @click.option("--no-check", is_flag=True,
               help="Skip the media check (files open, frames, fps) run before launching; --dry-run skips it too.")
-def run(preset, expert, dataset_dir, overrides, backend, output, image, gpus, cache_volume, dry_run, fmt, no_check):
+def run(preset, expert, dataset_dir, overrides, backend, output, image, gpus, cache_volume, gpu_type, follow,
+        max_hours, max_cost, volume, dry_run, fmt, no_check):
     """Plan a LoRA training run from PRESET on a dataset folder, and run it with --backend."""
     from launcher.backends import LaunchOptions, load_backend
     from launcher.cli import render
@@ -48,7 +56,8 @@ def run(preset, expert, dataset_dir, overrides, backend, output, image, gpus, ca
         return 0
     if dry_run and fmt == "json":
         raise UserError("--format json prints the plan, not a backend's command: drop --backend or --format")
-    options = LaunchOptions(dataset=dataset_dir, output=output, image=image, gpus=gpus, cache_volume=cache_volume)
+    options = LaunchOptions(dataset=dataset_dir, output=output, image=image, gpus=gpus, cache_volume=cache_volume,
+                            gpu_type=gpu_type, follow=follow, max_hours=max_hours, max_cost=max_cost, volume=volume)
     chosen = load_backend(backend)
     if dry_run:
         click.echo(chosen.dry_run(job, options))

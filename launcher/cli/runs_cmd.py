@@ -1,0 +1,62 @@
+"""`launcher status|logs|stop|pull`: detached runs (Modal, RunPod) found again through the run registry."""
+
+from __future__ import annotations
+
+import click
+
+
+def _backend_for(run_id: str):
+    from launcher import runs
+    from launcher.backends import load_backend
+
+    record = runs.load(run_id)
+    return record, load_backend(record["backend"])
+
+
+@click.command(epilog="""\b
+Examples:
+  launcher status
+  launcher status wan22-t2v-lightning-high-20261124-101500""")
+@click.argument("run_id", required=False)
+def status(run_id):
+    """Show a run's state, $/h and cost so far; without RUN_ID, list the runs this machine started."""
+    from launcher import runs
+
+    if run_id is None:
+        rows = runs.all_runs()
+        for record in rows:
+            click.echo(f"{record['run_id']}  {record['backend']}  {record.get('preset', '')}  "
+                       f"{record.get('created_at', '')}")
+        if not rows:
+            click.echo(f"no runs recorded in {runs.home() / 'runs'}")
+        return 0
+    record, backend = _backend_for(run_id)
+    for key, value in backend.status(record).items():
+        click.echo(f"{key:<16} {value}")
+    return 0
+
+
+@click.command(epilog="\b\nExamples:\n  launcher logs RUN_ID --follow")
+@click.argument("run_id")
+@click.option("--follow", "-f", is_flag=True, help="Keep streaming until the run ends.")
+def logs(run_id, follow):
+    """Print a run's logs."""
+    record, backend = _backend_for(run_id)
+    return backend.logs(record, follow)
+
+
+@click.command(epilog="\b\nExamples:\n  launcher stop RUN_ID")
+@click.argument("run_id")
+def stop(run_id):
+    """Stop a run now, so nothing is left billing."""
+    record, backend = _backend_for(run_id)
+    return backend.stop(record)
+
+
+@click.command(epilog="\b\nExamples:\n  launcher pull RUN_ID ./runs")
+@click.argument("run_id")
+@click.argument("dest", required=False, default=".", type=click.Path(file_okay=False))
+def pull(run_id, dest):
+    """Download a run's outputs (LoRAs, run.json, logs) into DEST (default: the current folder)."""
+    record, backend = _backend_for(run_id)
+    return backend.pull(record, dest)
