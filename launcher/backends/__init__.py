@@ -59,6 +59,9 @@ class DetachedBackend(Backend, Protocol):
     """A backend whose runs outlive the launcher: the verbs below find them again by their run record
     (launcher/runs.py), from any terminal."""
 
+    def quote(self, job: Job, options: LaunchOptions):
+        """The launcher.cost.Quote for this run (GPU, $/h, count), printed and checked before launching."""
+
     def status(self, record: dict) -> dict:
         """State of every container/pod of the run, with $/h and the cost so far where known."""
 

@@ -62,15 +62,33 @@ def run(preset, expert, dataset_dir, overrides, backend, output, image, gpus, ca
     if dry_run:
         click.echo(chosen.dry_run(job, options))
         return 0
-    for warning in [] if no_check else check_media(job, expert, dataset_dir):
+    warnings, seconds = ([], None) if no_check else check_media(job, expert, dataset_dir)
+    for warning in warnings:
         click.echo(f"warning: {warning}", err=True)
+    if hasattr(chosen, "quote"):  # a paid platform: say what it will cost before starting anything
+        quote_run(chosen, job, options, seconds)
     return chosen.launch(job, options)
 
 
-def check_media(job, expert: str | None, dataset_dir: str) -> list[str]:
+def quote_run(backend, job, options, seconds: float | None) -> None:
+    from launcher import cost
+    from launcher.core.errors import UserError
+
+    if seconds is None:
+        if options.max_cost is not None:
+            raise UserError("--max-cost needs the time estimate of the media check: drop --no-check")
+        click.echo("estimate: none (the media check was skipped with --no-check)", err=True)
+        return
+    est = cost.estimate(seconds, backend.quote(job, options))
+    click.echo(est.line(), err=True)
+    cost.check_budget(est, options.max_cost)
+
+
+def check_media(job, expert: str | None, dataset_dir: str) -> tuple[list[str], float]:
     """`launcher dataset check` on the job's dataset before GPU time is spent: errors stop the run (exit 2, one
     `error:` line each); the warnings are returned. --dry-run never comes here, so planning stays free of
-    Pillow and PyAV (tests/test_imports.py) and works on an install without lora-gym[dataset]."""
+    Pillow and PyAV (tests/test_imports.py) and works on an install without lora-gym[dataset].
+    Returns the warnings and the estimated training time in seconds."""
     from launcher.cli.dataset_cmd import trainings_for
     from launcher.core.errors import UserError
     from launcher.media import require
@@ -81,4 +99,4 @@ def check_media(job, expert: str | None, dataset_dir: str) -> list[str]:
     report = check_dataset(dataset_dir, preset, trainings_for(preset, expert), layout=job.layout)
     if report.errors:
         raise UserError(*(p.message for p in report.errors))
-    return [p.message for p in report.warnings]
+    return [p.message for p in report.warnings], report.seconds
