@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 # name -> "module:attribute" of a zero-argument factory (usually the class).
 BACKENDS = {
     "local": "launcher.backends.local:LocalBackend",
+    "modal": "launcher.backends.modal_backend:ModalBackend",
+    "runpod": "launcher.backends.runpod:RunPodBackend",
 }
 
 
