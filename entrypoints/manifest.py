@@ -12,9 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from launcher.core.dataset import file_sha256
-
-SECRET_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "GEMINI_API_KEY", "REPLICATE_API_TOKEN", "RUNPOD_API_KEY",
-               "MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "AWS_SECRET_ACCESS_KEY", "WANDB_API_KEY")
+from launcher.core.secrets import secret_values
 
 
 def now() -> str:
@@ -36,7 +34,7 @@ def _redact(value, secrets: list[str]):
 class Manifest:
     def __init__(self, path: Path, data: dict, environ=os.environ):
         self.path, self.data = path, data
-        self.secrets = [environ[v] for v in SECRET_VARS if len(environ.get(v, "")) >= 4]
+        self.secrets = list(secret_values(environ).values())
 
     def step(self, name: str, argv, status: str, exit_code: int | None = None, started: str | None = None):
         self.data["steps"].append({"name": name, "argv": list(argv), "status": status, "exit_code": exit_code,

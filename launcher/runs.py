@@ -13,9 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from launcher.core.errors import UserError, closest
-
-SECRET_VARS = ("HF_TOKEN", "GEMINI_API_KEY", "REPLICATE_API_TOKEN", "RUNPOD_API_KEY", "MODAL_TOKEN_ID",
-               "MODAL_TOKEN_SECRET", "AWS_SECRET_ACCESS_KEY", "RUNPOD_S3_SECRET_ACCESS_KEY")
+from launcher.core.secrets import secret_values
 
 
 def home() -> Path:
@@ -30,9 +28,8 @@ def _path(run_id: str) -> Path:
 
 def _assert_no_secrets(record: dict) -> None:
     text = json.dumps(record)
-    for name in SECRET_VARS:
-        value = os.environ.get(name, "")
-        if len(value) >= 4 and value in text:
+    for name, value in secret_values(os.environ).items():
+        if value in text:
             raise RuntimeError(f"refusing to store the value of {name} in the run registry (a LoRA Gym bug)")
 
 
