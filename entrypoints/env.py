@@ -33,10 +33,16 @@ VARS = (
     Var("LORA_GYM_MUSUBI_DIR", "/opt/musubi-tuner", "musubi-tuner checkout (installed) whose scripts run."),
     Var("LORA_GYM_PYTHON", "python", "Python interpreter for the cache and merge steps."),
     Var("LORA_GYM_IMAGE_LABELS", "", "JSON file with the image's labels, copied into run.json."),
-    Var("LORA_GYM_RUN_ID", "", "Name of the run folder; default `<preset>[-<expert>]-<UTC time>`."),
+    Var("LORA_GYM_RUN_ID", "", "Name of the run folder; default `<preset>[-<expert>]-<UTC time>`. An unfinished "
+        "run's name continues that run."),
+    Var("LORA_GYM_STAGE", "all", "`cache`: only the cache and Lightning merge steps; `train`: only the trainings "
+        "(their caches must exist)."),
+    Var("LORA_GYM_LOCK_TIMEOUT", "21600", "Seconds after which a cache lock whose holder stopped renewing it "
+        "(every 30 s) is broken."),
     Var("LORA_GYM_DRY_RUN", "0", "`1`: print the plan and exit without running or writing anything."),
 )
 DEFAULTS = {v.name: v.default for v in VARS}
+STAGES = ("all", "cache", "train")
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off", "")
 
@@ -53,6 +59,8 @@ class Settings:
     image_labels: str
     run_id: str | None
     dry_run: bool
+    stage: str = "all"
+    lock_timeout: float = 21600.0
 
 
 def _flag(name: str, value: str) -> bool:
@@ -66,6 +74,22 @@ def _overrides(value: str) -> tuple[str, ...]:
         return tuple(shlex.split(value))
     except ValueError as exc:
         raise UserError(f"LORA_GYM_SET cannot be split into words ({exc}): check its quotes") from None
+
+
+def _stage(value: str) -> str:
+    if value not in STAGES:
+        raise UserError(f"LORA_GYM_STAGE={value!r} is not a stage: use all, cache or train")
+    return value
+
+
+def _seconds(name: str, value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if seconds <= 0:
+        raise UserError(f"{name}={value!r} is not a positive number of seconds: e.g. 21600 for 6 hours")
+    return seconds
 
 
 def read(environ: Mapping[str, str], tensorboard: bool) -> Settings:
@@ -87,4 +111,5 @@ def read(environ: Mapping[str, str], tensorboard: bool) -> Settings:
     return Settings(get["LORA_GYM_PRESET"], get["LORA_GYM_EXPERT"] or None, _overrides(get["LORA_GYM_SET"]),
                     get["LORA_GYM_DATASET_DIR"], paths, get["LORA_GYM_WEIGHTS_LOCK"], flavor == "slim",
                     get["LORA_GYM_IMAGE_LABELS"], get["LORA_GYM_RUN_ID"] or None,
-                    _flag("LORA_GYM_DRY_RUN", get["LORA_GYM_DRY_RUN"]))
+                    _flag("LORA_GYM_DRY_RUN", get["LORA_GYM_DRY_RUN"]), _stage(get["LORA_GYM_STAGE"]),
+                    _seconds("LORA_GYM_LOCK_TIMEOUT", get["LORA_GYM_LOCK_TIMEOUT"]))

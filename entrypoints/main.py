@@ -3,24 +3,30 @@
 With arguments it execs them instead (platforms such as Modal override the command); it never needs
 a TTY. Exit codes: 0 success, 2 bad input (one `error:` line per problem), otherwise the exit code
 of the first failing step (128+N when a step died by signal N).
+
+A run folder named again by LORA_GYM_RUN_ID after an unfinished attempt continues (rundir.py): cache and
+merge steps skip through their markers, finished trainings skip, an interrupted one resumes from its newest
+complete saved state (resume.py). Cache steps hold a lock per cache folder (cachelock.py), so containers
+that share the cache volume never write one folder at once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import json
 import os
 import signal
 import sys
-from dataclasses import replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from launcher import __version__
 from launcher.core.errors import UserError
 from launcher.core.job import Job, prepare, read_lock
-from launcher.core.plan import make_plan
-from lora_gym_entrypoint import env
+from launcher.core.plan import Step
+from lora_gym_entrypoint import cachelock, env, resume, rundir
 from lora_gym_entrypoint.manifest import Manifest, now
 from lora_gym_entrypoint.runner import format_argv, run_step
 
@@ -49,44 +55,6 @@ def preflight(job: Job, paths) -> None:
         raise UserError(*problems)
 
 
-def claim_run_dir(job: Job, settings) -> Job:
-    """Create the run folder, never reusing one: an automatic run id gets a -2, -3, ... suffix."""
-    base = job.plan.run_id
-    for attempt in range(2, 1000):
-        try:
-            Path(job.plan.run_dir).mkdir(parents=True)
-            return job
-        except FileExistsError:
-            if settings.run_id:
-                raise UserError(f"run folder {job.plan.run_dir} already exists: choose another "
-                                "LORA_GYM_RUN_ID (earlier runs are never overwritten)") from None
-            run_id = f"{base}_{attempt}"
-            plan = make_plan(job.loaded.preset, settings.expert, job.layout, run_id, settings.paths,
-                             read_lock(settings.weights_lock))
-            job = replace(job, plan=plan)
-    raise UserError(f"too many runs named {job.plan.run_id}: set LORA_GYM_RUN_ID")
-
-
-def _labels(path: str) -> dict | None:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8")) if path else None
-    except (OSError, ValueError):
-        return None
-
-
-def new_manifest(job: Job, settings) -> Manifest:
-    plan = job.plan
-    return Manifest(Path(plan.run_dir) / "run.json", {
-        "lora_gym_version": __version__, "run_id": plan.run_id, "status": "running", "exit_code": None,
-        "preset": {"origin": job.loaded.origin, "name": plan.preset, "sha256": job.loaded.content_hash,
-                   "overrides": list(job.loaded.overrides)},
-        "expert": plan.expert, "settings": job.loaded.preset.model_dump(mode="json"),
-        "dataset": {"counts": job.layout.counts, "dirs": [
-            {"path": d.relpath, "kind": d.kind, "files": len(d.files), "sha256": d.digest} for d in job.layout.dirs]},
-        "image_labels": _labels(settings.image_labels), "started_at": now(), "ended_at": None,
-        "steps": [], "outputs": []})
-
-
 class Stop:
     """Remembers a SIGTERM/SIGINT, whether it came during a step (via the runner) or between steps."""
 
@@ -106,31 +74,140 @@ class Stop:
                 signal.signal(sig, handler)
 
 
+def _done(step: Step) -> bool:
+    return all(Path(m).is_file() for m in step.markers)
+
+
+def stage_steps(steps: Sequence[Step], stage: str) -> tuple[Step, ...]:
+    """The steps LORA_GYM_STAGE runs: all, the cache and merge steps (they have markers), or the trainings."""
+    cached = [step for step in steps if step.markers]
+    if stage == "cache":
+        return tuple(cached)
+    if stage == "train":
+        missing = [step.name for step in cached if not _done(step)]
+        if missing:
+            raise UserError(f"LORA_GYM_STAGE=train needs the output of {', '.join(missing)}: run LORA_GYM_STAGE=cache "
+                            "first with the same preset, expert, overrides, dataset and cache volume")
+        return tuple(step for step in steps if not step.markers)
+    return tuple(steps)
+
+
 def _write_markers(markers) -> None:
     for marker in markers:
         Path(marker).parent.mkdir(parents=True, exist_ok=True)
         Path(marker).write_text(json.dumps({"at": now()}) + "\n")
 
 
-def run_steps(job: Job, manifest: Manifest, stop: Stop) -> int:
-    # A training run needs no network: tokenizers come from the image's Hub cache.
-    child_env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
-    for step in job.plan.steps:
-        if stop.signal is not None:
-            return 128 + stop.signal
-        if step.markers and all(Path(m).is_file() for m in step.markers):
-            log(f"{step.name}: skipped, its output for these inputs is already cached")
-            manifest.step(step.name, step.argv, "skipped")
-            continue
-        log(f"{step.name}: {format_argv(step.argv)}")
-        started = now()
-        code = run_step(step.name, step.argv, env=child_env, on_signal=stop)
-        if code == 0 and stop.signal is None:
+@dataclass
+class Context:
+    """What every step of one run shares."""
+
+    job: Job
+    manifest: Manifest
+    stop: Stop
+    settings: env.Settings
+    owner: dict  # who holds our locks
+    restart: bool
+    child_env: dict
+
+    def stopping(self) -> bool:
+        return self.stop.signal is not None
+
+
+class StepOutput:
+    """The step's output stream, passed through; tells `on_total` musubi's total step count when it prints it."""
+
+    def __init__(self, out, on_total):
+        self.out, self.on_total = out, on_total
+
+    def write(self, text: str) -> int:
+        match = resume.TOTAL_STEPS.search(text)
+        if match:
+            self.on_total(int(match[1]), int(match[2]))
+        return self.out.write(text)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+def execute(ctx: Context, name: str, argv: Sequence[str], out=None) -> int:
+    """Runs one step and records it; its exit code, or 128+N when the run got signal N meanwhile."""
+    log(f"{name}: {format_argv(argv)}")
+    started = now()
+    code = run_step(name, argv, env=ctx.child_env, on_signal=ctx.stop, out=out or sys.stdout)
+    ctx.manifest.step(name, argv, "succeeded" if code == 0 else "failed", code, started)
+    if code != 0 or ctx.stopping():
+        code = code or 128 + ctx.stop.signal
+        log(f"{name} {'was stopped' if ctx.stopping() else 'failed'} (exit code {code}); stopping the run")
+    return code
+
+
+def _skip(ctx: Context, step: Step, why: str) -> int:
+    log(f"{step.name}: skipped, {why}")
+    ctx.manifest.step(step.name, step.argv, "skipped")
+    return 0
+
+
+def cache_lock(cache_root: str, folder: str) -> Path:
+    # Outside the cache folder, whose files belong to musubi; one lock per folder whatever the step or preset.
+    return Path(cache_root) / "locks" / f"{hashlib.sha256(folder.encode()).hexdigest()[:16]}.lock"
+
+
+def run_cache_step(ctx: Context, step: Step) -> int:
+    if _done(step):
+        return _skip(ctx, step, "its output for these inputs is already cached")
+    folders = {str(Path(marker).parent) for marker in step.markers}
+    locks = [cache_lock(ctx.settings.paths.cache, folder) for folder in folders]
+    with cachelock.held(locks, ctx.owner, ctx.settings.lock_timeout, log, ctx.stopping):
+        if _done(step):  # another container made it while we waited
+            return _skip(ctx, step, "another run cached these inputs while this one waited")
+        code = execute(ctx, step.name, step.argv)
+        if code == 0:
             _write_markers(step.markers)  # only a complete, uninterrupted step makes its cache valid
-        manifest.step(step.name, step.argv, "succeeded" if code == 0 else "failed", code, started)
-        if code != 0 or stop.signal is not None:
-            code = code or 128 + stop.signal
-            log(f"{step.name} {'was stopped' if stop.signal else 'failed'} (exit code {code}); stopping the run")
+        return code
+
+
+def _arg(argv: Sequence[str], flag: str) -> str:
+    return argv[list(argv).index(flag) + 1]
+
+
+def run_train_step(ctx: Context, step: Step) -> int:
+    out_dir, name = _arg(step.argv, "--output_dir"), _arg(step.argv, "--output_name")
+    epochs = int(_arg(step.argv, "--max_train_epochs"))
+    if ctx.restart and (final := resume.final_lora(out_dir, name)):
+        resume.finalize(out_dir, name, epochs)  # it may have finished just before the last attempt ended
+        return _skip(ctx, step, f"it finished before the restart ({final.name})")
+    training = ctx.manifest.data["training"]
+    attempted = ctx.restart and (step.name in training or any(s["name"] == step.name
+                                                               for s in ctx.manifest.data["steps"]))
+    start = resume.plan_start(step.argv, training.get(step.name, {}).get("total_steps"), attempted)
+    if start.note != "starting":
+        log(f"{step.name}: {start.note}")
+
+    def on_total(epochs_run: int, total: int) -> None:
+        if start.state is None:  # a full run's total: what every later resume continues
+            training[step.name] = {"epochs": epochs_run, "total_steps": total}
+            ctx.manifest.write()
+
+    code = execute(ctx, step.name, start.argv, StepOutput(sys.stdout, on_total))
+    if attempted:
+        ctx.manifest.data["steps"][-1]["resumed_from"] = start.state and {"state": str(start.state.path),
+                                                                          "epoch": start.state.epoch}
+        ctx.manifest.write()
+    if code == 0:
+        resume.finalize(out_dir, name, epochs)
+    return code
+
+
+def run_steps(ctx: Context, steps: Sequence[Step]) -> int:
+    for step in steps:
+        if ctx.stopping():
+            return 128 + ctx.stop.signal
+        try:
+            code = (run_cache_step if step.markers else run_train_step)(ctx, step)
+        except cachelock.Cancelled:
+            code = 128 + ctx.stop.signal
+        if code != 0:
             return code
     return 0
 
@@ -150,16 +227,26 @@ def run_job(settings) -> int:
         report = ensure_weights(job.plan.weights, settings.weights_lock, os.environ.get("HF_HOME", "/opt/hf"), log)
         log(f"weights: {report.downloaded} downloaded ({report.bytes / 1e9:.2f} GB), {report.present} present")
     preflight(job, settings.paths)
-    job = claim_run_dir(job, settings)
-    Path(job.plan.dataset_config_path).write_text(job.plan.dataset_config, encoding="utf-8")
-    manifest = new_manifest(job, settings)
-    manifest.write()
-    log(f"run {job.plan.run_id}: {len(job.plan.steps)} steps, output in {job.plan.run_dir}")
+    steps = stage_steps(job.plan.steps, settings.stage)
+    # A training run needs no network: tokenizers come from the image's Hub cache.
+    child_env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
     with Stop().listening() as stop:
-        code = run_steps(job, manifest, stop)
-    status = "succeeded" if code == 0 else "stopped" if stop.signal else "failed"
-    manifest.finish(status, code)
-    log(f"run {status}; manifest: {manifest.path}")
+        try:
+            run = rundir.open_run(job, settings, log, lambda: stop.signal is not None)
+        except cachelock.Cancelled:
+            return 128 + stop.signal
+        try:
+            plan = run.job.plan
+            Path(plan.dataset_config_path).write_text(plan.dataset_config, encoding="utf-8")
+            stage = "" if settings.stage == "all" else f" (stage {settings.stage})"
+            log(f"run {plan.run_id}: {len(steps)} steps{stage}, output in {plan.run_dir}")
+            ctx = Context(run.job, run.manifest, stop, settings, run.owner, run.restart, child_env)
+            code = run_steps(ctx, steps)
+            status = "succeeded" if code == 0 else "stopped" if stop.signal else "failed"
+            run.manifest.finish(status, code)
+            log(f"run {status}; manifest: {run.manifest.path}")
+        finally:
+            run.lock.release()
     return code
 
 

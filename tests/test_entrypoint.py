@@ -15,6 +15,7 @@ from conftest import FAKES, clean_env
 
 from launcher.core.job import prepare
 from launcher.core.plan import ContainerPaths
+from lora_gym_entrypoint import cachelock
 
 
 class Container:
@@ -94,8 +95,9 @@ def test_full_run_writes_lora_and_manifest(box):
     assert manifest["status"] == "succeeded" and manifest["exit_code"] == 0
     assert [s["name"] for s in manifest["steps"]] == ["cache-latents", "cache-text-encoder", "train"]
     assert all(s["exit_code"] == 0 for s in manifest["steps"])
-    [output] = manifest["outputs"]
-    assert output["path"] == "wan21-i2v-720p.safetensors" and len(output["sha256"]) == 64
+    outputs = {o["path"]: o for o in manifest["outputs"]}
+    assert len(outputs["wan21-i2v-720p.safetensors"]["sha256"]) == 64
+    assert "wan21-i2v-720p-000005.safetensors" in outputs  # musubi's epoch checkpoints (every 5 of 50)
     assert manifest["preset"]["name"] == "wan21-i2v-720p" and len(manifest["preset"]["sha256"]) == 64
     assert (run_dir / "dataset.toml").read_text().startswith("[general]")
     assert "[cache-latents] caching latents: 3/3" in result.stdout  # \r progress became lines
@@ -197,6 +199,16 @@ def test_bad_environment_is_a_one_line_error(box):
         "error: wan22-t2v-lightning is a Wan 2.2 preset with two experts: add --expert high, low or both"]
 
 
+@pytest.mark.parametrize("extra, message", [
+    ({"LORA_GYM_STAGE": "caches"}, "error: LORA_GYM_STAGE='caches' is not a stage: use all, cache or train"),
+    ({"LORA_GYM_LOCK_TIMEOUT": "6h"}, "error: LORA_GYM_LOCK_TIMEOUT='6h' is not a positive number of seconds"),
+])
+def test_bad_stage_or_lock_timeout_is_a_one_line_error(box, extra, message):
+    result = box.run(box.env("wan21-t2v-14b", **extra))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith(message)
+
+
 def test_dry_run_prints_the_plan_and_writes_nothing(box):
     result = box.run(box.env("wan21-t2v-14b", LORA_GYM_DRY_RUN="1", LORA_GYM_SET="train.max_train_epochs=7"))
     assert result.returncode == 0, result.stderr
@@ -220,3 +232,91 @@ def test_manifest_holds_image_labels_and_no_secret_values(box, tmp_path):
     text = (box.runs()[0] / "run.json").read_text()
     assert json.loads(text)["image_labels"] == {"org.opencontainers.image.version": "0.1.0"}
     assert secret not in text
+
+
+def test_cache_stage_runs_only_the_cache_and_merge_steps(box):
+    box.stock_weights("wan22-t2v-lightning", "both")
+    result = box.run(box.env("wan22-t2v-lightning", "both", LORA_GYM_STAGE="cache"))
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert [c["script"] for c in box.calls()] == ["wan_cache_latents", "wan_cache_text_encoder_outputs"]
+    manifest = json.loads((box.runs()[0] / "run.json").read_text())
+    assert [s["name"] for s in manifest["steps"]] == ["cache-latents", "cache-text-encoder", "merge-lightning-high",
+                                                      "merge-lightning-low"]
+    assert manifest["status"] == "succeeded" and manifest["stage"] == "cache"
+
+
+def test_train_stage_needs_the_caches_then_runs_only_training(box):
+    box.stock_weights("wan22-t2v-lightning", "both")
+    refused = box.run(box.env("wan22-t2v-lightning", "high", LORA_GYM_STAGE="train"))
+    assert refused.returncode == 2 and box.runs() == [] and box.calls() == []
+    assert refused.stderr.strip().splitlines() == [
+        "error: LORA_GYM_STAGE=train needs the output of cache-latents, cache-text-encoder, merge-lightning-high: "
+        "run LORA_GYM_STAGE=cache first with the same preset, expert, overrides, dataset and cache volume"]
+    assert box.run(box.env("wan22-t2v-lightning", "both", LORA_GYM_STAGE="cache")).returncode == 0
+    trained = box.run(box.env("wan22-t2v-lightning", "low", LORA_GYM_STAGE="train"))
+    assert trained.returncode == 0, trained.stderr + trained.stdout
+    assert [c["script"] for c in box.calls()][2:] == ["wan_train_network"]
+    manifest = json.loads((sorted(box.runs(), key=lambda p: p.stat().st_mtime)[-1] / "run.json").read_text())
+    assert [s["name"] for s in manifest["steps"]] == ["train-low"]
+
+
+def test_two_containers_on_one_cache_volume_cache_once(box):
+    box.stock_weights("wan22-t2v-vanilla", "both")
+    procs = [subprocess.Popen([sys.executable, "-m", "lora_gym_entrypoint"], text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT,
+                              env=box.env("wan22-t2v-vanilla", expert, LORA_GYM_RUN_ID=expert, FAKE_MUSUBI_SLEEP="1"))
+             for expert in ("high", "low")]
+    outputs = [proc.communicate(timeout=120)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outputs
+    scripts = [c["script"] for c in box.calls()]
+    assert scripts.count("wan_cache_latents") == 1 and scripts.count("wan_cache_text_encoder_outputs") == 1
+    assert scripts.count("wan_train_network") == 2
+    assert any("waiting for" in out and "held by run" in out for out in outputs), outputs
+    assert any("skipped, another run cached these inputs while this one waited" in out for out in outputs)
+    assert not list((box.cache / "locks").iterdir())  # every lock released
+
+
+# --- cachelock ------------------------------------------------------------------------------------------
+
+def test_lock_waits_for_a_live_holder(tmp_path):
+    path = tmp_path / "a.lock"
+    held = cachelock.acquire(path, cachelock.new_owner("first"), 3600, print)
+    lines = []
+    with pytest.raises(cachelock.Busy, match="run first on"):
+        cachelock.acquire(path, cachelock.new_owner("second"), 3600, lines.append, give_up_after=0.3)
+    assert lines and lines[0].startswith("waiting for a.lock: held by run first")
+    with pytest.raises(cachelock.Cancelled):
+        cachelock.acquire(path, cachelock.new_owner("second"), 3600, print, cancelled=lambda: True)
+    held.release()
+    assert not path.exists()
+    cachelock.acquire(path, cachelock.new_owner("second"), 3600, print).release()
+
+
+def test_lock_of_a_dead_process_on_this_machine_is_broken(tmp_path):
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    owner = cachelock.new_owner("dead") | {"pid": int(gone.stdout)}
+    (tmp_path / "a.lock").write_text(json.dumps(owner))
+    lines = []
+    cachelock.acquire(tmp_path / "a.lock", cachelock.new_owner("next"), 3600, lines.append).release()
+    assert lines == [f"breaking the stale lock {tmp_path / 'a.lock'} of {cachelock.describe(owner)}"]
+
+
+def test_lock_of_another_machine_is_broken_only_after_the_timeout(tmp_path):
+    path = tmp_path / "a.lock"
+    path.write_text(json.dumps(cachelock.new_owner("far") | {"machine": "elsewhere", "host": "elsewhere"}))
+    with pytest.raises(cachelock.Busy):
+        cachelock.acquire(path, cachelock.new_owner("next"), 60, print, give_up_after=0.2)
+    os.utime(path, (time.time() - 61, time.time() - 61))  # no heartbeat for 61 s
+    cachelock.acquire(path, cachelock.new_owner("next"), 60, print).release()
+
+
+def test_holder_heartbeats_and_never_removes_a_lock_it_lost(tmp_path, monkeypatch):
+    monkeypatch.setattr(cachelock, "HEARTBEAT_S", 0.05)
+    path = tmp_path / "a.lock"
+    lock = cachelock.acquire(path, cachelock.new_owner("me"), 3600, print)
+    os.utime(path, (0, 0))
+    time.sleep(0.3)
+    assert time.time() - path.stat().st_mtime < 5
+    path.write_text(json.dumps(cachelock.new_owner("someone who broke it")))
+    lock.release()
+    assert json.loads(path.read_text())["run_id"] == "someone who broke it"

@@ -45,6 +45,10 @@ COMMANDS = [
     ["run", "--preset", "wan21-i2v-720p", "--dataset", str(EXAMPLE_DATASET), "--dry-run", "--format", "json"],
     ["run", "--preset", "wan21-t2v-1.3b", "--dataset", str(EXAMPLE_DATASET), "--dry-run", "--backend", "local",
      "--output", "out"],
+    ["run", "--preset", "wan22-t2v-lightning", "--expert", "both", "--dataset", str(EXAMPLE_DATASET), "--dry-run",
+     "--backend", "modal", "--image", "ghcr.io/you/lora-gym-wan22:0.1.0"],
+    ["run", "--preset", "wan22-t2v-lightning", "--expert", "both", "--dataset", str(EXAMPLE_DATASET), "--dry-run",
+     "--backend", "runpod", "--max-cost", "20"],
 ]
 
 

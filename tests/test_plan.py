@@ -143,3 +143,20 @@ def test_rule_checker_catches_each_violation(name, expert, step_name, transform,
     plan = make_plan(preset, expert, LAYOUT, "run")
     problems = plan_problems(_broken(plan, step_name, transform), preset)
     assert any(expected in p for p in problems), problems
+
+
+def test_save_state_keeps_two_states_for_resuming():
+    argv = step(plan_for("wan21-t2v-1.3b", overrides=("train.save_state=true",)), "train").argv
+    assert "--save_state" in argv and value(argv, "--save_last_n_epochs_state") == "2"
+    assert "--save_state" not in step(plan_for("wan21-t2v-1.3b"), "train").argv  # off by default
+
+
+def test_resume_rules_catch_a_schedule_sized_from_the_remaining_steps():
+    from launcher.core.checks import resume_problems
+
+    argv = step(plan_for("wan21-t2v-1.3b", overrides=("train.save_state=true",)), "train").argv
+    assert resume_problems(argv) == [
+        "train: a resumed run needs --resume <state folder>",
+        "train: a resumed decaying schedule needs --lr_scheduler_type and num_training_steps=<total>"]
+    constant = step(plan_for("wan21-t2v-1.3b", overrides=("train.lr_scheduler=constant",)), "train").argv
+    assert resume_problems((*constant, "--resume", "/s")) == []

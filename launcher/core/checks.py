@@ -11,6 +11,8 @@ from launcher import contract
 from launcher.core.schema import Preset
 
 ATTENTION_FLAGS = ("--sdpa", "--flash_attn", "--sage_attn", "--xformers", "--flash3")
+# musubi sizes these schedules from --max_train_steps/--max_train_epochs (constant ones need no length).
+DECAYING_SCHEDULES = ("linear", "cosine", "cosine_with_restarts", "polynomial")
 
 
 class PlanError(RuntimeError):
@@ -90,3 +92,19 @@ def verify_plan(plan, preset: Preset) -> None:
     if problems:
         raise PlanError("plan breaks the musubi-tuner contract (a LoRA Gym bug, please report it): "
                         + "; ".join(problems))
+
+
+def resume_problems(argv) -> list[str]:
+    """Rules for a resumed train argv (entrypoint resume.py), on top of the contract."""
+    _, script, args = split_script(tuple(argv))
+    if script != "wan_train_network":
+        return ["a resumed step must run wan_train_network"]
+    problems = contract.check_args(script, args)
+    if not _value(args, "--resume"):
+        problems.append("train: a resumed run needs --resume <state folder>")
+    schedule_args = args[args.index("--lr_scheduler_args") + 1:] if "--lr_scheduler_args" in args else []
+    if (_value(args, "--lr_scheduler") or "constant") in DECAYING_SCHEDULES and not (
+            _value(args, "--lr_scheduler_type") and any(a.startswith("num_training_steps=") for a in schedule_args)):
+        # Without them musubi sizes the schedule from the remaining epochs while --resume keeps the elapsed steps.
+        problems.append("train: a resumed decaying schedule needs --lr_scheduler_type and num_training_steps=<total>")
+    return problems

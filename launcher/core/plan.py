@@ -23,6 +23,9 @@ MUSUBI_SCRIPTS = "src/musubi_tuner"
 LATENTS_MARKER = ".lora-gym-latents.ok"
 TEXT_MARKER = ".lora-gym-text.ok"
 MERGE_MARKER = ".lora-gym-merge.ok"
+# With train.save_state, musubi keeps this many epoch states (each is the LoRA plus its optimizer state);
+# a resumed run needs only the newest complete one, and one more covers a save cut short by a kill.
+KEEP_STATES = 2
 
 
 @dataclass(frozen=True)
@@ -250,7 +253,8 @@ def _train_step(preset: Preset, s: Expert, dit: str, name: str, out: tuple[str, 
         argv += ["--gradient_accumulation_steps", str(t.gradient_accumulation_steps)]
     argv += ["--max_train_epochs", str(t.max_train_epochs), "--save_every_n_epochs", str(t.save_every_n_epochs),
              "--seed", str(t.seed), "--output_dir", out[0], "--output_name", out[1]]
-    argv += ["--save_state"] * t.save_state
+    if t.save_state:  # what a restarted run resumes from (entrypoint resume.py)
+        argv += ["--save_state", "--save_last_n_epochs_state", str(KEEP_STATES)]
     if t.tensorboard and paths.tensorboard:
         argv += ["--log_with", "tensorboard", "--logging_dir", f"{out[0]}/logs"]
     return Step(name, tuple(argv))

@@ -1,24 +1,99 @@
-"""Fake wan_train_network (test double): checks argv, writes a stand-in LoRA file."""
+"""Fake wan_train_network (test double): checks argv, trains epoch by epoch on paper, writes stand-in files.
 
+Like musubi-tuner v0.3.4: it prints "override steps ...: <total>", runs `--max_train_epochs` epochs of
+FAKE_MUSUBI_STEPS_PER_EPOCH (default 3) steps on the learning-rate schedule musubi would build (emulated in
+_fake_common), saves `<name>-<epoch:06d>.safetensors` (and with --save_state `<name>-<epoch:06d>-state/`,
+pruned to --save_last_n_epochs_state) every --save_every_n_epochs epochs but the last, then `<name>-state/`
+and `<name>.safetensors`. `--resume` restores the scheduler as accelerate does and restarts the counters at 0.
+Each optimizer step's lr is appended to $FAKE_MUSUBI_LR_LOG as {"output_name", "lr"}.
+FAKE_MUSUBI_STOP_AFTER_EPOCH=[<output_name>:]<n> kills the process (SIGKILL, like a preemption) after epoch
+n's saves; FAKE_MUSUBI_TORN_STATE=1 makes that epoch's state save stop halfway instead.
+"""
+
+import json
+import os
+import shutil
+import signal
+import zipfile
 from pathlib import Path
 
 if not __package__:  # run as a file, like the real scripts: make the package importable
     import _script_path  # noqa: F401
-from musubi_tuner._fake_common import add_options, progress, start, value
+from musubi_tuner._fake_common import Scheduler, add_options, lr_lambda, progress, start, value
 
 
 def wan_setup_parser(parser):
     return add_options(parser, "wan_train_network")
 
 
+def write_zip(path: Path, data: dict) -> None:
+    with zipfile.ZipFile(path, "w") as archive:  # torch.save's container format
+        archive.writestr("data.pkl", json.dumps(data))
+
+
+def write_safetensors(path: Path, text: str) -> None:
+    header = json.dumps({"__metadata__": {"fake": text}}).encode()
+    path.write_bytes(len(header).to_bytes(8, "little") + header)
+
+
+def save_state(folder: Path, scheduler: Scheduler, torn: bool) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    write_safetensors(folder / "model.safetensors", "lora weights")
+    write_zip(folder / "optimizer.bin", {"lr": scheduler.optimizer_lr})
+    if torn:  # killed while writing scheduler.bin: cut short, and random_states_0.pkl never written
+        write_zip(folder / "scheduler.bin", scheduler.state())
+        data = (folder / "scheduler.bin").read_bytes()
+        (folder / "scheduler.bin").write_bytes(data[: len(data) // 2])
+        os.kill(os.getpid(), signal.SIGKILL)
+    write_zip(folder / "scheduler.bin", scheduler.state())
+    write_zip(folder / "random_states_0.pkl", {"step": scheduler.last_epoch})
+
+
+def load_state(folder: Path, scheduler: Scheduler) -> None:
+    with zipfile.ZipFile(folder / "scheduler.bin") as archive:
+        scheduler.load(json.loads(archive.read("data.pkl")))
+
+
+def stop_after(name: str) -> int | None:
+    spec = os.environ.get("FAKE_MUSUBI_STOP_AFTER_EPOCH", "")
+    target, _, epoch = spec.rpartition(":")
+    return int(epoch) if epoch and target in ("", name) else None
+
+
 def main():
     args = start("wan_train_network")
     assert Path(value(args, "--dit")).is_file(), "fake musubi: --dit does not exist"
-    out = Path(value(args, "--output_dir"))
+    out, name = Path(value(args, "--output_dir")), value(args, "--output_name")
     out.mkdir(parents=True, exist_ok=True)
+    epochs, every = int(value(args, "--max_train_epochs")), int(value(args, "--save_every_n_epochs") or 0)
+    per_epoch = int(os.environ.get("FAKE_MUSUBI_STEPS_PER_EPOCH", "3"))
+    total, lr = epochs * per_epoch, float(value(args, "--learning_rate"))
+    print(f"override steps. steps for {epochs} epochs is / 指定エポックまでのステップ数: {total}", flush=True)
+    scheduler = Scheduler(lr_lambda(args, total, lr), lr)
+    if value(args, "--resume"):
+        load_state(Path(value(args, "--resume")), scheduler)
+    lr_log = os.environ.get("FAKE_MUSUBI_LR_LOG")
+    keep = int(value(args, "--save_last_n_epochs_state") or 0)
+    for epoch in range(1, epochs + 1):
+        for _ in range(per_epoch):  # optimizer.step() at the current lr, then lr_scheduler.step()
+            if lr_log:
+                with open(lr_log, "a") as handle:
+                    handle.write(json.dumps({"output_name": name, "lr": scheduler.optimizer_lr}) + "\n")
+            scheduler.step()
+        stop = stop_after(name) == epoch
+        if every and epoch % every == 0 and epoch < epochs:
+            (out / f"{name}-{epoch:06d}.safetensors").write_bytes(b"fake lora epoch")
+            if "--save_state" in args:
+                save_state(out / f"{name}-{epoch:06d}-state", scheduler, stop and bool(os.environ.get(
+                    "FAKE_MUSUBI_TORN_STATE")))
+                if keep:
+                    shutil.rmtree(out / f"{name}-{epoch - every * keep:06d}-state", ignore_errors=True)
+        if stop:
+            os.kill(os.getpid(), signal.SIGKILL)
     progress("steps")
-    lora = out / f"{value(args, '--output_name')}.safetensors"
-    lora.write_bytes(b"fake lora " + value(args, "--dit").encode())
+    if "--save_state" in args:
+        save_state(out / f"{name}-state", scheduler, False)
+    write_safetensors(out / f"{name}.safetensors", "fake lora " + value(args, "--dit"))
 
 
 if __name__ == "__main__":

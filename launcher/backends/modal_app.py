@@ -1,0 +1,220 @@
+"""The Modal side of `--backend modal`: the real App/Image/Function objects built from a ModalSpec, and the
+function bodies that run inside the image on Modal.
+
+Modal imports this module inside the container to find the functions, so it imports only the standard
+library at the top: `modal` is imported inside `build` and `both`, and nothing from launcher.core (the
+image's own copy of LoRA Gym runs the plan, through its entrypoint, exactly as `--backend local` does).
+The functions are plain module-level functions registered on a fresh App per run by `build`, which Modal
+supports ("not decorated in global scope"): the spec (GPU, timeout) is per run, not per import.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ENTRYPOINT = "lora-gym-entrypoint"
+DATASETS_MOUNT = "/datasets"  # the datasets volume: every file once, at by-sha256/<sha256>
+OUTPUTS_MOUNT = "/output"
+CACHE_MOUNT = "/cache"
+BLOBS = "by-sha256"
+WORK_DIR = "/tmp/lora-gym"  # container-local: the run's dataset listing and preset file
+MAX_TIMEOUT_S = 24 * 3600  # Modal's limit for one function execution
+ORCHESTRATOR_CPU = 0.25  # `both` only waits on the GPU calls
+
+
+class StageFailed(RuntimeError):
+    """A step of the run exited non-zero: the Modal function fails with it, so a failed training never looks
+    like a successful function call. Built from plain args so it pickles back to the launcher."""
+
+    def __init__(self, stage: str, exit_code: int):
+        super().__init__(stage, exit_code)
+        self.stage, self.exit_code = stage, exit_code
+
+    def __str__(self) -> str:
+        return f"{ENTRYPOINT} ({self.stage}) exited with code {self.exit_code}"
+
+
+# --- inside the container --------------------------------------------------------------------------------
+
+def materialize(dataset: dict[str, str], target: Path, blobs: Path) -> None:
+    """The run's dataset folder as symlinks into the content-addressed volume: no copy, and the entrypoint
+    hashes the same bytes the launcher planned with (so cache keys match the dry-run)."""
+    for relpath, sha in dataset.items():
+        link = target / relpath
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.is_symlink():
+            link.symlink_to(blobs / sha)
+
+
+def child_env(env: dict[str, str]) -> dict[str, str]:
+    """The container's environment (Modal puts the secrets' variables there) plus the run's contract.
+    PYTHONPATH is dropped: Modal mounts this launcher's source for the function, and the entrypoint must
+    use the image's own LoRA Gym, whose contract label the image was built and checked with."""
+    base = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return base | env
+
+
+def run_stage(env: dict[str, str], dataset: dict[str, str], preset_toml: str | None = None, *,
+              blobs: str | Path = f"{DATASETS_MOUNT}/{BLOBS}", out=None) -> dict:
+    """Run the image's entrypoint for one stage, stream its lines, raise StageFailed on a non-zero exit."""
+    out = out or sys.stdout
+    materialize(dataset, Path(env["LORA_GYM_DATASET_DIR"]), Path(blobs))
+    if preset_toml is not None:  # a user's preset file travels as text, to where LORA_GYM_PRESET points
+        Path(env["LORA_GYM_PRESET"]).parent.mkdir(parents=True, exist_ok=True)
+        Path(env["LORA_GYM_PRESET"]).write_text(preset_toml, encoding="utf-8")
+    Path(env.get("LORA_GYM_OUTPUT_DIR", OUTPUTS_MOUNT)).mkdir(parents=True, exist_ok=True)
+    stage = "cache" if env.get("LORA_GYM_STAGE") == "cache" else env.get("LORA_GYM_EXPERT") or "train"
+    proc = subprocess.Popen([ENTRYPOINT], env=child_env(env), cwd="/", stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1)
+    for line in proc.stdout:  # line by line, so Modal's log stream shows each [step] line as it happens
+        out.write(line)
+        out.flush()
+    code = proc.wait()
+    if code != 0:
+        raise StageFailed(stage, code)
+    return {"stage": stage, "exit_code": 0, "run_dir": env.get("LORA_GYM_OUTPUT_DIR", OUTPUTS_MOUNT)}
+
+
+# One module-level function per stage, so `status` can tell the calls apart by function name.
+def train(env: dict, dataset: dict, preset_toml: str | None = None) -> dict:
+    return run_stage(env, dataset, preset_toml)
+
+
+def cache(env: dict, dataset: dict, preset_toml: str | None = None) -> dict:
+    return run_stage(env, dataset, preset_toml)
+
+
+def train_high(env: dict, dataset: dict, preset_toml: str | None = None) -> dict:
+    return run_stage(env, dataset, preset_toml)
+
+
+def train_low(env: dict, dataset: dict, preset_toml: str | None = None) -> dict:
+    return run_stage(env, dataset, preset_toml)
+
+
+STAGE_FUNCTIONS = {"train": train, "cache": cache, "train_high": train_high, "train_low": train_low}
+
+
+def both(calls: list, dataset: dict, preset_toml: str | None = None) -> list:
+    """`--expert both`: the cache pass first (one GPU), then both experts at once (two GPUs). Runs on a small
+    CPU container; `calls` holds (Function, env) pairs, Modal passing the Function handles by id."""
+    import modal
+
+    (first, first_env), rest = calls[0], calls[1:]
+    results = [first.spawn(first_env, dataset, preset_toml).get()]  # raises StageFailed if caching failed
+    spawned = [fn.spawn(env, dataset, preset_toml) for fn, env in rest]
+    return results + list(modal.FunctionCall.gather(*spawned))
+
+
+# --- on the launcher's machine ---------------------------------------------------------------------------
+
+def image(spec):
+    import modal
+
+    secret = modal.Secret.from_name(spec.registry_secret) if spec.registry_secret else None
+    return modal.Image.from_registry(spec.image, secret=secret)
+
+
+def build(spec):
+    """(App, {name: Function}) for the spec; offline, nothing is created until the app runs."""
+    import modal
+
+    app = modal.App(spec.app_name)
+    volumes = {path: modal.Volume.from_name(name, create_if_missing=True) for path, name in spec.volumes.items()}
+    secrets = [modal.Secret.from_name(name) for name in spec.secrets]
+    common = {"image": image(spec), "volumes": volumes, "secrets": secrets}
+    functions = {}
+    for call in spec.calls:
+        functions[call.function] = app.function(gpu=spec.gpu, timeout=spec.timeout_s, **common)(
+            STAGE_FUNCTIONS[call.function])
+    if len(spec.calls) > 1:
+        functions["both"] = app.function(cpu=ORCHESTRATOR_CPU, timeout=MAX_TIMEOUT_S, **common)(both)
+    return app, functions
+
+
+def spawn(spec, functions: dict):
+    """The run's one top-level call: the stage itself, or the `both` orchestrator over the stages."""
+    if len(spec.calls) == 1:
+        return functions[spec.calls[0].function].spawn(spec.calls[0].env, spec.dataset, spec.preset_toml)
+    pairs = [(functions[c.function], c.env) for c in spec.calls]
+    return functions["both"].spawn(pairs, spec.dataset, spec.preset_toml)
+
+
+def _progress(total: int):
+    """A byte progress bar on stderr: tqdm when installed, else a line per batch."""
+    try:
+        from tqdm import tqdm
+
+        return tqdm(total=total, unit="B", unit_scale=True, file=sys.stderr, desc="upload dataset")
+    except ImportError:
+        class Lines:
+            done = 0
+
+            def update(self, n):
+                self.done += n
+                print(f"upload dataset: {self.done}/{total} bytes", file=sys.stderr)
+
+            def close(self):
+                pass
+        return Lines()
+
+
+UPLOAD_BATCH_BYTES = 256 << 20  # one volume commit per batch: progress moves, and a failure loses little
+
+
+def upload_dataset(volume, root: str | Path, files: dict[str, tuple[str, int]]) -> int:
+    """Upload the files whose sha256 is not yet at by-sha256/ on the volume; the bytes sent (0 when the
+    dataset is unchanged). `volume` is a modal.Volume, or a test double with listdir and batch_upload."""
+    try:
+        have = {Path(entry.path).name for entry in volume.listdir(BLOBS)}
+    except Exception as exc:  # a new volume has no by-sha256/ yet: modal raises NotFoundError
+        if type(exc).__name__ != "NotFoundError":
+            raise
+        have = set()
+    missing: dict[str, tuple[str, int]] = {}
+    for relpath, (sha, size) in sorted(files.items()):
+        if sha not in have:
+            missing.setdefault(sha, (relpath, size))  # identical files go up once
+    total = sum(size for _, size in missing.values())
+    if not missing:
+        return 0
+    bar, batch, batch_bytes = _progress(total), [], 0
+    for sha, (relpath, size) in missing.items():
+        batch.append((sha, relpath))
+        batch_bytes += size
+        if batch_bytes >= UPLOAD_BATCH_BYTES or sha == next(reversed(missing)):
+            # force: a parallel launch may have put the same content meanwhile; it is the same bytes
+            with volume.batch_upload(force=True) as upload:
+                for blob, rel in batch:
+                    upload.put_file(Path(root) / rel, f"{BLOBS}/{blob}")
+            bar.update(batch_bytes)
+            batch, batch_bytes = [], 0
+    bar.close()
+    return total
+
+
+def has_token() -> bool:
+    from modal.config import config
+
+    return bool(config.get("token_id") and config.get("token_secret"))
+
+
+def start(spec, dataset_root: str | Path, datasets_volume: str) -> dict:
+    """Upload the dataset, start the app detached and spawn the run's call: the ids for the run record."""
+    import modal
+
+    from launcher.core.errors import UserError
+
+    if not has_token():
+        raise UserError("no Modal token configured: run `modal token new` (or set MODAL_TOKEN_ID and "
+                        "MODAL_TOKEN_SECRET)")
+    files = {rel: (sha, spec.sizes.get(sha, 0)) for rel, sha in spec.dataset.items()}
+    upload_dataset(modal.Volume.from_name(datasets_volume, create_if_missing=True), dataset_root, files)
+    app, functions = build(spec)
+    # detach: the app keeps running after this process exits, until its calls end (or `launcher stop`).
+    with app.run(detach=True):
+        call = spawn(spec, functions)
+    return {"app_id": app.app_id, "call_id": call.object_id}

@@ -1,0 +1,327 @@
+"""The Modal backend: the pinned registry image as a detached Modal function, found again by its run record.
+
+The platform request is first built as plain data (ModalSpec) from the validated job: `--dry-run` prints it
+without importing `modal` or needing a token, and launch_objects turns the same spec into the real
+App/Image/Function objects (launcher/backends/modal_app.py). Secrets go in by Modal secret NAME only: their
+values live in Modal, never in the spec, the output or the run record.
+
+Volumes: `lora-gym-datasets` holds every dataset file once, at by-sha256/<sha256> (an unchanged dataset
+uploads 0 bytes, a changed one only its changed files); each call gets the run's listing (relpath ->
+sha256) as an argument and links it into a local folder. `lora-gym-cache-<family>` is the cache at /cache
+for every run (the entrypoint's cache lock keeps parallel runs off each other's files); `lora-gym-outputs`
+has one folder per run id at /output/<run id>.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from launcher import cost
+from launcher.backends import Capabilities, LaunchOptions, labels
+from launcher.backends.modal_app import BLOBS, CACHE_MOUNT, DATASETS_MOUNT, MAX_TIMEOUT_S, OUTPUTS_MOUNT, WORK_DIR
+from launcher.core.dataset import CAPTION_EXTENSION, file_sha256
+from launcher.core.errors import UserError
+from launcher.core.job import Job
+
+APP_NAME = "lora-gym"
+DATASETS_VOLUME = "lora-gym-datasets"
+OUTPUTS_VOLUME = "lora-gym-outputs"
+SECRETS_ENV = "LORA_GYM_MODAL_SECRETS"  # comma list of Modal secret names; default: the HF token's
+DEFAULT_SECRETS = "lora-gym-hf"  # `modal secret create lora-gym-hf HF_TOKEN=hf_...`
+REGISTRY_SECRET_ENV = "LORA_GYM_MODAL_REGISTRY_SECRET"  # secret with REGISTRY_USERNAME/REGISTRY_PASSWORD
+
+# USD per GPU-hour, Modal's base on-demand rates (per-second rate x 3600). Source: https://modal.com/pricing, as
+# listed on 2026-05-07 (quoted with the per-second figures by techbytes.app's "Serverless GPU Pricing Matrix",
+# found with the search tool on 2026-11-24; modal.com itself was not reachable from here). A10G and H200 are
+# from modal.com/pricing as last seen (2025) and NOT verified for 2026. Region pinning and non-preemptible
+# multipliers raise these; they are not applied.
+PRICE_SOURCE = "modal.com/pricing 2026-05-07"
+PRICES = {"H100": 3.9492, "A100-80GB": 2.4984, "L40S": 1.9512, "L4": 0.7992, "A10G": 1.1016, "H200": 4.5396}
+GPU_MEMORY_GB = {"H100": 80, "A100-80GB": 80, "H200": 141, "L40S": 48, "L4": 24, "A10G": 24}
+# Per preset GPU class (resources.gpu_memory_gb), the smallest class that fits. 80 GB: H100 over the cheaper
+# A100-80GB, as it trains a 14B DiT about twice as fast (fewer GPU-hours); 24 GB: L4, the cheapest 24 GB GPU.
+DEFAULT_GPU = ((24, "L4"), (48, "L40S"), (80, "H100"), (141, "H200"))
+FIRST_LINES = 10
+FIRST_LINES_WAIT_S = 90.0  # a cold start pulls the image: wait this long (between lines) for the first ones
+
+
+@dataclass(frozen=True)
+class Call:
+    function: str  # a name in modal_app.STAGE_FUNCTIONS
+    env: dict[str, str]
+
+
+@dataclass(frozen=True)
+class ModalSpec:
+    run_id: str
+    image: str
+    gpu: str
+    timeout_s: int
+    volumes: dict[str, str]  # mount path -> volume name
+    secrets: tuple[str, ...]  # Modal secret names
+    calls: tuple[Call, ...]
+    dataset: dict[str, str]  # relpath -> sha256
+    preset_toml: str | None = None
+    registry_secret: str | None = None
+    app_name: str = APP_NAME
+    sizes: dict[str, int] = field(default_factory=dict, repr=False)  # sha256 -> bytes, for the upload only
+
+
+# --- the request as data ---------------------------------------------------------------------------------
+
+def choose_gpu(job: Job, options: LaunchOptions) -> str:
+    need = job.plan.resources.gpu_memory_gb
+    if options.gpu_type:
+        gpu = options.gpu_type.upper()
+        if gpu not in GPU_MEMORY_GB:
+            raise UserError(f"--gpu {options.gpu_type} is not one this launcher prices: use one of "
+                            f"{', '.join(GPU_MEMORY_GB)}")
+        if GPU_MEMORY_GB[gpu] < need:
+            raise UserError(f"--gpu {gpu} has {GPU_MEMORY_GB[gpu]} GB, the preset needs {need} GB: pick one of "
+                            f"{', '.join(g for g, m in GPU_MEMORY_GB.items() if m >= need)}")
+        return gpu
+    fits = [gpu for memory, gpu in DEFAULT_GPU if memory >= need]
+    if not fits:
+        raise UserError(f"the preset needs {need} GB of GPU memory, more than any Modal GPU priced here: lower "
+                        "resources.gpu_memory_gb with --set if the model fits")
+    return fits[0]
+
+
+def gpu_count(job: Job) -> int:
+    return 2 if job.plan.expert == "both" else 1  # the two experts train at the same time
+
+
+def quote(job: Job, options: LaunchOptions) -> cost.Quote:
+    gpu = choose_gpu(job, options)
+    return cost.Quote(gpu, PRICES[gpu], gpus=gpu_count(job), source=PRICE_SOURCE)
+
+
+def timeout_s(job: Job, options: LaunchOptions) -> int:
+    if options.max_hours and options.max_hours * 3600 > MAX_TIMEOUT_S:
+        raise UserError(f"--max-hours {options.max_hours:g} is over Modal's 24 h limit for one function: "
+                        "use --max-hours 24 or less (or --backend runpod)")
+    hours = cost.hour_limit(options.max_hours, job.plan.resources.time_limit_hours, options.max_cost,
+                            quote(job, options))
+    return max(60, min(MAX_TIMEOUT_S, int(hours * 3600)))
+
+
+def image_ref(job: Job, options: LaunchOptions) -> str:
+    ref = options.image or labels.default_image(job.loaded.preset.family)
+    if "/" not in ref:  # a bare local tag: Modal can only pull from a registry
+        family = job.loaded.preset.family
+        raise UserError(f"Modal pulls the image from a registry, and {ref} has none: push it with `make push-{family} "
+                        f"REGISTRY=ghcr.io/you` and set {labels.REGISTRY_ENV}=ghcr.io/you (or pass --image)")
+    return ref
+
+
+def dataset_files(root: str | Path, job: Job) -> dict[str, tuple[str, int]]:
+    """relpath -> (sha256, size) of every media file and caption the plan reads."""
+    root, files = Path(root), {}
+    for media_dir in job.layout.dirs:
+        for name in media_dir.files:
+            for rel in (Path(media_dir.relpath) / name, Path(media_dir.relpath) / Path(name).with_suffix(
+                    CAPTION_EXTENSION)):
+                files[rel.as_posix()] = (file_sha256(root / rel), (root / rel).stat().st_size)
+    return files
+
+
+def secret_names() -> tuple[str, ...]:
+    return tuple(n.strip() for n in os.environ.get(SECRETS_ENV, DEFAULT_SECRETS).split(",") if n.strip())
+
+
+def stage_calls(job: Job, run_id: str, preset: str) -> tuple[Call, ...]:
+    env = {"LORA_GYM_PRESET": preset, "LORA_GYM_DATASET_DIR": f"{WORK_DIR}/dataset", "LORA_GYM_CACHE_DIR": CACHE_MOUNT}
+    if job.loaded.overrides:
+        env["LORA_GYM_SET"] = shlex.join(job.loaded.overrides)
+    if job.plan.expert != "both":  # one call: the run folder is /output/<run id>
+        expert = {"LORA_GYM_EXPERT": job.plan.expert} if job.plan.expert else {}
+        return (Call("train", env | expert | {"LORA_GYM_OUTPUT_DIR": OUTPUTS_MOUNT, "LORA_GYM_RUN_ID": run_id}),)
+    # Three calls share /output/<run id>/, each in its own folder (cache, high, low).
+    shared = env | {"LORA_GYM_OUTPUT_DIR": f"{OUTPUTS_MOUNT}/{run_id}"}
+    train = shared | {"LORA_GYM_STAGE": "train"}
+    return (Call("cache", shared | {"LORA_GYM_EXPERT": "both", "LORA_GYM_STAGE": "cache", "LORA_GYM_RUN_ID": "cache"}),
+            Call("train_high", train | {"LORA_GYM_EXPERT": "high", "LORA_GYM_RUN_ID": "high"}),
+            Call("train_low", train | {"LORA_GYM_EXPERT": "low", "LORA_GYM_RUN_ID": "low"}))
+
+
+def modal_spec(job: Job, options: LaunchOptions) -> ModalSpec:
+    origin, family = job.loaded.origin, job.loaded.preset.family
+    is_file = Path(origin).is_file()
+    preset = f"{WORK_DIR}/presets/{Path(origin).stem}.toml" if is_file else origin
+    run_id = options.run_id or job.plan.run_id
+    files = dataset_files(options.dataset, job)
+    volumes = {DATASETS_MOUNT: DATASETS_VOLUME, CACHE_MOUNT: options.cache_volume or f"lora-gym-cache-{family}",
+               OUTPUTS_MOUNT: OUTPUTS_VOLUME}
+    return ModalSpec(run_id=run_id, image=image_ref(job, options), gpu=choose_gpu(job, options),
+                     timeout_s=timeout_s(job, options), volumes=volumes, secrets=secret_names(),
+                     calls=stage_calls(job, run_id, preset), dataset={rel: sha for rel, (sha, _) in files.items()},
+                     preset_toml=Path(origin).read_text(encoding="utf-8") if is_file else None,
+                     registry_secret=os.environ.get(REGISTRY_SECRET_ENV) or None,
+                     sizes={sha: size for sha, size in files.values()})
+
+
+def render(spec: ModalSpec) -> str:
+    """The exact request as JSON: what `launch` creates and calls, with secret names and no secret values."""
+    data = asdict(spec)
+    data.pop("sizes")
+    data["dataset"] = {"volume_path": f"{DATASETS_MOUNT}/{BLOBS}/<sha256>", "files": len(spec.dataset),
+                       "bytes": sum(spec.sizes.values()), "listing": spec.dataset}
+    data["preset_toml"] = f"<{len(spec.preset_toml)} characters>" if spec.preset_toml else None
+    top = "train.spawn(env, dataset, preset_toml)" if len(spec.calls) == 1 else (
+        "both.spawn([(cache, env), (train_high, env), (train_low, env)], dataset, preset_toml): cache, then "
+        "train_high and train_low at once")
+    data["platform_calls"] = [f"Volume.from_name({DATASETS_VOLUME!r}).batch_upload(): missing files only",
+                              f"App({spec.app_name!r}).run(detach=True)", top]
+    return json.dumps(data, indent=2)
+
+
+# --- the platform (modal imported only here, when a run is launched or looked up) ----------------------------
+
+def first_lines(record: dict, count: int, wait_s: float) -> None:
+    """Print the run's first log lines, then detach: stop at `count` lines or after `wait_s` without one."""
+    import modal
+
+    for n, entry in enumerate(modal.App.lookup(record["app_id"]).logs.stream(timeout=wait_s)):
+        sys.stdout.write(entry.message)
+        if n + 1 >= count:
+            break
+    sys.stdout.flush()
+
+
+def outcome(call_id: str) -> tuple[str, int | None]:
+    """("running" | "succeeded" | "failed: ...", exit code or None while it runs) of a function call."""
+    import modal
+
+    try:
+        modal.FunctionCall.from_id(call_id).get(timeout=0)
+        return "succeeded", 0
+    except TimeoutError:  # the builtin one, from polling with timeout=0: no result yet
+        return "running", None
+    except Exception as exc:
+        if type(exc).__name__ == "OutputExpiredError":  # Modal keeps results for a limited time only
+            return "ended (its result has expired at Modal: see `launcher pull`)", None
+        # the StageFailed raised in the container, or Modal's own failure
+        code = getattr(exc, "exit_code", 1)
+        return f"failed ({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__})", code
+
+
+def status(record: dict) -> dict:
+    import modal
+
+    state, _ = outcome(record["call_id"])
+    rows = {"run": record["run_id"], "state": state, "gpu": f"{record.get('gpus', 1)} x {record.get('gpu')}",
+            "$/h": f"{record.get('usd_per_hour', 0) * record.get('gpus', 1):.2f} (while GPUs run)",
+            "app": record["app_id"], "started": record.get("created_at", "")}
+    if record.get("expert") == "both":  # the orchestrator's children: the cache pass and the two experts
+        for child in _children(modal.FunctionCall.from_id(record["call_id"]).get_call_graph()):
+            rows[child.function_name] = f"{getattr(child.status, 'name', child.status)} ({child.function_call_id})"
+    return rows
+
+
+def _children(graph) -> list:
+    found = []
+    for node in graph:
+        found += [c for c in node.children if c.function_name != "both"] + _children(node.children)
+    return found
+
+
+def logs(record: dict, follow: bool) -> int:
+    import modal
+
+    manager = modal.App.lookup(record["app_id"]).logs
+    for entry in manager.stream() if follow else manager.tail(200):
+        sys.stdout.write(entry.message)
+        sys.stdout.flush()
+    if not follow:
+        return 0
+    state, code = outcome(record["call_id"])
+    print(f"launcher: run {record['run_id']} {state}", file=sys.stderr)
+    return code or 0
+
+
+def stop(record: dict) -> int:
+    import modal
+
+    # Stopping the app ends every container of the run (the orchestrator and both experts): nothing bills.
+    modal.App.lookup(record["app_id"]).stop()
+    print(f"stopped {record['run_id']} (app {record['app_id']})", file=sys.stderr)
+    return 0
+
+
+def pull(record: dict, dest: str) -> int:
+    """Download /output/<run id>/ from the outputs volume into dest/<run id>/; files already there with the
+    same size are skipped, so a pull during the run and one after it download each file once."""
+    import modal
+    from modal.volume import FileEntryType
+
+    volume, run_id = modal.Volume.from_name(record.get("outputs_volume", OUTPUTS_VOLUME)), record["run_id"]
+    entries = [e for e in volume.listdir(run_id, recursive=True) if e.type == FileEntryType.FILE]
+    if not entries:
+        raise UserError(f"run {run_id} has no outputs yet: see `launcher status {run_id}`")
+    for entry in entries:
+        target = Path(dest) / entry.path
+        if target.is_file() and target.stat().st_size == entry.size:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.partial")
+        with partial.open("wb") as handle:
+            volume.read_file_into_fileobj(entry.path, handle)
+        os.replace(partial, target)
+        print(f"pulled {target}", file=sys.stderr)
+    return 0
+
+
+def launch(job: Job, options: LaunchOptions) -> int:
+    from launcher import runs
+    from launcher.backends import modal_app
+
+    spec = modal_spec(job, options)  # bad options fail before Modal is touched
+    price = quote(job, options)
+    ids = modal_app.start(spec, options.dataset, DATASETS_VOLUME)
+    record = {"run_id": spec.run_id, "backend": "modal", "preset": job.loaded.preset.name, "expert": job.plan.expert,
+              "created_at": now(), "image": spec.image, "gpu": price.gpu, "gpus": price.gpus,
+              "usd_per_hour": price.usd_per_hour, "timeout_s": spec.timeout_s, "outputs_volume": OUTPUTS_VOLUME,
+              "calls": [c.function for c in spec.calls], **ids}
+    runs.save(record)  # ids and names only: runs.save refuses any secret value
+    print(f"run {spec.run_id} started on Modal (app {ids['app_id']})", file=sys.stderr)
+    if options.follow:
+        return logs(record, follow=True)
+    first_lines(record, FIRST_LINES, FIRST_LINES_WAIT_S)
+    print(f"detached: `launcher logs {spec.run_id} --follow`, `launcher status {spec.run_id}`, "
+          f"`launcher pull {spec.run_id} DIR` once it is done", file=sys.stderr)
+    return 0
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class ModalBackend:
+    capabilities = Capabilities(name="modal", max_runtime_hours=24, detach=True)
+
+    def dry_run(self, job: Job, options: LaunchOptions) -> str:
+        return render(modal_spec(job, options))
+
+    def quote(self, job: Job, options: LaunchOptions) -> cost.Quote:
+        return quote(job, options)
+
+    def launch(self, job: Job, options: LaunchOptions) -> int:
+        return launch(job, options)
+
+    def status(self, record: dict) -> dict:
+        return status(record)
+
+    def logs(self, record: dict, follow: bool) -> int:
+        return logs(record, follow)
+
+    def stop(self, record: dict) -> int:
+        return stop(record)
+
+    def pull(self, record: dict, dest: str) -> int:
+        return pull(record, dest)

@@ -1,0 +1,344 @@
+"""The RunPod backend: the same pinned image and environment contract, on a RunPod GPU pod.
+
+One network volume per family (`lora-gym-<family>`, or `--volume ID`) holds everything, mounted at /workspace:
+the dataset (content-addressed under lora-gym/datasets/, uploaded through the S3-compatible API), the caches
+(reused by the next run) and the run folders under lora-gym/output/. Pods are described once as data
+(pod_body): `--dry-run` prints the exact JSON bodies and `launch` posts them. The pod ends itself: the
+entrypoint terminates its own pod when the job ends and enforces LORA_GYM_MAX_HOURS (entrypoints/pod.py), so
+nothing depends on this machine staying up. httpx and boto3 are imported only when RunPod is called.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shlex
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from launcher import cost, runs
+from launcher.backends import Capabilities, LaunchOptions, labels
+from launcher.core.errors import UserError, closest
+from launcher.core.job import Job
+
+MOUNT = "/workspace"  # where RunPod mounts a pod's network volume by default
+ROOT = "lora-gym"  # our folder on the volume: the S3 key prefix and the path under MOUNT
+CLOUD = "SECURE"  # RunPod-owned datacenters, where network volumes and the S3 API live
+DEFAULT_DATACENTER = "US-KS-2"  # has the S3 API; RUNPOD_DATACENTER picks another for a new volume
+VOLUME_GB = 200  # slim images keep downloaded weights here too (about 130 GB for a family), plus caches
+HF_SECRET = "{{ RUNPOD_SECRET_hf_token }}"  # resolved by RunPod inside the pod; the value never passes here
+# By preset GPU class, in order of preference; the first one the catalog lists is used unless --gpu says.
+GPU_CANDIDATES = {80: ["NVIDIA H100 80GB HBM3", "NVIDIA A100 80GB PCIe", "NVIDIA A100-SXM4-80GB", "NVIDIA H100 PCIe"],
+                  48: ["NVIDIA L40S", "NVIDIA RTX A6000"], 24: ["NVIDIA GeForce RTX 4090", "NVIDIA L4"]}
+# Used without an API key (dry run) or for a GPU missing from the catalog: on-demand $/h per GPU from a
+# third-party snapshot, higher than RunPod's own list prices, so a budget check errs on the safe side.
+PRICE_SOURCE = "fallback table, deploybase.ai/articles/runpod-gpu-pricing (on-demand, 2026-03-10)"
+FALLBACK_PRICES = {"NVIDIA H100 80GB HBM3": 4.76, "NVIDIA H100 PCIe": 3.51, "NVIDIA A100 80GB PCIe": 2.10,
+                   "NVIDIA A100-SXM4-80GB": 2.45, "NVIDIA L40S": 1.40, "NVIDIA RTX A6000": 1.22,
+                   "NVIDIA GeForce RTX 4090": 0.60, "NVIDIA L4": 0.78}
+# Container disk: the image is pulled onto it. Full images bake the weights (README, Images: sizes).
+SOFTWARE_GB, DISK_MARGIN_GB = 20, 30
+APPROX_WEIGHTS_GB = {("wan22", "all"): 130, ("wan22", "t2v"): 70, ("wan22", "i2v"): 70,
+                     ("wan21", "all"): 130, ("wan21", "t2v"): 43, ("wan21", "i2v"): 87}
+ENDED = ("TERMINATED", "EXITED", "ERROR")
+DEFAULT_BASE_URL = "https://api.runpod.io/v2"  # as runpod_api's, which imports httpx: dry runs must not
+
+
+# --- the pods as data ----------------------------------------------------------------------------------
+
+def image_of(job: Job, options: LaunchOptions) -> str:
+    return options.image or labels.default_image(job.loaded.preset.family)
+
+
+def image_flavor(image: str) -> tuple[str, str]:
+    """(full | slim, all | t2v | i2v) from a tag `<version>[-slim][-<tasks>]`; a digest counts as full, all."""
+    tag = image.rsplit(":", 1)[1] if ":" in image.rsplit("/", 1)[-1] else ""
+    parts = tag.split("-")[1:] if "@" not in image else []
+    return ("slim" if "slim" in parts else "full"), next((p for p in parts if p in ("t2v", "i2v")), "all")
+
+
+def weights_gb(family: str, tasks: str) -> float:
+    """The lock's total where this checkout has one (images/<family>/weights.lock.json), else the README's."""
+    lock = Path(__file__).resolve().parents[2] / "images" / family / "weights.lock.json"
+    if lock.is_file():
+        files = json.loads(lock.read_text(encoding="utf-8"))["files"]
+        return sum(f["size"] for f in files if tasks == "all" or tasks in f.get("tasks", [tasks])) / 1e9
+    return APPROX_WEIGHTS_GB[(family, tasks)]
+
+
+def container_disk_gb(job: Job, image: str) -> int:
+    flavor, tasks = image_flavor(image)
+    weights = 0 if flavor == "slim" else weights_gb(job.loaded.preset.family, tasks)
+    return math.ceil(SOFTWARE_GB + weights + DISK_MARGIN_GB)
+
+
+def dataset_key(job: Job) -> str:
+    """Content-addressed: a changed dataset gets a new folder, so no stale file is ever trained on."""
+    digest = hashlib.sha256("".join(f"{d.relpath}:{d.digest};" for d in job.layout.dirs).encode()).hexdigest()
+    return f"{ROOT}/datasets/{digest[:16]}"
+
+
+def preset_key(job: Job) -> str | None:
+    origin = job.loaded.origin
+    return f"{ROOT}/presets/{job.loaded.content_hash[:12]}-{Path(origin).stem}.toml" if Path(origin).is_file() \
+        else None
+
+
+def experts(job: Job) -> list[str | None]:
+    # `both`: two pods on the same volume, one per expert; the entrypoint's cache lock makes the second
+    # wait for the first's caches, so the caches are computed once and nothing waits on this machine.
+    return ["high", "low"] if job.plan.expert == "both" else [job.plan.expert]
+
+
+def pod_run_id(job: Job, expert: str | None) -> str:
+    return f"{job.plan.run_id}-{expert}" if job.plan.expert == "both" else job.plan.run_id
+
+
+def pod_env(job: Job, options: LaunchOptions, expert: str | None, hours: float) -> dict[str, str]:
+    """The entrypoint's contract, pointed at the volume. Only references to secrets, never their values."""
+    key = preset_key(job)
+    env = {"LORA_GYM_PRESET": f"{MOUNT}/{key}" if key else job.loaded.origin}
+    if expert:
+        env["LORA_GYM_EXPERT"] = expert
+    if job.loaded.overrides:
+        env["LORA_GYM_SET"] = shlex.join(job.loaded.overrides)
+    env |= {"LORA_GYM_RUN_ID": pod_run_id(job, expert), "LORA_GYM_DATASET_DIR": f"{MOUNT}/{dataset_key(job)}",
+            "LORA_GYM_OUTPUT_DIR": f"{MOUNT}/{ROOT}/output", "LORA_GYM_CACHE_DIR": f"{MOUNT}/{ROOT}/cache",
+            "LORA_GYM_MAX_HOURS": f"{hours:.4g}", "LORA_GYM_TERMINATE_POD": "1"}
+    if image_flavor(image_of(job, options))[0] == "slim":  # slim images download (possibly gated) weights
+        env["HF_TOKEN"] = HF_SECRET
+    return env
+
+
+def pod_body(job: Job, options: LaunchOptions, expert: str | None, gpu: str, volume: str, datacenter: str | None,
+             hours: float) -> dict:
+    """The CreatePodRequest of RunPod's REST API v2, as sent."""
+    body = {"name": f"lora-gym-{pod_run_id(job, expert)}"[:120], "image": image_of(job, options),
+            "gpu": {"id": gpu, "count": 1}, "cloud": CLOUD, "disk": container_disk_gb(job, image_of(job, options)),
+            "mounts": {"network": [{"volumeId": volume, "path": MOUNT}]},
+            "env": pod_env(job, options, expert, hours)}
+    if datacenter:  # a network volume is attached only to pods in its own datacenter
+        body["dataCenterIds"] = [datacenter]
+    return body
+
+
+def choose_gpu(catalog: list[dict], wanted: str | None, memory_gb: int) -> dict:
+    """The catalog entry for --gpu (checked, with a did-you-mean), else the preferred one of the preset's class."""
+    by_id = {g["id"]: g for g in catalog}
+    if wanted:
+        found = by_id.get(wanted) or next((g for g in catalog if wanted.lower() in
+                                           (g["id"].lower(), str(g.get("name", "")).lower())), None)
+        if not found:
+            raise UserError(f"--gpu {wanted!r} is not a RunPod GPU type{closest(wanted, by_id)}: "
+                            f"use an id such as {GPU_CANDIDATES[80][0]!r}")
+        if found.get("memory", memory_gb) < memory_gb:
+            raise UserError(f"--gpu {found['id']!r} has {found['memory']} GB, the preset needs a {memory_gb} GB GPU: "
+                            f"pick one such as {GPU_CANDIDATES[80 if memory_gb > 48 else memory_gb][0]!r}")
+        return found
+    for candidate in GPU_CANDIDATES[memory_gb]:
+        if candidate in by_id and by_id[candidate].get("secure", True):
+            return by_id[candidate]
+    raise UserError(f"RunPod's catalog lists none of {', '.join(GPU_CANDIDATES[memory_gb])}: choose one with --gpu")
+
+
+def price_of(gpu: dict) -> tuple[float, str]:
+    price = (gpu.get("price") or {}).get(CLOUD.lower())
+    if price:
+        return float(price), f"RunPod catalog, {CLOUD.lower()} cloud, {datetime.now(UTC):%Y-%m-%d}"
+    return FALLBACK_PRICES.get(gpu["id"], max(FALLBACK_PRICES.values())), PRICE_SOURCE
+
+
+def _offline_catalog() -> list[dict]:
+    return [{"id": gid, "memory": mem, "price": {}} for mem, ids in GPU_CANDIDATES.items() for gid in ids]
+
+
+# --- the backend ---------------------------------------------------------------------------------------
+
+class RunPodBackend:
+    capabilities = Capabilities(name="runpod", max_runtime_hours=None, detach=True)
+    FOLLOW_IDLE_S = 30.0  # `logs --follow`: reconnect (and check the pod) after this long without a line
+    TAIL_IDLE_S = 3.0  # `logs`: the backfill is over once the stream is quiet this long
+    RECONNECT_S = 2.0  # pause before reopening a log stream the server closed
+
+    def __init__(self):
+        self._api = None
+        self._catalog: list[dict] | None = None
+
+    def api(self):
+        if self._api is None:
+            from launcher.backends.runpod_api import RunPodAPI, api_key
+
+            self._api = RunPodAPI(api_key())
+        return self._api
+
+    def catalog(self) -> list[dict]:
+        if self._catalog is None:
+            self._catalog = self.api().gpu_types() if os.environ.get("RUNPOD_API_KEY") else _offline_catalog()
+        return self._catalog
+
+    def quote(self, job: Job, options: LaunchOptions) -> cost.Quote:
+        gpu = choose_gpu(self.catalog(), options.gpu_type, job.loaded.preset.resources.gpu_memory_gb)
+        usd, source = price_of(gpu)
+        return cost.Quote(gpu["id"], usd, gpus=len(experts(job)), source=source)
+
+    def _hours(self, job: Job, options: LaunchOptions, quote: cost.Quote) -> float:
+        return cost.hour_limit(options.max_hours, job.loaded.preset.resources.time_limit_hours, options.max_cost,
+                               quote)
+
+    def dry_run(self, job: Job, options: LaunchOptions) -> str:
+        # No key, no network: the fallback table's GPUs and prices; an unknown --gpu is shown as given.
+        self._catalog = _offline_catalog()
+        if options.gpu_type and not any(options.gpu_type in (g["id"], g["id"].lower()) for g in self._catalog):
+            self._catalog.append({"id": options.gpu_type, "price": {}})
+        quote = self.quote(job, options)
+        hours = self._hours(job, options, quote)
+        volume = options.volume or f"<id of network volume lora-gym-{job.loaded.preset.family}>"
+        datacenter = None if options.volume else os.environ.get("RUNPOD_DATACENTER", DEFAULT_DATACENTER)
+        lines = [f"# upload {options.dataset} -> s3://{volume}/{dataset_key(job)}/ "
+                 f"(RunPod S3 API; unchanged files are skipped)"]
+        pods, base = experts(job), (os.environ.get("RUNPOD_API_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        for n, expert in enumerate(pods, 1):
+            body = pod_body(job, options, expert, quote.gpu, volume, datacenter, hours)
+            lines += [f"# POST {base}/pods (pod {n} of {len(pods)}{', expert ' + expert if expert else ''})",
+                      json.dumps(body, indent=2)]
+        lines.append(f"# {len(pods)} x {quote.gpu} at ${quote.usd_per_hour:.2f}/h ({quote.source}); each pod "
+                     f"terminates itself when its job ends, or after {hours:.4g} h")
+        return "\n".join(lines)
+
+    # --- launch -----------------------------------------------------------------------------------------
+
+    def _volume(self, job: Job, options: LaunchOptions) -> dict:
+        api = self.api()
+        if options.volume:
+            return api.network_volume(options.volume)
+        name = f"lora-gym-{job.loaded.preset.family}"
+        found = next((v for v in api.network_volumes() if v.get("name") == name), None)
+        if found:
+            return found
+        datacenter = os.environ.get("RUNPOD_DATACENTER", DEFAULT_DATACENTER)
+        print(f"launcher: creating network volume {name} ({VOLUME_GB} GB in {datacenter})", file=sys.stderr)
+        return api.create_network_volume({"name": name, "dataCenter": datacenter, "size": VOLUME_GB})
+
+    def _upload(self, job: Job, options: LaunchOptions, volume: dict) -> None:
+        from launcher.backends import runpod_s3
+
+        s3 = runpod_s3.client(volume["dataCenter"])
+        sent = runpod_s3.upload_dir(s3, volume["id"], Path(options.dataset), dataset_key(job))
+        if preset_key(job):
+            sent += runpod_s3.upload_files(s3, volume["id"], [(Path(job.loaded.origin), preset_key(job))], "preset")
+        print(f"launcher: dataset on volume {volume['id']} ({sent / 1e6:.1f} MB sent)", file=sys.stderr)
+
+    def launch(self, job: Job, options: LaunchOptions) -> int:
+        from launcher.backends import runpod_s3
+
+        self.api()  # a missing key or S3 key fails before anything is created
+        runpod_s3.client(DEFAULT_DATACENTER)
+        quote = self.quote(job, options)
+        hours = self._hours(job, options, quote)
+        volume = self._volume(job, options)
+        self._upload(job, options, volume)
+        record = {"run_id": job.plan.run_id, "backend": "runpod", "preset": job.plan.preset,
+                  "expert": job.plan.expert, "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                  "volume": {"id": volume["id"], "dataCenter": volume["dataCenter"]}, "max_hours": hours,
+                  "gpu": quote.gpu, "usd_per_hour": quote.usd_per_hour, "pods": []}
+        try:
+            for expert in experts(job):
+                body = pod_body(job, options, expert, quote.gpu, volume["id"], volume["dataCenter"], hours)
+                pod = self.api().create_pod(body)
+                record["pods"].append({"id": pod["id"], "expert": expert, "run_id": pod_run_id(job, expert)})
+                runs.save(record)  # at once: `launcher stop` must find every pod that was created
+        except BaseException:
+            for pod in record["pods"]:  # half a run is not left billing
+                with contextlib.suppress(UserError):
+                    self.api().terminate_pod(pod["id"])
+            raise
+        ids = ", ".join(p["id"] for p in record["pods"])
+        print(f"launcher: run {job.plan.run_id} started on RunPod (pods {ids}); it stops itself after {hours:.4g} h. "
+              f"`launcher status {job.plan.run_id}`, `launcher logs {job.plan.run_id} --follow`, "
+              f"`launcher pull {job.plan.run_id}`", file=sys.stderr)
+        return self.logs(record, follow=True) if options.follow else 0
+
+    # --- the verbs --------------------------------------------------------------------------------------
+
+    def status(self, record: dict) -> dict:
+        rows, total = {"run": record["run_id"], "volume": f"{record['volume']['id']} "
+                                                          f"({record['volume']['dataCenter']})"}, 0.0
+        for pod in record["pods"]:
+            live = self.api().pod(pod["id"]) or {"status": "TERMINATED"}
+            rate = float(live.get("cost") or 0)
+            uptime = (live.get("runtime") or {}).get("uptime")
+            if uptime:  # remembered: an ended pod reports neither uptime nor rate any more
+                pod["uptime_s"], pod["usd_per_hour"] = uptime, rate or record["usd_per_hour"]
+            uptime_h = pod.get("uptime_s", 0) / 3600
+            so_far = uptime_h * pod.get("usd_per_hour", record["usd_per_hour"])
+            total += so_far
+            rows[f"pod {pod['expert'] or pod['id']}"] = (f"{pod['id']} {live['status']}, {record['gpu']} at "
+                                                         f"${rate:.2f}/h, up {uptime_h:.2f} h, ${so_far:.2f} so far")
+        runs.save(record)
+        rows["cost so far"] = f"${total:.2f} (uptime x $/h; volume storage billed separately)"
+        rows["limit"] = f"{record.get('max_hours', 0):.4g} h per pod, enforced by the pod"
+        return rows
+
+    def _follow_pod(self, pod: dict, prefix: str, follow: bool) -> None:
+        last = None
+        while True:
+            idle = self.FOLLOW_IDLE_S if follow else self.TAIL_IDLE_S
+            for event_id, event in self.api().log_events(pod["id"], last, idle):
+                last = event_id or last
+                print(f"{prefix}{event.get('line', '')}", flush=True)
+            live = self.api().pod(pod["id"]) if follow else None
+            if not follow or live is None or live.get("status") in ENDED:
+                return
+            time.sleep(self.RECONNECT_S)
+
+    def _exit_status(self, record: dict) -> int:
+        from launcher.backends import runpod_s3
+
+        if not runpod_s3.has_keys():
+            return 0  # the outcome is in run.json on the volume; without S3 keys the logs must say
+        s3 = runpod_s3.client(record["volume"]["dataCenter"])
+        codes = []
+        for pod in record["pods"]:
+            manifest = runpod_s3.read_json(s3, record["volume"]["id"], f"{ROOT}/output/{pod['run_id']}/run.json")
+            codes.append(1 if manifest is None else manifest.get("exit_code") or 0)
+        return next((c for c in codes if c), 0)
+
+    def logs(self, record: dict, follow: bool) -> int:
+        pods = record["pods"]
+        threads = [threading.Thread(target=self._follow_pod, args=(p, f"[{p['expert']}] " if len(pods) > 1 else "",
+                                                                  follow), daemon=True) for p in pods]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.5)
+        return self._exit_status(record) if follow else 0
+
+    def stop(self, record: dict) -> int:
+        for pod in record["pods"]:
+            self.api().terminate_pod(pod["id"])
+            print(f"terminated pod {pod['id']}{' (' + pod['expert'] + ')' if pod['expert'] else ''}")
+        return 0
+
+    def pull(self, record: dict, dest: str) -> int:
+        from launcher.backends import runpod_s3
+
+        s3 = runpod_s3.client(record["volume"]["dataCenter"])
+        missing = 0
+        for pod in record["pods"]:
+            target = Path(dest) / pod["run_id"]
+            fetched = runpod_s3.download_prefix(s3, record["volume"]["id"], f"{ROOT}/output/{pod['run_id']}", target)
+            if fetched < 0:
+                missing += 1
+                print(f"error: no output for {pod['run_id']} on the volume yet: see `launcher status "
+                      f"{record['run_id']}`", file=sys.stderr)
+            else:
+                print(f"{target}: {fetched} files downloaded, the rest already complete")
+        return 1 if missing else 0
+

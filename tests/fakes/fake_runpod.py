@@ -1,0 +1,150 @@
+"""Test double: a loopback stand-in for RunPod's REST API v2, the endpoints the RunPod backend and the
+entrypoint's pod.py call (shapes from RunPod's OpenAPI document, api-reference-v2/openapi.json):
+
+  GET    /v2/catalog/gpus              {"gpus": [GpuType]}
+  GET    /v2/network-volumes           {"networkVolumes": [...]}; POST creates one (201); GET /{id}
+  POST   /v2/pods                      201 Pod, status PROVISIONING; the body is recorded as sent
+  GET    /v2/pods/{id}                 RUNNING from the first poll on, with runtime.uptime; TERMINATED after DELETE
+  DELETE /v2/pods/{id}                 204; 404 for an unknown pod
+  GET    /v2/pods/{id}/logs            text/event-stream of the pod's lines after Last-Event-ID, then closes
+Auth is `Authorization: Bearer <key>` with the account key or a pod-scoped key (`pod_key(id)`); errors are
+problem+json. Faults (status, Retry-After) are queued per operation: gpus, volumes, create, get, delete, logs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import time
+
+from fakes.fake_gemini import Faults, LoopbackServer
+
+GPUS = [
+    {"id": "NVIDIA H100 80GB HBM3", "name": "H100 SXM", "memory": 80, "secure": True, "community": True,
+     "price": {"secure": 2.69, "community": 2.39}, "maxCount": {"secure": 8, "community": 8}},
+    {"id": "NVIDIA A100 80GB PCIe", "name": "A100 PCIe", "memory": 80, "secure": True, "community": True,
+     "price": {"secure": 1.64, "community": 1.19}, "maxCount": {"secure": 8, "community": 8}},
+    {"id": "NVIDIA GeForce RTX 4090", "name": "RTX 4090", "memory": 24, "secure": True, "community": True,
+     "price": {"secure": 0.69, "community": 0.34}, "maxCount": {"secure": 8, "community": 4}},
+    {"id": "NVIDIA L4", "name": "L4", "memory": 24, "secure": True, "community": False,
+     "price": {"secure": 0.43, "community": 0.0}, "maxCount": {"secure": 8, "community": 0}},
+]
+
+
+def problem(status: int, detail: str) -> dict:
+    return {"title": {401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests"}.get(status, "Error"),
+            "status": status, "detail": detail}
+
+
+class FakeRunPod(LoopbackServer):
+    def __init__(self, api_key: str = "rpa_test-account-key", uptime_scale: float = 1.0):
+        super().__init__()
+        self.api_key, self.uptime_scale = api_key, uptime_scale
+        self.faults = Faults()
+        self.volumes: dict[str, dict] = {}
+        self.pods: dict[str, dict] = {}
+        self.logs: dict[str, list[str]] = {}
+        self.created: list[dict] = []  # every create-pod body, as received
+        self.raw_bodies: list[bytes] = []  # every request body, to scan for secrets
+        self.auth_headers: list[str] = []
+        self._ids = itertools.count(1)
+
+    @property
+    def url(self) -> str:
+        return f"{self.base_url}/v2"
+
+    @staticmethod
+    def pod_key(pod_id: str) -> str:
+        return f"rpa_pod-scoped-{pod_id}"
+
+    def add_volume(self, volume_id: str, datacenter: str = "US-KS-2", name: str = "vol") -> dict:
+        self.volumes[volume_id] = {"id": volume_id, "name": name, "size": 50, "dataCenter": datacenter,
+                                   "type": "STANDARD"}
+        return self.volumes[volume_id]
+
+    def log(self, pod_id: str, *lines: str) -> None:
+        self.logs.setdefault(pod_id, []).extend(lines)
+
+    def _authorized(self, handler) -> bool:
+        header = handler.headers.get("Authorization", "")
+        self.auth_headers.append(header)
+        keys = {self.api_key, *(self.pod_key(p) for p in self.pods)}
+        return header.startswith("Bearer ") and header[7:] in keys
+
+    def handle(self, method, path, handler):
+        self.raw_bodies.append(handler.body)
+        if not self._authorized(handler):
+            return 401, {"Content-Type": "application/problem+json"}, problem(401, "invalid api key")
+        routes = [("GET", r"^/v2/catalog/gpus$", "gpus", self._gpus),
+                  ("GET", r"^/v2/network-volumes$", "volumes", self._list_volumes),
+                  ("POST", r"^/v2/network-volumes$", "volumes", self._create_volume),
+                  ("GET", r"^/v2/network-volumes/([^/]+)$", "volumes", self._get_volume),
+                  ("POST", r"^/v2/pods$", "create", self._create_pod),
+                  ("GET", r"^/v2/pods/([^/]+)$", "get", self._get_pod),
+                  ("DELETE", r"^/v2/pods/([^/]+)$", "delete", self._delete_pod),
+                  ("GET", r"^/v2/pods/([^/]+)/logs$", "logs", self._logs)]
+        for route_method, pattern, op, action in routes:
+            match = re.match(pattern, path)
+            if method == route_method and match:
+                fault = self.faults.draw(op, random_ops=())
+                if fault:
+                    status, retry_after = fault
+                    headers = {"Retry-After": retry_after} if retry_after is not None else {}
+                    return status, headers, problem(status, f"injected {status}")
+                return action(handler, *match.groups())
+        return 404, {}, problem(404, f"no route {method} {path}")
+
+    def _gpus(self, handler):
+        return 200, {}, {"gpus": GPUS}
+
+    def _list_volumes(self, handler):
+        return 200, {}, {"networkVolumes": list(self.volumes.values())}
+
+    def _create_volume(self, handler):
+        body = json.loads(handler.body)
+        volume = self.add_volume(f"vol{next(self._ids)}", body["dataCenter"], body["name"])
+        return 201, {}, volume
+
+    def _get_volume(self, handler, volume_id):
+        volume = self.volumes.get(volume_id)
+        return (200, {}, volume) if volume else (404, {}, problem(404, "network volume not found"))
+
+    def _create_pod(self, handler):
+        body = json.loads(handler.body)
+        self.created.append(body)
+        pod_id = f"pod{next(self._ids)}"
+        gpu = next(g for g in GPUS if g["id"] == body["gpu"]["id"])
+        self.pods[pod_id] = dict(body, id=pod_id, status="PROVISIONING", cost=gpu["price"]["secure"],
+                                 created=time.monotonic(), runtime={}, actions=["terminate"])
+        return 201, {}, self._view(pod_id)
+
+    def _view(self, pod_id: str) -> dict:
+        pod = {k: v for k, v in self.pods[pod_id].items() if k != "created"}
+        if pod["status"] == "RUNNING":
+            pod["runtime"] = {"uptime": int((time.monotonic() - self.pods[pod_id]["created"]) * self.uptime_scale)}
+        if pod["status"] == "TERMINATED":
+            pod["cost"] = 0.0
+        return pod
+
+    def _get_pod(self, handler, pod_id):
+        if pod_id not in self.pods:
+            return 404, {}, problem(404, "pod not found")
+        if self.pods[pod_id]["status"] == "PROVISIONING":
+            self.pods[pod_id]["status"] = "RUNNING"
+        return 200, {}, self._view(pod_id)
+
+    def _delete_pod(self, handler, pod_id):
+        if pod_id not in self.pods or self.pods[pod_id]["status"] == "TERMINATED":
+            return 404, {}, problem(404, "pod not found")
+        self.pods[pod_id]["status"] = "TERMINATED"
+        return 204, {}, None
+
+    def _logs(self, handler, pod_id):
+        if pod_id not in self.pods:
+            return 404, {}, problem(404, "pod not found")
+        after = int(handler.headers.get("Last-Event-ID") or 0)
+        lines = self.logs.get(pod_id, [])
+        events = "".join(f"id: {n}\ndata: {json.dumps({'ts': 'now', 'source': 'container', 'line': line})}\n\n"
+                         for n, line in enumerate(lines, 1) if n > after)
+        return 200, {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}, events.encode()
