@@ -39,6 +39,9 @@ VARS = (
         "(their caches must exist)."),
     Var("LORA_GYM_LOCK_TIMEOUT", "21600", "Seconds after which a cache lock whose holder stopped renewing it "
         "(every 30 s) is broken."),
+    Var("LORA_GYM_MAX_HOURS", "", "Stop the run (as with SIGTERM) after this many hours; empty: no limit."),
+    Var("LORA_GYM_TERMINATE_POD", "0", "`1` (RunPod): terminate this pod (RUNPOD_POD_ID) when the job ends, "
+        "whatever its outcome."),
     Var("LORA_GYM_DRY_RUN", "0", "`1`: print the plan and exit without running or writing anything."),
 )
 DEFAULTS = {v.name: v.default for v in VARS}
@@ -90,6 +93,26 @@ def _seconds(name: str, value: str) -> float:
     if seconds <= 0:
         raise UserError(f"{name}={value!r} is not a positive number of seconds: e.g. 21600 for 6 hours")
     return seconds
+
+
+def max_hours(environ: Mapping[str, str]) -> float | None:
+    """LORA_GYM_MAX_HOURS as a positive number, or None; read apart from `read` so a bad preset still gets it."""
+    text = environ.get("LORA_GYM_MAX_HOURS", DEFAULTS["LORA_GYM_MAX_HOURS"]).strip()
+    if not text:
+        return None
+    try:
+        hours = float(text)
+    except ValueError:
+        hours = -1.0
+    if hours <= 0:
+        raise UserError(f"LORA_GYM_MAX_HOURS={text!r} is not a positive number of hours: e.g. 12 or 0.5")
+    return hours
+
+
+def terminate_pod(environ: Mapping[str, str]) -> bool:
+    """Whether to terminate our own pod at exit; even after bad input, or RunPod restarts us in a loop."""
+    value = environ.get("LORA_GYM_TERMINATE_POD", DEFAULTS["LORA_GYM_TERMINATE_POD"]).strip().lower()
+    return value in TRUE_WORDS
 
 
 def read(environ: Mapping[str, str], tensorboard: bool) -> Settings:

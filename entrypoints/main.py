@@ -26,7 +26,7 @@ from pathlib import Path
 from launcher.core.errors import UserError
 from launcher.core.job import Job, prepare, read_lock
 from launcher.core.plan import Step
-from lora_gym_entrypoint import cachelock, env, resume, rundir
+from lora_gym_entrypoint import cachelock, env, pod, resume, rundir
 from lora_gym_entrypoint.manifest import Manifest, now
 from lora_gym_entrypoint.runner import format_argv, run_step
 
@@ -254,13 +254,24 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv:  # an explicit command replaces the job (e.g. `bash`, or a platform's own command)
         os.execvp(argv[0], argv)
+    deadline = None
     try:
+        # The time limit holds in the container itself, even when the launcher's machine is gone.
+        deadline = pod.start_deadline(env.max_hours(os.environ), lambda: os.kill(os.getpid(), signal.SIGTERM))
         settings = env.read(os.environ, tensorboard=importlib.util.find_spec("tensorboard") is not None)
         return run_job(settings)
     except UserError as exc:
         for problem in exc.problems:
             print(f"error: {problem}", file=sys.stderr, flush=True)
         return exc.exit_code
+    finally:
+        if deadline is not None:
+            deadline.cancel()
+        if env.terminate_pod(os.environ):  # nothing left billing, on success, failure or bad input
+            sys.stdout.flush()
+            sys.stderr.flush()
+            if not pod.terminate_own_pod(os.environ):
+                log("could not terminate this pod: stop it with `launcher stop RUN` or RunPod's console")
 
 
 if __name__ == "__main__":

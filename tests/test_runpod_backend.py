@@ -86,8 +86,8 @@ def launch(dataset, volume, *extra, preset="wan21-t2v-1.3b"):
 
 
 def pod_exits(fake, pod_id, code):
-    """What the entrypoint does at its end on RunPod (see the report): exit with the job's code, terminating the
-    pod in a `finally` with the pod's own id and pod-scoped key. A real subprocess, standard library only."""
+    """A pod's process ending with `code` and terminating its pod in a `finally`, as entrypoints/main.py does
+    (tests/test_pod_lifecycle.py runs the real entrypoint that way); here only the backend's view is tested."""
     script = ("import os, sys\nfrom lora_gym_entrypoint import pod\ntry:\n    sys.exit(int(sys.argv[1]))\n"
               "finally:\n    if os.environ.get('LORA_GYM_TERMINATE_POD') == '1':\n"
               "        pod.terminate_own_pod(os.environ)\n")
