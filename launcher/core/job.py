@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from launcher.core.dataset import DatasetLayout, scan_dataset
@@ -53,5 +53,5 @@ def prepare(preset_ref: str, expert: str | None, overrides: Sequence[str], datas
     loaded = load_preset(preset_ref, overrides)
     experts_to_train(loaded.preset, expert)  # cheap: report a wrong --expert before reading the dataset
     layout = scan_dataset(dataset_dir)
-    run_id = run_id or new_run_id(loaded.preset.name, expert, now or datetime.utcnow())
+    run_id = run_id or new_run_id(loaded.preset.name, expert, now or datetime.now(UTC))
     return Job(loaded, layout, make_plan(loaded.preset, expert, layout, run_id, paths, lock))
