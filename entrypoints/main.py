@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher.core.errors import UserError
+from launcher.core.errors import UserError, report
 from launcher.core.job import Job, prepare, read_lock
 from launcher.core.plan import Step
 from lora_gym_entrypoint import cachelock, env, pod, resume, rundir
@@ -261,9 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = env.read(os.environ, tensorboard=importlib.util.find_spec("tensorboard") is not None)
         return run_job(settings)
     except UserError as exc:
-        for problem in exc.problems:
-            print(f"error: {problem}", file=sys.stderr, flush=True)
-        return exc.exit_code
+        return report(exc)
     finally:
         if deadline is not None:
             deadline.cancel()

@@ -133,14 +133,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from launcher.core.errors import UserError
+    from launcher.core.errors import UserError, report
 
     try:
         return _main(_parser().parse_args(argv))
     except UserError as exc:
-        for problem in exc.problems:
-            print(f"error: {problem}", file=sys.stderr)
-        return exc.exit_code
+        return report(exc)
 
 
 def _main(args: argparse.Namespace) -> int:

@@ -52,11 +52,10 @@ def media_kind(name: str) -> str | None:
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    # One implementation for the whole project: the weight fetcher's, which is standard library only.
+    from launcher.weights.fetch import sha256_file
+
+    return sha256_file(path)
 
 
 def _caption_problem(media: Path, shown: str) -> str | None:

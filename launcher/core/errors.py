@@ -13,6 +13,15 @@ class UserError(Exception):
         super().__init__("; ".join(self.problems))
 
 
+def report(exc: UserError) -> int:
+    """Print each problem as one `error:` line on stderr; the exit code to return."""
+    import sys
+
+    for problem in exc.problems:
+        print(f"error: {problem}", file=sys.stderr, flush=True)
+    return exc.exit_code
+
+
 def closest(word: str, candidates) -> str:
     """` (did you mean 'x'?)` for the nearest candidate, or an empty string."""
     import difflib

@@ -13,8 +13,9 @@ import json
 import os
 import sys
 
-from launcher.core.errors import UserError
+from launcher.core.errors import UserError, report
 from launcher.weights import lockfile
+from launcher.weights.fetch import one_line
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,12 +52,9 @@ def main(argv: list[str] | None = None) -> int:
             _lock(args)
         return 0
     except UserError as exc:
-        for problem in exc.problems:
-            print(f"error: {problem}", file=sys.stderr)
-        return exc.exit_code
+        return report(exc)
     except Exception as exc:  # Hub and network errors: one line, never a traceback, never the token
-        text = " ".join(str(exc).split()) or type(exc).__name__
-        print(f"error: {text.replace(token, '***') if token else text}", file=sys.stderr)
+        print(f"error: {one_line(exc, token)}", file=sys.stderr)
         return 2
 
 

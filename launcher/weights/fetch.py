@@ -115,7 +115,7 @@ def _hub():
     return huggingface_hub
 
 
-def _one_line(exc: BaseException, token: str | None) -> str:
+def one_line(exc: BaseException, token: str | None) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text.replace(token, "***") if token else text
 
@@ -280,7 +280,7 @@ def fetch_entry(entry: dict, dest_dir: str | Path, hf_home: str | Path, endpoint
         raise
     except Exception as exc:  # huggingface_hub and OS errors become one line; the token never shows
         raise FetchError(f"{entry_name(entry)}@{entry['revision'][:12]}: download failed: "
-                         f"{_one_line(exc, token)}") from None
+                         f"{one_line(exc, token)}") from None
 
 
 # --- command line -----------------------------------------------------------------------------------------
@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: interrupted; run again to resume the download", file=sys.stderr)
         return 130
     except Exception as exc:  # one line, never a traceback (FetchError is already phrased for the user)
-        print(f"error: {_one_line(exc, token)}", file=sys.stderr)
+        print(f"error: {one_line(exc, token)}", file=sys.stderr)
         return 2
 
 
