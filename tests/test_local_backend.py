@@ -263,17 +263,27 @@ def test_gpus_on_podman_before_5_4_are_refused(local_run):
     assert our_containers() == []
 
 
-def test_ctrl_c_stops_the_container_and_exits_130(podman, tmp_path):
+def _first_line(pipe) -> bytes:
+    """One line read byte by byte from an unbuffered pipe, so communicate() later gets every byte after it."""
+    line = b""
+    while not line.endswith(b"\n") and (byte := pipe.read(1)):
+        line += byte
+    return line
+
+
+def test_ctrl_c_streams_to_the_last_line_then_removes_the_container_and_exits_130(podman, tmp_path):
     launcher = Path(sys.executable).parent / "launcher"
     proc = subprocess.Popen([str(launcher), "run", "--preset", "wan21-t2v-1.3b", "--dataset", str(EXAMPLE_DATASET),
                              "--backend", "local", "--gpus", "none", "--output", str(tmp_path / "out"),
                              "--image", f"{TAG}-slow", "--cache-volume", f"cache-{TAG.rsplit(':', 1)[1]}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
                             env=clean_env(DOCKER_HOST=podman))
-    first = proc.stdout.readline()
+    first = _first_line(proc.stdout).decode()
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    out, err = (stream.decode() for stream in proc.communicate(timeout=60))
     assert first.startswith("[cache-latents] preset=wan21-t2v-1.3b"), first + err
     assert proc.returncode == 130, err
-    assert "[train] got TERM" in out and "stopping the container" in err and "Traceback" not in err
+    assert "stopping the container" in err and "Traceback" not in err
+    # The container printed its last line a second after SIGTERM: it still reached the user.
+    assert out.splitlines()[-2:] == ["[train] got TERM", "[train] last words after TERM"], out
     assert our_containers() == []

@@ -25,6 +25,7 @@ PRESETS_DIR = "/presets"
 # PyTorch data-loader workers pass batches through /dev/shm; Docker's 64 MB default makes them crash.
 SHM_SIZE = "8g"
 STOP_TIMEOUT_S = 30  # SIGTERM, then this long for the entrypoint to stop its step, then SIGKILL
+LOG_DRAIN_S = 10  # after the container stopped, how long its last log lines may take to arrive
 PODMAN_CDI_API = (5, 4)  # first Podman whose Docker API honours GPU (CDI) device requests
 PODMAN_SOCKET_FIX = ("start Docker, or Podman's Docker API with `podman system service --time=0 "
                      "unix:///run/podman/podman.sock &` and `export DOCKER_HOST=unix:///run/podman/podman.sock`")
@@ -221,11 +222,14 @@ def image_labels(client, image: str, family: str) -> dict[str, str]:
                         f"`{fix}` and drop --image") from None
 
 
-def _stream(container, out) -> None:
+def _stream(container, out, finished: threading.Event) -> None:
     # Raw bytes as they arrive: the entrypoint already prefixes each line with its step name.
-    for chunk in container.logs(stream=True, follow=True):
-        out.write(chunk)
-        out.flush()
+    try:
+        for chunk in container.logs(stream=True, follow=True):
+            out.write(chunk)
+            out.flush()
+    finally:
+        finished.set()
 
 
 # Start failures that mean "no GPU runtime here", and their fixes.
@@ -247,20 +251,36 @@ def _follow(container, out) -> int:
     except APIError as exc:
         raise start_error(str(exc.explanation or exc)) from None
     # Logs stream in a thread so the main thread stays free to take Ctrl-C and stop the container
-    # while its last lines (the entrypoint's shutdown) still come through.
-    streamer = threading.Thread(target=_stream, args=(container, out), daemon=True)
+    # while its last lines (the entrypoint's shutdown) still come through. The main thread waits on an
+    # Event, never on Thread.join: on Python < 3.13 a Ctrl-C that interrupts join() marks the thread as
+    # finished while it still runs (CPython gh-90882), and the lines that say why the run stopped were lost.
+    finished = threading.Event()
+    threading.Thread(target=_stream, args=(container, out, finished), daemon=True).start()
     try:
-        streamer.start()
-        while streamer.is_alive():
-            streamer.join(0.5)
+        while not finished.wait(0.5):
+            pass
         return container.wait()["StatusCode"]
     except KeyboardInterrupt:
-        print(f"launcher: stopping the container (SIGTERM now, SIGKILL after {STOP_TIMEOUT_S} s)", file=sys.stderr)
+        _stop(container)
+        # The log stream ends when the container has exited: wait for it, so the entrypoint's last
+        # lines reach the user before the container is removed.
+        finished.wait(LOG_DRAIN_S)
+        return 130
+
+
+def _stop(container) -> None:
+    """SIGTERM, then SIGKILL after STOP_TIMEOUT_S; a second Ctrl-C kills at once."""
+    from docker.errors import APIError
+
+    print(f"launcher: stopping the container (SIGTERM now, SIGKILL after {STOP_TIMEOUT_S} s; Ctrl-C again "
+          "to kill it now)", file=sys.stderr, flush=True)
+    try:
         with contextlib.suppress(APIError):  # it may have exited on its own meanwhile
             container.stop(timeout=STOP_TIMEOUT_S)
-        if streamer.is_alive():
-            streamer.join(10)
-        return 130
+    except KeyboardInterrupt:
+        print("launcher: killing the container", file=sys.stderr, flush=True)
+        with contextlib.suppress(APIError):
+            container.kill()
 
 
 def _remove(container) -> None:

@@ -2,8 +2,9 @@
 # Test double for the image's `lora-gym-entrypoint` (tests/test_local_backend.py builds it into a tiny
 # image): it reports what the launcher handed the container, writes into the mounts, and exits as told.
 #   FAKE_EXIT  exit status after the "training" (default 0)
-#   FAKE_SLEEP seconds to "train" before exiting; SIGTERM meanwhile prints "got TERM" and exits 143
-trap 'echo "[train] got TERM"; exit 143' TERM
+#   FAKE_SLEEP seconds to "train" before exiting; SIGTERM meanwhile prints "got TERM", and a second later
+#              (as a real step needs time to stop) its last line, then exits 143
+trap 'echo "[train] got TERM"; sleep 1; echo "[train] last words after TERM"; exit 143' TERM
 
 echo "[cache-latents] preset=${LORA_GYM_PRESET} expert=${LORA_GYM_EXPERT:-} set=${LORA_GYM_SET:-}"
 echo "[cache-latents] user=$(id -u):$(id -g) run_id=${LORA_GYM_RUN_ID:-}"
