@@ -5,14 +5,17 @@ BIN := $(VENV)/bin
 
 .PHONY: install install-dev test lint demo golden bench clean image-wan21 image-wan22 push-wan21 push-wan22 lock-weights
 
-# Images: `make image-wan22 [FLAVOR=full|slim] [TASKS=all|t2v|i2v] [ENGINE=docker|podman] [REGISTRY=...]`.
+# Images: `make image-wan22 [FLAVOR=full|slim] [TASKS=all|t2v|i2v] [ENGINE=docker|podman] [REGISTRY=...]
+# [MAX_LAYER_GB=9]`; a missing images/<family>/weights.lock.json is pinned from the Hub first (commit it).
 # IMAGE_OPTS passes more options to `python -m launcher.imagebuild` (e.g. --base-image, --network host).
 ENGINE ?= docker
 REGISTRY ?=
 FLAVOR ?= full
 TASKS ?= all
+MAX_LAYER_GB ?= 9
 IMAGE_OPTS ?=
-IMAGE_ARGS = --family $* --flavor $(FLAVOR) --tasks $(TASKS) --engine $(ENGINE) --registry "$(REGISTRY)" $(IMAGE_OPTS)
+IMAGE_ARGS = --family $* --flavor $(FLAVOR) --tasks $(TASKS) --engine $(ENGINE) --registry "$(REGISTRY)" \
+	--max-layer-gb $(MAX_LAYER_GB) $(IMAGE_OPTS)
 
 install: $(VENV)/.installed            ## the launcher and entrypoint, no test tools
 install-dev: $(VENV)/.installed-dev    ## plus pytest, ruff, torch (CPU), Pillow, PyAV, modal

@@ -30,6 +30,8 @@ VARS = (
     Var("LORA_GYM_WEIGHTS_DIR", "", "Model files as `<repo>/<path>`; empty: `/weights`, or `<cache>/weights` if slim."),
     Var("LORA_GYM_FLAVOR", "full", "`slim`: download missing locked weight files at start (the image sets it)."),
     Var("LORA_GYM_WEIGHTS_LOCK", "", "Weights lock JSON; when set, file sizes are checked against it."),
+    Var("LORA_GYM_WEIGHTS_LAYOUT", "", "The image's weights layout JSON: files stored as shards or parts under its "
+        "layer cap (the image sets it)."),
     Var("LORA_GYM_MUSUBI_DIR", "/opt/musubi-tuner", "musubi-tuner checkout (installed) whose scripts run."),
     Var("LORA_GYM_PYTHON", "python", "Python interpreter for the cache and merge steps."),
     Var("LORA_GYM_IMAGE_LABELS", "", "JSON file with the image's labels, copied into run.json."),
@@ -64,6 +66,7 @@ class Settings:
     dry_run: bool
     stage: str = "all"
     lock_timeout: float = 21600.0
+    weights_layout: str = ""
 
 
 def _flag(name: str, value: str) -> bool:
@@ -135,4 +138,4 @@ def read(environ: Mapping[str, str], tensorboard: bool) -> Settings:
                     get["LORA_GYM_DATASET_DIR"], paths, get["LORA_GYM_WEIGHTS_LOCK"], flavor == "slim",
                     get["LORA_GYM_IMAGE_LABELS"], get["LORA_GYM_RUN_ID"] or None,
                     _flag("LORA_GYM_DRY_RUN", get["LORA_GYM_DRY_RUN"]), _stage(get["LORA_GYM_STAGE"]),
-                    _seconds("LORA_GYM_LOCK_TIMEOUT", get["LORA_GYM_LOCK_TIMEOUT"]))
+                    _seconds("LORA_GYM_LOCK_TIMEOUT", get["LORA_GYM_LOCK_TIMEOUT"]), get["LORA_GYM_WEIGHTS_LAYOUT"])

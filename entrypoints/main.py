@@ -213,19 +213,22 @@ def run_steps(ctx: Context, steps: Sequence[Step]) -> int:
 
 
 def run_job(settings) -> int:
-    lock = read_lock(settings.weights_lock)
+    from lora_gym_entrypoint import weights
+
+    lock, layout = read_lock(settings.weights_lock), weights.read_layout(settings.weights_layout)
     job = prepare(settings.preset, settings.expert, settings.overrides, settings.dataset_dir,
-                  run_id=settings.run_id, paths=settings.paths, lock=lock)
+                  run_id=settings.run_id, paths=settings.paths, lock=lock,
+                  locations=weights.locations(layout, settings.paths.weights, settings.paths.cache))
     if settings.dry_run:
         from launcher.cli.render import as_text
 
         print(as_text(job))
         return 0
     if settings.fetch_missing_weights:
-        from lora_gym_entrypoint.weights import ensure_weights
-
-        report = ensure_weights(job.plan.weights, settings.weights_lock, os.environ.get("HF_HOME", "/opt/hf"), log)
+        report = weights.ensure_weights(job.plan.weights, settings.weights_lock, os.environ.get("HF_HOME", "/opt/hf"),
+                                        log)
         log(f"weights: {report.downloaded} downloaded ({report.bytes / 1e9:.2f} GB), {report.present} present")
+    weights.join_parts(job.plan.weights, layout, settings.paths.weights, settings.paths.cache, log)
     preflight(job, settings.paths)
     steps = stage_steps(job.plan.steps, settings.stage)
     # A training run needs no network: tokenizers come from the image's Hub cache.

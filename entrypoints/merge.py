@@ -15,6 +15,7 @@ import ctypes
 import json
 import math
 import os
+import re
 import shutil
 import struct
 import sys
@@ -264,32 +265,57 @@ def _check_inputs(dit: Path, lora: Path, output: Path, strength: float, overwrit
         raise MergeError(f"output {output} already exists; delete it or pass overwrite=True / --overwrite")
 
 
+def shards_of(path: Path) -> list[Path]:
+    """Every shard when `path` is the first of `<stem>-00001-of-0000N.safetensors` (musubi-tuner's naming,
+    which an image with a layer cap uses for big DiTs), else just `path`."""
+    match = re.fullmatch(r"(.*-)00001-of-(\d{5})\.safetensors", path.name)
+    if not match:
+        return [path]
+    count = int(match.group(2))
+    return [path.with_name(f"{match.group(1)}{i:05d}-of-{count:05d}.safetensors") for i in range(1, count + 1)]
+
+
 def merge_lora(dit: Path, lora: Path, strength: float, output: Path, *,
                progress: Callable[[int, int], None] | None = None, overwrite: bool = False) -> MergeReport:
     """Writes `output`: the DiT with `strength` x the LoRA merged in; raises MergeError if it does not fit.
 
-    `progress(done, total)` is called after each tensor with bytes written so far and total data bytes.
-    The file appears atomically: it is written as `<output>.partial`, fsynced, then renamed.
+    A DiT given as its first shard is read across all its shards and written as the same shards beside
+    `output` (which is then the first output shard's name). `progress(done, total)` is called after each
+    tensor with bytes written so far and total data bytes. Files appear atomically: each is written as
+    `<name>.partial`, fsynced, and all are renamed once every one is complete.
     """
     dit, lora, output = Path(dit), Path(lora), Path(output)
-    _check_inputs(dit, lora, output, strength, overwrite)
-    dit_header, lora_header = _read_header(dit, "DiT"), _read_header(lora, "LoRA")
+    dits = shards_of(dit)
+    outputs = [output] if len(dits) == 1 else [output.with_name(shard.name) for shard in dits]
+    for shard, out in zip(dits, outputs, strict=True):
+        _check_inputs(shard, lora, out, strength, overwrite)
+    headers, lora_header = [_read_header(shard, "DiT") for shard in dits], _read_header(lora, "LoRA")
     modules = _group_lora(lora_header)
-    plan = _plan(modules, lora_header, dit_header)  # all checks happen before a byte is written
-    # Provenance in the output itself, so a merged file can always be traced back to its LoRA.
-    metadata = {**dit_header.metadata, "lora_gym.merged_lora": lora.name,
-                "lora_gym.merged_strength": repr(float(strength)),
-                "lora_gym.merged_modules": str(len(modules))}
+    whole = _Header({k: v for h in headers for k, v in h.tensors.items()}, headers[0].metadata, 0)
+    plan = _plan(modules, lora_header, whole)  # all checks happen before a byte is written
     output.parent.mkdir(parents=True, exist_ok=True)
-    partial = output.with_name(output.name + ".partial")
+    partials = [out.with_name(out.name + ".partial") for out in outputs]
+    total = sum(e["data_offsets"][1] - e["data_offsets"][0] for e in whole.tensors.values())
     try:
-        _stream(dit, dit_header, plan, lora, float(strength), partial, metadata, progress)
-        os.replace(partial, output)
+        done = 0
+        for shard, header, partial in zip(dits, headers, partials, strict=True):
+            # Provenance in the output itself, so a merged file can always be traced back to its LoRA.
+            metadata = {**header.metadata, "lora_gym.merged_lora": lora.name,
+                        "lora_gym.merged_strength": repr(float(strength)),
+                        "lora_gym.merged_modules": str(len(modules))}
+            subplan = {key: deltas for key, deltas in plan.items() if key in header.tensors}
+            offset = done
+            _stream(shard, header, subplan, lora, float(strength), partial, metadata,
+                    progress and (lambda d, _t, offset=offset: progress(offset + d, total)))
+            done += sum(e["data_offsets"][1] - e["data_offsets"][0] for e in header.tensors.values())
+        for partial, out in zip(partials, outputs, strict=True):
+            os.replace(partial, out)
     except BaseException:  # includes Ctrl-C: a .partial left behind would only confuse the next run
-        partial.unlink(missing_ok=True)
+        for partial in partials:
+            partial.unlink(missing_ok=True)
         raise
     _fsync_dir(output.parent)
-    return MergeReport(merged_modules=len(modules), tensors_written=len(dit_header.tensors), output=output)
+    return MergeReport(merged_modules=len(modules), tensors_written=len(whole.tensors), output=output)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -319,7 +345,8 @@ def _progress_printer() -> Callable[[int, int], None]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lora_gym_entrypoint.merge",
                                      description="Merge a LoRA into a Wan DiT safetensors file.")
-    parser.add_argument("--dit", type=Path, required=True, help="Wan DiT .safetensors (fp16 or bf16)")
+    parser.add_argument("--dit", type=Path, required=True,
+                        help="Wan DiT .safetensors (fp16 or bf16), or the first of its -0000K-of-0000N shards")
     parser.add_argument("--lora", type=Path, required=True, help="LoRA .safetensors to merge in")
     parser.add_argument("--strength", type=float, required=True, help="multiplier on the LoRA delta")
     parser.add_argument("--output", type=Path, required=True, help="merged DiT to write")

@@ -1,14 +1,19 @@
-"""Slim images: download the plan's missing weight files at start, only those the weights lock pins.
+"""Weight files at start: where an image stores them, joining split ones, downloading a slim image's.
 
-A full image has every file baked, so nothing here downloads. A slim image starts with an empty weights volume;
-the first run fetches the locked files into it (resuming partial downloads, verifying sha256), a second run
-finds them present and downloads nothing.
+A full image has every file baked, so nothing here downloads; files over its layer cap are stored in pieces
+(launcher/weights/layers.py): a DiT as shards, which musubi reads through the first one, any other file as byte
+parts, joined once into the cache volume and verified by sha256. A slim image starts with an empty weights
+volume; the first run fetches the locked files into it (resuming partial downloads, verifying sha256), a second
+run finds them present and downloads nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
@@ -73,3 +78,74 @@ def ensure_weights(weights: Iterable, lock_path: str | None, hf_home: str, log: 
     if todo:
         log(f"weights: downloaded {report.downloaded} files, {fetch.gb(size)}; already present {report.present}")
     return report
+
+
+# --- files an image stores in pieces ---------------------------------------------------------------------
+
+def read_layout(path: str) -> dict:
+    """The image's layout document ("repo:path" -> storage and pieces); empty when the image has none."""
+    if not path or not Path(path).is_file():
+        return {}
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8")).get("files", {})
+    except (OSError, ValueError, AttributeError) as exc:
+        raise UserError(f"the image's weights layout {path} is unreadable ({exc}): rebuild the image") from None
+
+
+def joined_root(cache_dir: str) -> str:
+    # Where a slim image downloads whole files too, so either kind of image finds a file the other made.
+    return f"{cache_dir}/weights"
+
+
+def locations(layout: Mapping[str, dict], weights_dir: str, cache_dir: str) -> dict[str, str]:
+    """"repo:path" -> the path the plan gives musubi: the first shard, or the joined file in the cache volume."""
+    found = {}
+    for ref, stored in layout.items():
+        repo_path = ref.replace(":", "/", 1)
+        if stored["storage"] == "shards":
+            found[ref] = f"{weights_dir}/{stored['pieces'][0]}"
+        elif stored["storage"] == "parts":
+            found[ref] = f"{joined_root(cache_dir)}/{repo_path}"
+    return found
+
+
+def _join(entry: dict, parts: list[Path], final: Path, log: Callable[[str], None]) -> None:
+    partial = final.with_name(final.name + ".partial")
+    digest = hashlib.sha256()
+    with open(partial, "wb") as out:
+        for number, part in enumerate(parts, 1):
+            with open(part, "rb") as src:
+                while chunk := src.read(8 << 20):
+                    digest.update(chunk)
+                    out.write(chunk)
+            log(f"weights: joining {fetch.entry_name(entry)}: part {number}/{len(parts)}")
+        out.flush()
+        os.fsync(out.fileno())
+    if digest.hexdigest() != entry["sha256"]:
+        partial.unlink(missing_ok=True)
+        raise UserError(f"the parts of {fetch.entry_name(entry)} in this image do not add up to its locked sha256: "
+                        "rebuild the image")
+    os.replace(partial, final)
+
+
+def join_parts(weights: Iterable, layout: Mapping[str, dict], weights_dir: str, cache_dir: str,
+               log: Callable[[str], None]) -> int:
+    """Join each plan file the image stores as parts into the cache volume, once; returns how many were joined."""
+    root, joined = Path(joined_root(cache_dir)), 0
+    for weight in {w.container_path: w for w in weights}.values():
+        ref = f"{weight.repo}:{weight.path}"
+        stored = layout.get(ref)
+        if not stored or stored["storage"] != "parts":
+            continue
+        entry = {"repo": weight.repo, "path": weight.path, "size": stored["size"], "sha256": stored["sha256"]}
+        final = root / weight.repo / weight.path
+        if fetch._verified(final, entry, root):  # a stamp spares re-hashing 11 GB at every start
+            continue
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with fetch._exclusive(root, entry):  # two containers on one cache volume join it once
+            if not fetch._verified(final, entry, root):
+                log(f"weights: joining {ref} ({fetch.gb(stored['size'])}) into the cache volume, once")
+                _join(entry, [Path(weights_dir) / p for p in stored["pieces"]], final, log)
+                fetch._verified(final, entry, root)  # writes the stamp
+                joined += 1
+    return joined

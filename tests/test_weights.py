@@ -324,24 +324,8 @@ def lock_file(tmp_path, lock, hub, monkeypatch) -> Path:
     return lockfile.write(tmp_path / "weights.lock.json", lock)
 
 
-def _layer(lock_file: Path, dest: Path, index: int, flavor: str = "full", tasks: str = "all") -> list[str]:
-    return ["layer", "--lock", str(lock_file), "--index", str(index), "--flavor", flavor, "--tasks", tasks,
-            "--dest", str(dest), "--hf-home", str(dest / "hf")]
-
-
-def test_layer_fetches_the_indexed_weight_or_does_nothing(tmp_path, lock, lock_file, hub, capsys):
-    dest, weights = tmp_path / "weights", weights_of(lock)
-    i2v = next(i for i, e in enumerate(weights) if e["tasks"] == ["i2v"])
-    assert fetch.main(_layer(lock_file, dest, len(weights))) == 0
-    assert "nothing to fetch (the lock has 10 weight files)" in capsys.readouterr().out
-    assert fetch.main(_layer(lock_file, dest, 0, flavor="slim")) == 0
-    assert "not baked" in capsys.readouterr().out
-    assert fetch.main(_layer(lock_file, dest, i2v, tasks="t2v")) == 0
-    assert "not needed for tasks t2v" in capsys.readouterr().out
-    assert not dest.exists() and hub.requests == []
-    assert fetch.main(_layer(lock_file, dest, i2v, tasks="t2v,i2v")) == 0
-    assert f"layer {i2v}: {weights[i2v]['repo']}:{weights[i2v]['path']}: downloaded" in capsys.readouterr().out
-    assert (dest / weights[i2v]["repo"] / weights[i2v]["path"]).is_file()
+def _all(lock_file: Path, dest: Path, tasks: str = "all") -> list[str]:
+    return ["all", "--lock", str(lock_file), "--tasks", tasks, "--dest", str(dest), "--hf-home", str(dest / "hf")]
 
 
 def test_all_fetches_every_needed_weight_then_nothing(tmp_path, lock, lock_file, hub, capsys):
@@ -374,18 +358,18 @@ def test_cli_failures_are_one_line_without_the_token(tmp_path, lock, lock_file):
             return subprocess.run([sys.executable, str(FETCH_PY), *args], env=env, text=True, capture_output=True,
                                   timeout=60)
 
-        ok = run(*_layer(lock_file, tmp_path / "w", 0))
+        ok = run(*_all(lock_file, tmp_path / "w", "t2v"))
         assert ok.returncode == 0, ok.stderr
-        denied = run(*_layer(lock_file, tmp_path / "w", 1), token="hf_wrong_token")
+        denied = run(*_all(lock_file, tmp_path / "w", "i2v"), token="hf_wrong_token")
     assert denied.returncode == 2 and denied.stderr.startswith("error: ") and denied.stderr.count("\n") == 1
     assert "hf_wrong_token" not in denied.stdout + denied.stderr and "Traceback" not in denied.stderr
 
 
 def test_an_unreadable_lock_is_one_error_line(tmp_path, capsys):
-    assert fetch.main(_layer(tmp_path / "nope.json", tmp_path / "w", 0)) == 2
+    assert fetch.main(_all(tmp_path / "nope.json", tmp_path / "w")) == 2
     assert capsys.readouterr().err.startswith("error: cannot read the weights lock")
     (tmp_path / "bad.json").write_text('{"files": [{"repo": "a/b", "path": "x"}]}')
-    assert fetch.main(_layer(tmp_path / "bad.json", tmp_path / "w", 0)) == 2
+    assert fetch.main(_all(tmp_path / "bad.json", tmp_path / "w")) == 2
     assert "entry a/b:x has no 40-hex commit revision" in capsys.readouterr().err
 
 

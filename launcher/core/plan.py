@@ -95,14 +95,14 @@ def _key(*parts: object) -> str:
 class _Weights:
     """Weight files by role, with container paths and lock data; identities feed the cache keys."""
 
-    def __init__(self, root: str, lock: Mapping[str, Mapping]):
-        self.root, self.lock, self.files = root, lock, {}
+    def __init__(self, root: str, lock: Mapping[str, Mapping], locations: Mapping[str, str]):
+        self.root, self.lock, self.locations, self.files = root, lock, locations, {}
 
     def add(self, role: str, ref: str) -> str:
         repo, path = ref.split(":", 1)
         entry = self.lock.get(ref, {})
-        self.files[role] = WeightFile(role, repo, path, f"{self.root}/{repo}/{path}",
-                                      entry.get("sha256"), entry.get("size"))
+        where = self.locations.get(ref) or f"{self.root}/{repo}/{path}"
+        self.files[role] = WeightFile(role, repo, path, where, entry.get("sha256"), entry.get("size"))
         return self.files[role].container_path
 
     def identity(self, role: str) -> str:
@@ -192,8 +192,11 @@ def _merge_step(expert: str, settings: Expert, paths: ContainerPaths, weights: _
     lora = weights.add(f"lightning-{expert}", settings.lightning.lora)
     strength = settings.lightning.strength
     key = _key(weights.identity(f"dit-{expert}"), weights.identity(f"lightning-{expert}"), strength)
+    name = dit.rsplit("/", 1)[-1]  # the first shard's name when the image stores the DiT as shards
+    if name != settings.dit.rsplit("/", 1)[-1]:
+        key = _key(key, name)  # a merge of shards is written as shards: another folder than the whole file's
     merged_dir = f"{paths.cache}/lightning/{key}"
-    merged = f"{merged_dir}/{settings.dit.rsplit('/', 1)[-1]}"
+    merged = f"{merged_dir}/{name}"
     # --overwrite: the marker, not the file, says a merge finished; a file without one is a leftover.
     argv = (paths.python, "-m", "lora_gym_entrypoint.merge", "--dit", dit, "--lora", lora,
             "--strength", _num(strength), "--output", merged, "--overwrite")
@@ -271,11 +274,16 @@ def _weights_for(preset: Preset, weights: _Weights) -> dict:
 
 
 def make_plan(preset: Preset, expert: str | None, layout: DatasetLayout, run_id: str,
-              paths: ContainerPaths | None = None, lock: Mapping[str, Mapping] | None = None) -> Plan:
-    """The complete, validated plan for one run. Pure: the same inputs always give the same plan."""
+              paths: ContainerPaths | None = None, lock: Mapping[str, Mapping] | None = None,
+              locations: Mapping[str, str] | None = None) -> Plan:
+    """The complete, validated plan for one run. Pure: the same inputs always give the same plan.
+
+    `locations` ("repo:path" -> container path) overrides `<weights>/<repo>/<path>` for files an image stores
+    otherwise (the first of a DiT's shards; a file joined from parts into the cache volume).
+    """
     paths = paths or ContainerPaths()
     experts = experts_to_train(preset, expert)
-    weights = _Weights(paths.weights, lock or {})
+    weights = _Weights(paths.weights, lock or {}, locations or {})
     run_dir = f"{paths.output}/{run_id}"
     config_path = f"{run_dir}/dataset.toml"
     config_text, cache_dirs = _dataset_config(preset, layout, paths, _weights_for(preset, weights))

@@ -3,7 +3,6 @@
 The Dockerfile copies this file alone into the image before any other project code, so editing the project
 never invalidates the weight layers: it imports only the standard library, and huggingface_hub lazily.
 
-  python fetch.py layer --lock LOCK --index I --flavor full|slim --tasks t2v,i2v|all --dest /weights --hf-home /opt/hf
   python fetch.py tokenizers --lock LOCK --tasks all --hf-home /opt/hf
   python fetch.py all --lock LOCK --tasks all --dest /weights --hf-home /opt/hf
 
@@ -24,7 +23,6 @@ import time
 from pathlib import Path
 
 TOKEN_SECRET = "/run/secrets/hf_token"
-MAX_LAYERS = 12  # weight layers in images/Dockerfile
 TASKS = ("i2v", "t2v")
 KINDS = ("tokenizer", "weight")
 STATE_DIR = ".lora-gym"  # under the weights folder: verification stamps and download locks
@@ -60,6 +58,8 @@ def entry_problem(entry) -> str | None:
     tasks = entry.get("tasks")
     if not isinstance(tasks, list) or not tasks or not set(tasks) <= set(TASKS):
         return f"has tasks {tasks!r}, not a list of t2v/i2v"
+    if not isinstance(entry.get("shardable", False), bool):
+        return f"has shardable {entry['shardable']!r}, not true or false"
     return None
 
 
@@ -289,25 +289,6 @@ def gb(size: int) -> str:
     return f"{size / 1e9:.2f} GB"
 
 
-def _layer(args, entries: list[dict], token: str | None) -> None:
-    weights = [e for e in entries if e["kind"] == "weight"]
-    if len(weights) > MAX_LAYERS:  # images/Dockerfile has one `layer --index` line per slot, 0..MAX_LAYERS-1
-        raise SystemExit(f"error: the lock has {len(weights)} weight files but images/Dockerfile bakes at most "
-                         f"{MAX_LAYERS}: add `layer --index` lines there and raise MAX_LAYERS")
-    if args.index >= len(weights):
-        print(f"layer {args.index}: nothing to fetch (the lock has {len(weights)} weight files)")
-        return
-    entry = weights[args.index]
-    if args.flavor == "slim":
-        print(f"layer {args.index}: {entry_name(entry)}: not baked (the slim flavor downloads it at start)")
-    elif not wanted(entry, parse_tasks(args.tasks)):
-        print(f"layer {args.index}: {entry_name(entry)}: not needed for tasks {args.tasks}")
-    else:
-        done = fetch_entry(entry, args.dest, args.hf_home, read_endpoint(), token)
-        print(f"layer {args.index}: {entry_name(entry)}: {'downloaded' if done else 'already present'} "
-              f"({gb(entry['size'])})")
-
-
 def fetch_many(entries: list[dict], dest: str | Path, hf_home: str | Path, token: str | None, log=print):
     """Fetch each entry with a progress line; returns (downloaded, present, downloaded bytes)."""
     downloaded = present = size = 0
@@ -326,8 +307,7 @@ def fetch_many(entries: list[dict], dest: str | Path, hf_home: str | Path, token
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fetch.py", description="Fetch locked Hub files, verified by sha256.")
     commands = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("layer", "the I-th weight file of the lock (one image layer)"),
-                       ("tokenizers", "every tokenizer file, into the HF cache"),
+    for name, text in (("tokenizers", "every tokenizer file, into the HF cache"),
                        ("all", "every weight file the tasks need (slim flavor, at start)")):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--lock", required=True)
@@ -335,21 +315,13 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--hf-home", required=name == "tokenizers", default="/opt/hf")
         if name != "tokenizers":
             sub.add_argument("--dest", required=True, help="the weights folder (<dest>/<repo>/<path>)")
-        if name == "layer":
-            sub.add_argument("--index", type=int, required=True)
-            sub.add_argument("--flavor", choices=("full", "slim"), required=True)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args, token = _parser().parse_args(argv), None
     try:
-        if args.command == "layer" and args.index < 0:
-            raise FetchError(f"--index {args.index}: use 0 or more")
         entries, token = load_lock(args.lock), read_token()
-        if args.command == "layer":
-            _layer(args, entries, token)
-            return 0
         tasks, kind = parse_tasks(args.tasks), "tokenizer" if args.command == "tokenizers" else "weight"
         chosen = [e for e in entries if e["kind"] == kind and wanted(e, tasks)]
         downloaded, present, size = fetch_many(chosen, getattr(args, "dest", ""), args.hf_home, token)

@@ -31,13 +31,14 @@ def _advice(family: str | None) -> str:
 
 # --- the files the presets need ----------------------------------------------------------------------------
 
-def _preset_refs(preset) -> list[str]:
-    """Every "repo:path" one preset reads (the same roles make_plan adds), without planning."""
+def _preset_refs(preset) -> list[tuple[str, bool]]:
+    """Every "repo:path" one preset reads (the same roles make_plan adds), without planning, and whether it is
+    read as a DiT (by musubi's loader or our merge, both of which read safetensors shards)."""
     model = preset.model
-    refs = [model.vae, model.t5, model.clip, model.dit]
+    refs = [(model.vae, False), (model.t5, False), (model.clip, False), (model.dit, True)]
     for expert in (preset.experts.high, preset.experts.low) if preset.experts else ():
-        refs += [expert.dit, expert.lightning.lora if expert.lightning else None]
-    return [ref for ref in refs if ref]
+        refs += [(expert.dit, True), (expert.lightning.lora if expert.lightning else None, False)]
+    return [(ref, is_dit) for ref, is_dit in refs if ref]
 
 
 def _family_presets(family: str) -> list:
@@ -52,16 +53,20 @@ def _family_presets(family: str) -> list:
 def skeleton(family: str) -> list[dict]:
     """The family's files without pins: weights (repo, path) and tokenizer folders (repo, subfolder), with tasks."""
     weights: dict[str, set[str]] = {}
+    dit_only: dict[str, bool] = {}
     t5_tasks: set[str] = set()
     clip_tasks: set[str] = set()
     for preset in _family_presets(family):
         task = preset.model.task.split("-", 1)[0]  # "t2v" or "i2v"
-        for ref in _preset_refs(preset):
+        for ref, is_dit in _preset_refs(preset):
             weights.setdefault(ref, set()).add(task)
+            dit_only[ref] = dit_only.get(ref, True) and is_dit
         t5_tasks.add(task)
         if preset.model.clip:  # the schema allows CLIP only for Wan 2.1 I2V
             clip_tasks.add(task)
-    result = [{"kind": "weight", "repo": ref.split(":", 1)[0], "path": ref.split(":", 1)[1], "tasks": sorted(tasks)}
+    # shardable: a file over an image's layer cap may be stored as safetensors shards (launcher/weights/layers.py).
+    result = [{"kind": "weight", "repo": ref.split(":", 1)[0], "path": ref.split(":", 1)[1], "tasks": sorted(tasks),
+               **({"shardable": True} if dit_only[ref] and ref.endswith(".safetensors") else {})}
               for ref, tasks in weights.items()]
     for (repo, subfolder), tasks in ((T5_TOKENIZER, t5_tasks), (CLIP_TOKENIZER, clip_tasks)):
         if tasks:
@@ -95,6 +100,7 @@ def _weight_entries(api, repo: str, items: list[dict], revision: str, endpoint, 
         raise UserError(f"not on the Hub at {repo}@{revision[:12]}: {', '.join(missing)}: fix the preset that "
                         "names it")
     return [{"repo": repo, "path": i["path"], "revision": revision, "kind": "weight", "tasks": i["tasks"],
+             **({"shardable": True} if i.get("shardable") else {}),
              **_pin(infos[i["path"]], repo, revision, endpoint, token)} for i in items]
 
 

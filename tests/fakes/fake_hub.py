@@ -4,7 +4,7 @@ It serves a small in-memory repo set ({repo: {path: bytes}}, one fixed 40-hex co
 that sha or as "main") on exactly the routes huggingface_hub uses to lock and fetch files:
 
   HEAD/GET /{repo}/resolve/{revision}/{path}         file bytes; X-Repo-Commit, ETag, X-Linked-Etag/-Size (LFS),
-                                                       Range requests (206) for resumed downloads
+                                                       Range requests (206) for resumed downloads and byte ranges
   GET      /api/models/{repo}[/revision/{revision}]  model_info: sha, siblings (+ size, blobId, lfs with ?blobs=1)
   POST     /api/models/{repo}/paths-info/{revision}  get_paths_info (form field `paths`, repeated)
   GET      /api/models/{repo}/tree/{revision}[/{path}]  list_repo_tree (?recursive=), one page
@@ -228,21 +228,23 @@ def _handler(hub: FakeHub):
                 return self._send(200, content, headers)  # Content-Length of the whole file, no body
             if key in hub.corrupt:
                 content = bytes([content[0] ^ 0xFF]) + content[1:]
-            start = self._range_start(len(content))
-            if start is None:
+            wanted = self._range(len(content))
+            if wanted is None:
                 return self._send(416, b"", {"Content-Range": f"bytes */{len(content)}"})
+            start, end = wanted
             status = 200
             if start or self.headers.get("Range"):
-                status, headers["Content-Range"] = 206, f"bytes {start}-{len(content) - 1}/{len(content)}"
-            self._stream(key, status, content[start:], headers)
+                status, headers["Content-Range"] = 206, f"bytes {start}-{end - 1}/{len(content)}"
+            self._stream(key, status, content[start:end], headers)
 
-        def _range_start(self, size: int) -> int | None:
-            """The first byte asked for: only "bytes=N-" (what huggingface_hub sends to resume) is needed."""
+        def _range(self, size: int) -> tuple[int, int] | None:
+            """[start, end) asked for: "bytes=N-" (huggingface_hub resuming) or "bytes=N-M" (image layers)."""
             spec = self.headers.get("Range")
             if not spec:
-                return 0
-            start = int(spec.removeprefix("bytes=").split("-", 1)[0])
-            return start if start < size else None
+                return 0, size
+            first, _, last = spec.removeprefix("bytes=").partition("-")
+            start, end = int(first), min(size, int(last) + 1) if last else size
+            return (start, end) if start < size and start < end else None
 
         def _stream(self, key: str, status: int, body: bytes, headers: dict) -> None:
             with hub._lock:
@@ -253,10 +255,10 @@ def _handler(hub: FakeHub):
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             sent = body if cut is None else body[:cut]
+            with hub._lock:  # counted before sending: a client that got every byte may check at once
+                hub.served[key] += len(sent)
             self.wfile.write(sent)
             self.wfile.flush()
-            with hub._lock:
-                hub.served[key] += len(sent)
             if cut is not None:  # die mid-body: the client sees a short read, as on a dropped connection
                 self.close_connection = True
 
