@@ -102,7 +102,9 @@ class _Weights:
         repo, path = ref.split(":", 1)
         entry = self.lock.get(ref, {})
         where = self.locations.get(ref) or f"{self.root}/{repo}/{path}"
-        self.files[role] = WeightFile(role, repo, path, where, entry.get("sha256"), entry.get("size"))
+        # A shard is not the whole file: only a file stored whole has the locked size to check against.
+        size = entry.get("size") if where.rsplit("/", 1)[-1] == path.rsplit("/", 1)[-1] else None
+        self.files[role] = WeightFile(role, repo, path, where, entry.get("sha256"), size)
         return self.files[role].container_path
 
     def identity(self, role: str) -> str:
