@@ -139,13 +139,13 @@ def join_parts(weights: Iterable, layout: Mapping[str, dict], weights_dir: str, 
             continue
         entry = {"repo": weight.repo, "path": weight.path, "size": stored["size"], "sha256": stored["sha256"]}
         final = root / weight.repo / weight.path
-        if fetch._verified(final, entry, root):  # a stamp spares re-hashing 11 GB at every start
+        if fetch.is_verified(final, entry, root):  # a stamp spares re-hashing 11 GB at every start
             continue
         final.parent.mkdir(parents=True, exist_ok=True)
-        with fetch._exclusive(root, entry):  # two containers on one cache volume join it once
-            if not fetch._verified(final, entry, root):
+        with fetch.exclusive(root, entry):  # two containers on one cache volume join it once
+            if not fetch.is_verified(final, entry, root):
                 log(f"weights: joining {ref} ({fetch.gb(stored['size'])}) into the cache volume, once")
                 _join(entry, [Path(weights_dir) / p for p in stored["pieces"]], final, log)
-                fetch._verified(final, entry, root)  # writes the stamp
+                fetch.is_verified(final, entry, root)  # writes the stamp
                 joined += 1
     return joined

@@ -143,7 +143,7 @@ def _state(dest: Path, kind: str, entry: dict, suffix: str) -> Path:
     return dest / STATE_DIR / kind / entry["repo"] / (entry["path"] + suffix)
 
 
-def _verified(final: Path, entry: dict, dest: Path) -> bool:
+def is_verified(final: Path, entry: dict, dest: Path) -> bool:
     """Whether `final` is the locked file. A stamp (size, mtime) spares re-hashing tens of GB at every start."""
     if not final.is_file() or final.stat().st_size != entry["size"]:
         return False
@@ -162,7 +162,7 @@ def _verified(final: Path, entry: dict, dest: Path) -> bool:
 
 
 @contextlib.contextmanager
-def _exclusive(dest: Path, entry: dict):
+def exclusive(dest: Path, entry: dict):
     """Serialize downloads of one file by containers sharing a weights volume; sha256 is the real guard."""
     lock_path = _state(dest, "locks", entry, ".lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
@@ -210,11 +210,11 @@ def _part_size(part: Path, size: int) -> int:
 
 def _fetch_weight(entry: dict, dest: Path, endpoint: str | None, token: str | None) -> bool:
     final = dest / entry["repo"] / entry["path"]
-    if _verified(final, entry, dest):
+    if is_verified(final, entry, dest):
         return False
     final.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive(dest, entry):
-        if _verified(final, entry, dest):  # another container finished it while we waited
+    with exclusive(dest, entry):
+        if is_verified(final, entry, dest):  # another container finished it while we waited
             return False
         final.unlink(missing_ok=True)  # a wrong file must not pass a later size-only check
         part = final.with_name(final.name + ".part")
@@ -224,7 +224,7 @@ def _fetch_weight(entry: dict, dest: Path, endpoint: str | None, token: str | No
             part.unlink(missing_ok=True)
             raise FetchError(f"{entry_name(entry)}@{entry['revision'][:12]}: {problem}; the download was deleted")
         os.replace(part, final)  # atomic: the final path only ever holds a verified file
-        _verified(final, entry, dest)  # writes the stamp
+        is_verified(final, entry, dest)  # writes the stamp
     return True
 
 

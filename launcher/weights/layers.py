@@ -309,7 +309,7 @@ def verify(entries, max_layer_bytes: int, dest: Path) -> dict:
     slots(stored, max_layer_bytes)
     for item in stored:
         if item.storage == "whole":
-            if not fetch._verified(dest / item.pieces[0].name, item.entry, dest):
+            if not fetch.is_verified(dest / item.pieces[0].name, item.entry, dest):
                 raise LayerError(f"{item.pieces[0].name} does not match the lock: rebuild the image")
         elif _hash_pieces(item, dest) != item.entry["sha256"]:
             raise LayerError(f"{fetch.entry_name(item.entry)}: its {item.storage} do not add up to the locked "
