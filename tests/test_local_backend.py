@@ -277,7 +277,10 @@ def test_ctrl_c_streams_to_the_last_line_then_removes_the_container_and_exits_13
                              "--backend", "local", "--gpus", "none", "--output", str(tmp_path / "out"),
                              "--image", f"{TAG}-slow", "--cache-volume", f"cache-{TAG.rsplit(':', 1)[1]}"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
-                            env=clean_env(DOCKER_HOST=podman))
+                            env=clean_env(DOCKER_HOST=podman),
+                            # As from a terminal: a shell running the suite in the background ignores SIGINT,
+                            # and Python then never turns it into KeyboardInterrupt.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     first = _first_line(proc.stdout).decode()
     proc.send_signal(signal.SIGINT)
     out, err = (stream.decode() for stream in proc.communicate(timeout=60))
