@@ -61,3 +61,34 @@ def test_dry_run_prints_the_command_and_never_the_token(lock_dir, capsys, monkey
 def test_push_needs_a_registry(capsys):
     assert imagebuild.main(["push", "--family", "wan21"]) == 2
     assert "REGISTRY=" in capsys.readouterr().err
+
+
+UNREACHABLE_HUB = "http://127.0.0.1:9"  # nothing listens on the discard port
+
+
+def test_an_existing_lock_is_never_re_pinned(lock_dir, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", UNREACHABLE_HUB)  # any Hub request would fail
+    before = (lock_dir / "weights.lock.json").read_bytes()
+    req = imagebuild.BuildRequest("wan22", lock_dir=str(lock_dir))
+    assert imagebuild.ensure_lock(req) == lock_dir / "weights.lock.json"
+    assert (lock_dir / "weights.lock.json").read_bytes() == before
+
+
+def test_a_lock_that_cannot_be_pinned_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", UNREACHABLE_HUB)
+    monkeypatch.setenv("HF_TOKEN", "hf_NeverPrinted")
+    code = imagebuild.main(["build", "--family", "wan21", "--lock-dir", str(tmp_path), "--engine", "podman"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: cannot pin the weights lock from the Hub")
+    assert "hf_NeverPrinted" not in err[0] and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("cap", ["nan", "inf", "0", "-1", "0.001"])
+def test_a_layer_cap_out_of_range_is_refused_first(cap, lock_dir, capsys):
+    code = imagebuild.main(["build", "--family", "wan22", "--lock-dir", str(lock_dir), "--max-layer-gb", cap])
+    assert code == 2 and "MAX_LAYER_GB" in capsys.readouterr().err
+
+
+def test_the_cap_reaches_the_build_as_bytes(lock_dir):
+    argv = imagebuild.build_command(imagebuild.BuildRequest("wan22", lock_dir=str(lock_dir), max_layer_gb=4.5))
+    assert "MAX_LAYER_BYTES=4500000000" in argv
