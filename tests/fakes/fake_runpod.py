@@ -9,6 +9,10 @@ entrypoint's pod.py call (shapes from RunPod's OpenAPI document, api-reference-v
   GET    /v2/pods/{id}/logs            text/event-stream of the pod's lines after Last-Event-ID, then closes
 Auth is `Authorization: Bearer <key>` with the account key or a pod-scoped key (`pod_key(id)`); errors are
 problem+json. Faults (status, Retry-After) are queued per operation: gpus, volumes, create, get, delete, logs.
+
+Held to RunPod's published contract (tests/contracts/runpod-openapi.json): every request body is validated
+(an invalid one is answered 400 as RunPod would) and so is every answer; each violation is recorded, and
+leaving the `with` block with any raises, so no test passes on a body the real API would refuse.
 """
 
 from __future__ import annotations
@@ -18,23 +22,30 @@ import json
 import re
 import time
 
+from contracts.openapi import runpod as runpod_contract
+
 from fakes.fake_gemini import Faults, LoopbackServer
 
+_NVIDIA = {"manufacturer": "NVIDIA"}
 GPUS = [
-    {"id": "NVIDIA H100 80GB HBM3", "name": "H100 SXM", "memory": 80, "secure": True, "community": True,
-     "price": {"secure": 2.69, "community": 2.39}, "maxCount": {"secure": 8, "community": 8}},
-    {"id": "NVIDIA A100 80GB PCIe", "name": "A100 PCIe", "memory": 80, "secure": True, "community": True,
-     "price": {"secure": 1.64, "community": 1.19}, "maxCount": {"secure": 8, "community": 8}},
-    {"id": "NVIDIA GeForce RTX 4090", "name": "RTX 4090", "memory": 24, "secure": True, "community": True,
-     "price": {"secure": 0.69, "community": 0.34}, "maxCount": {"secure": 8, "community": 4}},
-    {"id": "NVIDIA L4", "name": "L4", "memory": 24, "secure": True, "community": False,
+    {"id": "NVIDIA H100 80GB HBM3", "name": "H100 SXM", "pool": "HOPPER_80", **_NVIDIA, "memory": 80, "secure": True,
+     "community": True, "price": {"secure": 2.69, "community": 2.39}, "maxCount": {"secure": 8, "community": 8}},
+    {"id": "NVIDIA A100 80GB PCIe", "name": "A100 PCIe", "pool": "AMPERE_80", **_NVIDIA, "memory": 80, "secure": True,
+     "community": True, "price": {"secure": 1.64, "community": 1.19}, "maxCount": {"secure": 8, "community": 8}},
+    {"id": "NVIDIA GeForce RTX 4090", "name": "RTX 4090", "pool": "ADA_24", **_NVIDIA, "memory": 24, "secure": True,
+     "community": True, "price": {"secure": 0.69, "community": 0.34}, "maxCount": {"secure": 8, "community": 4}},
+    {"id": "NVIDIA L4", "name": "L4", "pool": "ADA_24", **_NVIDIA, "memory": 24, "secure": True, "community": False,
      "price": {"secure": 0.43, "community": 0.0}, "maxCount": {"secure": 8, "community": 0}},
 ]
 
 
-def problem(status: int, detail: str) -> dict:
-    return {"title": {401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests"}.get(status, "Error"),
-            "status": status, "detail": detail}
+def problem(status: int, detail: str, headers: dict | None = None, errors: list[str] | None = None):
+    """An RFC 9457 problem answer, as RunPod sends its errors."""
+    body = {"title": {400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+                      429: "Too Many Requests"}.get(status, "Error"), "status": status, "detail": detail}
+    if errors:
+        body["errors"] = errors
+    return status, {"Content-Type": "application/problem+json", **(headers or {})}, json.dumps(body).encode()
 
 
 class FakeRunPod(LoopbackServer):
@@ -48,7 +59,13 @@ class FakeRunPod(LoopbackServer):
         self.created: list[dict] = []  # every create-pod body, as received
         self.raw_bodies: list[bytes] = []  # every request body, to scan for secrets
         self.auth_headers: list[str] = []
+        self.contract_violations: list[str] = []
         self._ids = itertools.count(1)
+
+    def __exit__(self, *exc):
+        super().__exit__(*exc)
+        if self.contract_violations and exc[0] is None:
+            raise AssertionError("RunPod contract violations:\n" + "\n".join(self.contract_violations))
 
     @property
     def url(self) -> str:
@@ -74,8 +91,24 @@ class FakeRunPod(LoopbackServer):
 
     def handle(self, method, path, handler):
         self.raw_bodies.append(handler.body)
+        contract = runpod_contract()
+        try:
+            sent = json.loads(handler.body) if handler.body else None
+        except ValueError:
+            sent = handler.body
+        wrong = contract.request_problems(method, path, sent)
+        if wrong:
+            self.contract_violations += wrong
+            return problem(400, "request body does not match the API", errors=wrong)
+        status, headers, body = self._answer(method, path, handler)
+        media = headers.get("Content-Type", "application/json" if isinstance(body, dict | list) else "")
+        answered = json.loads(body) if isinstance(body, bytes) and media.endswith("json") else body
+        self.contract_violations += contract.response_problems(method, path, status, media, answered)
+        return status, headers, body
+
+    def _answer(self, method, path, handler):
         if not self._authorized(handler):
-            return 401, {"Content-Type": "application/problem+json"}, problem(401, "invalid api key")
+            return problem(401, "invalid api key")
         routes = [("GET", r"^/v2/catalog/gpus$", "gpus", self._gpus),
                   ("GET", r"^/v2/network-volumes$", "volumes", self._list_volumes),
                   ("POST", r"^/v2/network-volumes$", "volumes", self._create_volume),
@@ -90,10 +123,10 @@ class FakeRunPod(LoopbackServer):
                 fault = self.faults.draw(op, random_ops=())
                 if fault:
                     status, retry_after = fault
-                    headers = {"Retry-After": retry_after} if retry_after is not None else {}
-                    return status, headers, problem(status, f"injected {status}")
+                    headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+                    return problem(status, f"injected {status}", headers)
                 return action(handler, *match.groups())
-        return 404, {}, problem(404, f"no route {method} {path}")
+        return problem(404, f"no route {method} {path}")
 
     def _gpus(self, handler):
         return 200, {}, {"gpus": GPUS}
@@ -108,41 +141,51 @@ class FakeRunPod(LoopbackServer):
 
     def _get_volume(self, handler, volume_id):
         volume = self.volumes.get(volume_id)
-        return (200, {}, volume) if volume else (404, {}, problem(404, "network volume not found"))
+        return (200, {}, volume) if volume else problem(404, "network volume not found")
 
     def _create_pod(self, handler):
         body = json.loads(handler.body)
         self.created.append(body)
         pod_id = f"pod{next(self._ids)}"
         gpu = next(g for g in GPUS if g["id"] == body["gpu"]["id"])
-        self.pods[pod_id] = dict(body, id=pod_id, status="PROVISIONING", cost=gpu["price"]["secure"],
-                                 created=time.monotonic(), runtime={}, actions=["terminate"])
+        mount = body.get("mounts", {}).get("network", [{}])[0]
+        datacenter = self.volumes.get(mount.get("volumeId"), {}).get("dataCenter") or \
+            (body.get("dataCenterIds") or ["US-KS-2"])[0]
+        pod = {k: v for k, v in body.items() if k != "dataCenterIds"}  # a create-only field
+        # Every field RunPod's Pod schema requires, with the values a pod being provisioned has.
+        self.pods[pod_id] = {"args": "", "ports": [], "registry": None, "cudaVersion": None, "template": None,
+                             "ssh": {"proxy": None, "direct": None}, "locked": False, "runtime": None,
+                             "globalNetworking": {"enabled": False}, "startedAt": None, **pod,
+                             "id": pod_id, "status": "PROVISIONING", "cost": gpu["price"]["secure"],
+                             "dataCenterId": datacenter, "actions": ["terminate"], "created": time.monotonic(),
+                             "createdAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         return 201, {}, self._view(pod_id)
 
     def _view(self, pod_id: str) -> dict:
         pod = {k: v for k, v in self.pods[pod_id].items() if k != "created"}
         if pod["status"] == "RUNNING":
             pod["runtime"] = {"uptime": int((time.monotonic() - self.pods[pod_id]["created"]) * self.uptime_scale)}
+            pod["startedAt"] = pod["createdAt"]
         if pod["status"] == "TERMINATED":
             pod["cost"] = 0.0
         return pod
 
     def _get_pod(self, handler, pod_id):
         if pod_id not in self.pods:
-            return 404, {}, problem(404, "pod not found")
+            return problem(404, "pod not found")
         if self.pods[pod_id]["status"] == "PROVISIONING":
             self.pods[pod_id]["status"] = "RUNNING"
         return 200, {}, self._view(pod_id)
 
     def _delete_pod(self, handler, pod_id):
         if pod_id not in self.pods or self.pods[pod_id]["status"] == "TERMINATED":
-            return 404, {}, problem(404, "pod not found")
+            return problem(404, "pod not found")
         self.pods[pod_id]["status"] = "TERMINATED"
         return 204, {}, None
 
     def _logs(self, handler, pod_id):
         if pod_id not in self.pods:
-            return 404, {}, problem(404, "pod not found")
+            return problem(404, "pod not found")
         after = int(handler.headers.get("Last-Event-ID") or 0)
         lines = self.logs.get(pod_id, [])
         events = "".join(f"id: {n}\ndata: {json.dumps({'ts': 'now', 'source': 'container', 'line': line})}\n\n"
