@@ -16,8 +16,7 @@ API_KEY = "rpa_AccountKey_lifecycle"
 @pytest.fixture
 def pod(tmp_path, dataset):
     with FakeRunPod(api_key=API_KEY) as fake:
-        fake.pods["pod9"] = {"id": "pod9", "status": "RUNNING", "created": time.monotonic(), "runtime": {},
-                             "cost": 2.69}
+        fake.add_pod("pod9", cost=2.69)
         yield fake, Container(tmp_path, dataset)
 
 

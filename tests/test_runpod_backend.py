@@ -339,7 +339,7 @@ def test_an_interrupted_download_resumes_from_the_part_file(volume, tmp_path):
 # --- the container side (entrypoints/pod.py) ------------------------------------------------------------
 
 def test_terminate_own_pod_retries_and_never_logs_the_key(fake, capsys):
-    fake.pods["p1"] = {"id": "p1", "status": "RUNNING", "created": 0, "runtime": {}}
+    fake.add_pod("p1")
     fake.faults.fail_next("delete", 503, times=2)
     waits = []
     env = {"RUNPOD_POD_ID": "p1", "RUNPOD_API_KEY": fake.pod_key("p1"), "RUNPOD_API_BASE_URL": fake.url}
@@ -350,7 +350,7 @@ def test_terminate_own_pod_retries_and_never_logs_the_key(fake, capsys):
 
 
 def test_terminate_own_pod_gives_up_on_a_refused_key_or_no_pod(fake):
-    fake.pods["p1"] = {"id": "p1", "status": "RUNNING", "created": 0, "runtime": {}}
+    fake.add_pod("p1")
     env = {"RUNPOD_POD_ID": "p1", "RUNPOD_API_KEY": "rpa_wrong", "RUNPOD_API_BASE_URL": fake.url}
     assert pod_side.terminate_own_pod(env, sleep=lambda s: pytest.fail("no retry on 401")) is False
     assert pod_side.terminate_own_pod({}) is False and fake.pods["p1"]["status"] == "RUNNING"

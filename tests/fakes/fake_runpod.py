@@ -6,13 +6,16 @@ entrypoint's pod.py call (shapes from RunPod's OpenAPI document, api-reference-v
   POST   /v2/pods                      201 Pod, status PROVISIONING; the body is recorded as sent
   GET    /v2/pods/{id}                 RUNNING from the first poll on, with runtime.uptime; TERMINATED after DELETE
   DELETE /v2/pods/{id}                 204; 404 for an unknown pod
-  GET    /v2/pods/{id}/logs            text/event-stream of the pod's lines after Last-Event-ID, then closes
+  GET    /v2/pods/{id}/logs            text/event-stream of the pod's lines (the last `tail`, or those after
+                                        Last-Event-ID), then closes; event ids are `<ts>/<sequence>`
 Auth is `Authorization: Bearer <key>` with the account key or a pod-scoped key (`pod_key(id)`); errors are
 problem+json. Faults (status, Retry-After) are queued per operation: gpus, volumes, create, get, delete, logs.
+`add_pod` puts a pod there as RunPod would describe it, for tests that start from a running pod.
 
-Held to RunPod's published contract (tests/contracts/runpod-openapi.json): every request body is validated
-(an invalid one is answered 400 as RunPod would) and so is every answer; each violation is recorded, and
-leaving the `with` block with any raises, so no test passes on a body the real API would refuse.
+Held to RunPod's published contract (tests/contracts/runpod-openapi.json): every request's body, query and
+header parameters and credentials are validated (an invalid request is answered 422 with `errors`, as the
+document says RunPod does), and so is every answer; each violation is recorded, and leaving the `with` block
+with any raises, so no test passes on a request the real API would refuse or an answer it would never give.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import itertools
 import json
 import re
 import time
+from urllib.parse import parse_qs, urlsplit
 
 from contracts.openapi import runpod as runpod_contract
 
@@ -41,7 +45,7 @@ GPUS = [
 
 def problem(status: int, detail: str, headers: dict | None = None, errors: list[str] | None = None):
     """An RFC 9457 problem answer, as RunPod sends its errors."""
-    body = {"title": {400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+    body = {"title": {400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 422: "Unprocessable Entity",
                       429: "Too Many Requests"}.get(status, "Error"), "status": status, "detail": detail}
     if errors:
         body["errors"] = errors
@@ -56,6 +60,7 @@ class FakeRunPod(LoopbackServer):
         self.volumes: dict[str, dict] = {}
         self.pods: dict[str, dict] = {}
         self.logs: dict[str, list[str]] = {}
+        self._stamps: dict[str, list[str]] = {}  # each log line's ts
         self.created: list[dict] = []  # every create-pod body, as received
         self.raw_bodies: list[bytes] = []  # every request body, to scan for secrets
         self.auth_headers: list[str] = []
@@ -82,6 +87,15 @@ class FakeRunPod(LoopbackServer):
 
     def log(self, pod_id: str, *lines: str) -> None:
         self.logs.setdefault(pod_id, []).extend(lines)
+        self._stamps.setdefault(pod_id, []).extend([_now()] * len(lines))
+
+    def add_pod(self, pod_id: str, status: str = "RUNNING", gpu: str = GPUS[0]["id"], **fields) -> dict:
+        """A pod as if created with a minimal body (then `fields` set), already in `status`."""
+        body = {"name": f"pod-{pod_id}", "image": "example/image:1", "gpu": {"id": gpu, "count": 1},
+                "cloud": "SECURE", "disk": 50, "mounts": {}, "env": {}}
+        self._new_pod(pod_id, body)
+        self.pods[pod_id].update(status=status, **fields)
+        return self._view(pod_id)
 
     def _authorized(self, handler) -> bool:
         header = handler.headers.get("Authorization", "")
@@ -96,10 +110,15 @@ class FakeRunPod(LoopbackServer):
             sent = json.loads(handler.body) if handler.body else None
         except ValueError:
             sent = handler.body
-        wrong = contract.request_problems(method, path, sent)
+        if contract.operation(method, path) is None:
+            self.contract_violations.append(f"{method} {path} is not an operation of the document")
+            return problem(404, f"no route {method} {path}")
+        query = parse_qs(urlsplit(handler.path).query, keep_blank_values=True)
+        wrong = (contract.request_problems(method, path, sent, handler.headers.get("Content-Type", "")) +
+                 contract.parameter_problems(method, path, query, handler.headers))
         if wrong:
             self.contract_violations += wrong
-            return problem(400, "request body does not match the API", errors=wrong)
+            return problem(422, "Request validation failed.", errors=wrong)
         status, headers, body = self._answer(method, path, handler)
         media = headers.get("Content-Type", "application/json" if isinstance(body, dict | list) else "")
         answered = json.loads(body) if isinstance(body, bytes) and media.endswith("json") else body
@@ -126,7 +145,7 @@ class FakeRunPod(LoopbackServer):
                     headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
                     return problem(status, f"injected {status}", headers)
                 return action(handler, *match.groups())
-        return problem(404, f"no route {method} {path}")
+        raise AssertionError(f"the document has {method} {path} and the fake no route for it")
 
     def _gpus(self, handler):
         return 200, {}, {"gpus": GPUS}
@@ -147,6 +166,10 @@ class FakeRunPod(LoopbackServer):
         body = json.loads(handler.body)
         self.created.append(body)
         pod_id = f"pod{next(self._ids)}"
+        self._new_pod(pod_id, body)
+        return 201, {}, self._view(pod_id)
+
+    def _new_pod(self, pod_id: str, body: dict) -> None:
         gpu = next(g for g in GPUS if g["id"] == body["gpu"]["id"])
         mount = body.get("mounts", {}).get("network", [{}])[0]
         datacenter = self.volumes.get(mount.get("volumeId"), {}).get("dataCenter") or \
@@ -158,8 +181,7 @@ class FakeRunPod(LoopbackServer):
                              "globalNetworking": {"enabled": False}, "startedAt": None, **pod,
                              "id": pod_id, "status": "PROVISIONING", "cost": gpu["price"]["secure"],
                              "dataCenterId": datacenter, "actions": ["terminate"], "created": time.monotonic(),
-                             "createdAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        return 201, {}, self._view(pod_id)
+                             "createdAt": _now()}
 
     def _view(self, pod_id: str) -> dict:
         pod = {k: v for k, v in self.pods[pod_id].items() if k != "created"}
@@ -186,8 +208,15 @@ class FakeRunPod(LoopbackServer):
     def _logs(self, handler, pod_id):
         if pod_id not in self.pods:
             return problem(404, "pod not found")
-        after = int(handler.headers.get("Last-Event-ID") or 0)
-        lines = self.logs.get(pod_id, [])
-        events = "".join(f"id: {n}\ndata: {json.dumps({'ts': 'now', 'source': 'container', 'line': line})}\n\n"
-                         for n, line in enumerate(lines, 1) if n > after)
+        lines, stamps = self.logs.get(pod_id, []), self._stamps.get(pod_id, [])
+        resume = handler.headers.get("Last-Event-ID")
+        tail = int((parse_qs(urlsplit(handler.path).query).get("tail") or ["100"])[0])
+        first = int(resume.rsplit("/", 1)[-1]) + 1 if resume else max(1, len(lines) - tail + 1)
+        events = "".join(f"id: {stamps[n - 1]}/{n:012d}\n"
+                         f"data: {json.dumps({'ts': stamps[n - 1], 'source': 'container', 'line': lines[n - 1]})}\n\n"
+                         for n in range(first, len(lines) + 1))
         return 200, {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}, events.encode()
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
