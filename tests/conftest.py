@@ -7,6 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import container_support
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -14,6 +15,21 @@ FAKES = ROOT / "tests" / "fakes"
 EXAMPLE_DATASET = ROOT / "examples" / "dataset"
 SECRET_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "GEMINI_API_KEY", "REPLICATE_API_TOKEN", "RUNPOD_API_KEY",
                "MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """The random order's seed, under -q too (pytest-randomly prints it in the header, which -q hides)."""
+    if config.pluginmanager.hasplugin("randomly"):
+        terminalreporter.write_line(f"test order: --randomly-seed={config.getoption('randomly_seed')} "
+                                    "repeats it, -p no:randomly runs the files in order")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_container_leftovers():
+    """After every other fixture: nothing of this run may be left in Podman (tests/container_support.py)."""
+    yield
+    if container_support.USED and (left := container_support.remove_named(container_support.RUN)):
+        pytest.fail(f"container tests left {len(left)} things behind (now removed): {', '.join(left)}")
 
 
 @pytest.fixture(autouse=True)

@@ -21,14 +21,15 @@ from pathlib import Path
 
 import pytest
 from conftest import EXAMPLE_DATASET, FAKES, ROOT, clean_env
-from container_support import ensure_base_image, podman_service, require_podman
+from container_support import ensure_base_image, podman_service, remove_named, require_podman, run_name
 from fakes.fake_hub import FakeHub
 
 from launcher.imagebuild import image_tag
 from launcher.weights import lockfile
 
 TOKEN = "hf_BuildTimeSecret_" + uuid.uuid4().hex[:12]
-REGISTRY = f"localhost/lgtest{uuid.uuid4().hex[:6]}"
+PREFIX = run_name("images")  # every image, volume and container below holds it; removed at the module's end
+REGISTRY = f"localhost/{PREFIX}"
 PRESET = "wan21-t2v-1.3b"
 
 
@@ -65,16 +66,18 @@ class Build:
 
 @pytest.fixture(scope="module")
 def build(tmp_path_factory):
+    """Builds images under REGISTRY; they (and any container or volume of this module a failed test left)
+    are removed afterwards, after a failed setup or build too."""
     require_podman()
     tmp = tmp_path_factory.mktemp("images")
-    base = ensure_base_image(tmp)
     hub = FakeHub(tiny_repos("wan21"), token=TOKEN).start()  # the build must present the token
-    lockfile.write(tmp / "weights.lock.json", lockfile.resolve("wan21", endpoint=hub.url, token=TOKEN))
-    yield Build(hub, tmp, base)
-    hub.stop()
-    images = subprocess.run(["podman", "images", "--format", "{{.Repository}}:{{.Tag}}", "--filter",
-                             f"reference={REGISTRY}/*"], capture_output=True, text=True).stdout.split()
-    subprocess.run(["podman", "rmi", "-f", *images], capture_output=True)
+    try:
+        base = ensure_base_image(tmp)
+        lockfile.write(tmp / "weights.lock.json", lockfile.resolve("wan21", endpoint=hub.url, token=TOKEN))
+        yield Build(hub, tmp, base)
+    finally:
+        hub.stop()
+        remove_named(PREFIX)
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +94,9 @@ def docker_host(tmp_path_factory):
 
 @pytest.fixture
 def volume():
-    name = f"lgtest-cache-{uuid.uuid4().hex[:8]}"
+    name = f"{PREFIX}-cache-{uuid.uuid4().hex[:6]}"
     yield name
-    subprocess.run(["podman", "volume", "rm", "-f", name], capture_output=True)
+    remove_named(name)
 
 
 def launcher(*argv: str, docker_host: str) -> subprocess.CompletedProcess:
@@ -148,16 +151,22 @@ def test_plain_podman_run_and_exit_codes(full_image, docker_host, volume, tmp_pa
 
 
 def test_stop_reaches_the_running_step(full_image, docker_host, volume, tmp_path):
-    name = f"lgtest-{uuid.uuid4().hex[:8]}"
+    name = f"{PREFIX}-stop-{uuid.uuid4().hex[:6]}"
     command = _plain_command(full_image, tmp_path / "out", volume, docker_host)
     (tmp_path / "out").mkdir()
     hanging = [*command[:2], "--name", name, "-e", "FAKE_MUSUBI_HANG=wan_cache_latents", *command[2:]]
     proc = subprocess.Popen(hanging, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not proc.stdout.readline().rstrip().endswith("ready"):
-        pass
-    subprocess.run(["podman", "stop", "-t", "20", name], capture_output=True, timeout=60)
-    rest, _ = proc.communicate(timeout=60)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not proc.stdout.readline().rstrip().endswith("ready"):
+            pass
+        subprocess.run(["podman", "stop", "-t", "20", name], capture_output=True, timeout=60)
+        rest, _ = proc.communicate(timeout=60)
+    finally:  # on a failure too: neither the container nor the `podman run` holding it outlives the test
+        remove_named(name)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 143 and "got signal 15" in rest
     assert manifest(tmp_path / "out")["status"] == "stopped"
 

@@ -11,12 +11,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
 from conftest import EXAMPLE_DATASET, FAKES, ROOT, clean_env
-from container_support import BASE_IMAGE, ensure_base_image, podman_service, require_podman
+from container_support import BASE_IMAGE, ensure_base_image, podman_service, remove_named, require_podman, run_name
 
 from launcher.backends import LaunchOptions, labels, local
 from launcher.cli.main import main
@@ -168,7 +167,9 @@ def test_bad_input_fails_before_the_engine_is_touched(capfd, tmp_path, monkeypat
 
 # --- real containers through Podman's Docker API ------------------------------------------------------------
 
-TAG = f"localhost/lora-gym-test-fake:{uuid.uuid4().hex[:10]}"
+PREFIX = run_name("local")  # every image, volume and container below holds it; removed at the session's end
+TAG = f"localhost/{PREFIX}-fake:test"
+CACHE = f"{PREFIX}-cache"
 FAKE_LABELS = {labels.VERSION: "0.1.0", labels.REVISION: "test", labels.FAMILY: "wan21", labels.FLAVOR: "full",
                labels.TASKS: "t2v", labels.MUSUBI_COMMIT: "30c658c4", labels.CONTRACT: CONTRACT_VERSION,
                labels.WEIGHTS_LOCK: "0" * 64}
@@ -182,21 +183,24 @@ def _build(context: Path, tag: str, lines: list[str]) -> None:
 
 @pytest.fixture(scope="session")
 def podman(tmp_path_factory):
-    """DOCKER_HOST of a private Podman API service, with the fake images built; all removed afterwards."""
+    """DOCKER_HOST of a private Podman API service, with the fake images built; the images, the cache volume
+    and any container left by a failed test are removed afterwards, after a failed setup too."""
     require_podman()
     tmp = tmp_path_factory.mktemp("podman")
-    ensure_base_image(tmp)
-    shutil.copy(FAKES / "fake_image_entrypoint.sh", tmp / "entrypoint.sh")
-    (tmp / "entrypoint.sh").chmod(0o755)
-    label_lines = [f'LABEL "{key}"="{value}"' for key, value in FAKE_LABELS.items()]
-    _build(tmp, TAG, [f"FROM {BASE_IMAGE}", *label_lines, "COPY entrypoint.sh /usr/local/bin/lora-gym-entrypoint",
-                      'ENTRYPOINT ["/usr/local/bin/lora-gym-entrypoint"]'])
-    for name, line in VARIANTS.items():
-        _build(tmp, f"{TAG}-{name}", [f"FROM {TAG}", line])
-    with podman_service(tmp) as docker_host:
-        yield docker_host
-    subprocess.run(["podman", "rmi", "-f", TAG, *(f"{TAG}-{n}" for n in VARIANTS)], capture_output=True)
-    subprocess.run(["podman", "volume", "rm", "-f", f"cache-{TAG.rsplit(':', 1)[1]}"], capture_output=True)
+    try:
+        ensure_base_image(tmp)
+        shutil.copy(FAKES / "fake_image_entrypoint.sh", tmp / "entrypoint.sh")
+        (tmp / "entrypoint.sh").chmod(0o755)
+        label_lines = [f'LABEL "{key}"="{value}"' for key, value in FAKE_LABELS.items()]
+        _build(tmp, TAG, [f"FROM {BASE_IMAGE}", *label_lines,
+                          "COPY entrypoint.sh /usr/local/bin/lora-gym-entrypoint",
+                          'ENTRYPOINT ["/usr/local/bin/lora-gym-entrypoint"]'])
+        for name, line in VARIANTS.items():
+            _build(tmp, f"{TAG}-{name}", [f"FROM {TAG}", line])
+        with podman_service(tmp) as docker_host:
+            yield docker_host
+    finally:
+        remove_named(PREFIX)
 
 
 def our_containers() -> list[str]:
@@ -212,7 +216,7 @@ def local_run(podman, capfd, monkeypatch, tmp_path):
 
     def run(preset="wan21-t2v-1.3b", *extra, image=TAG):
         argv = ["run", "--preset", preset, "--dataset", str(EXAMPLE_DATASET), "--backend", "local", "--gpus", "none",
-                "--output", str(tmp_path / "out" / "new"), "--cache-volume", f"cache-{TAG.rsplit(':', 1)[1]}"]
+                "--output", str(tmp_path / "out" / "new"), "--cache-volume", CACHE]
         return run_cli(capfd, *argv, *(["--image", image] if image else []), *extra)
     return run
 
@@ -251,7 +255,7 @@ def test_wrong_images_are_refused_before_anything_runs(local_run, tmp_path, pres
 
 
 def test_missing_default_image_names_the_make_command(local_run, monkeypatch):
-    monkeypatch.setenv(labels.REGISTRY_ENV, f"localhost/absent-{uuid.uuid4().hex[:8]}")
+    monkeypatch.setenv(labels.REGISTRY_ENV, f"localhost/{run_name('absent')}")
     code, _, err = local_run(image=None)
     assert code == 2 and err.endswith("lora-gym-wan21:0.1.0 is not on this machine: build it with "
                                       "`make image-wan21`\n")
@@ -275,15 +279,20 @@ def test_ctrl_c_streams_to_the_last_line_then_removes_the_container_and_exits_13
     launcher = Path(sys.executable).parent / "launcher"
     proc = subprocess.Popen([str(launcher), "run", "--preset", "wan21-t2v-1.3b", "--dataset", str(EXAMPLE_DATASET),
                              "--backend", "local", "--gpus", "none", "--output", str(tmp_path / "out"),
-                             "--image", f"{TAG}-slow", "--cache-volume", f"cache-{TAG.rsplit(':', 1)[1]}"],
+                             "--image", f"{TAG}-slow", "--cache-volume", CACHE],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
                             env=clean_env(DOCKER_HOST=podman),
                             # As from a terminal: a shell running the suite in the background ignores SIGINT,
                             # and Python then never turns it into KeyboardInterrupt.
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    first = _first_line(proc.stdout).decode()
-    proc.send_signal(signal.SIGINT)
-    out, err = (stream.decode() for stream in proc.communicate(timeout=60))
+    try:
+        first = _first_line(proc.stdout).decode()
+        proc.send_signal(signal.SIGINT)
+        out, err = (stream.decode() for stream in proc.communicate(timeout=60))
+    finally:  # a launcher that hung is not left running (its container goes with the session's images)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert first.startswith("[cache-latents] preset=wan21-t2v-1.3b"), first + err
     assert proc.returncode == 130, err
     assert "stopping the container" in err and "Traceback" not in err
