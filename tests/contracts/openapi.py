@@ -16,6 +16,7 @@ import json
 import re
 from functools import cache
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 from jsonschema import Draft202012Validator, validators
 from referencing import Registry, Resource
@@ -206,6 +207,20 @@ class OpenAPIContract:
         base = _parts(ref) if ref else ["paths", template, method.lower(), "responses", key]
         at = self._at(*base, "content", media, "schema")
         return [f"{method} {template} {status} response {p}" for p in self._problems(at, body)]
+
+    # --- what a loopback fake sends and receives, in the shapes its handler has --------------------------
+
+    def sent_problems(self, method: str, path: str, handler, body) -> list[str]:
+        """Problems with one request a fake received: its body, query parameters and headers."""
+        query = parse_qs(urlsplit(handler.path).query, keep_blank_values=True)
+        return (self.request_problems(method, path, body, handler.headers.get("Content-Type", "")) +
+                self.parameter_problems(method, path, query, handler.headers))
+
+    def answer_problems(self, method: str, path: str, status: int, headers: dict, body) -> list[str]:
+        """Problems with one answer a fake gives: a dict/list goes out as JSON, bytes as their Content-Type."""
+        media = headers.get("Content-Type", "application/json" if isinstance(body, dict | list) else "")
+        answered = json.loads(body) if isinstance(body, bytes) and media.endswith("json") else body
+        return self.response_problems(method, path, status, media, answered)
 
 
 @cache

@@ -23,7 +23,6 @@ import re
 import time
 from email.parser import BytesParser
 from email.policy import HTTP
-from urllib.parse import parse_qs, urlsplit
 
 from contracts.openapi import replicate as replicate_contract
 
@@ -71,16 +70,12 @@ class FakeReplicate(LoopbackServer):
         media = handler.headers.get("Content-Type", "")
         sent = self._form(handler) if media.startswith("multipart/") else json.loads(handler.body) \
             if handler.body else None
-        query = parse_qs(urlsplit(handler.path).query, keep_blank_values=True)
-        wrong = (contract.request_problems(method, api_path, sent, media) +
-                 contract.parameter_problems(method, api_path, query, handler.headers))
+        wrong = contract.sent_problems(method, api_path, handler, sent)
         if wrong:
             self.contract_violations += wrong
             return problem(422, "Invalid request", "; ".join(wrong))
         status, headers, body = self._answer(method, path, handler)
-        media = headers.get("Content-Type", "application/json" if isinstance(body, dict | list) else "")
-        answered = json.loads(body) if isinstance(body, bytes) and media.endswith("json") else body
-        self.contract_violations += contract.response_problems(method, api_path, status, media, answered)
+        self.contract_violations += contract.answer_problems(method, api_path, status, headers, body)
         return status, headers, body
 
     def _answer(self, method, path, handler):

@@ -113,16 +113,12 @@ class FakeRunPod(LoopbackServer):
         if contract.operation(method, path) is None:
             self.contract_violations.append(f"{method} {path} is not an operation of the document")
             return problem(404, f"no route {method} {path}")
-        query = parse_qs(urlsplit(handler.path).query, keep_blank_values=True)
-        wrong = (contract.request_problems(method, path, sent, handler.headers.get("Content-Type", "")) +
-                 contract.parameter_problems(method, path, query, handler.headers))
+        wrong = contract.sent_problems(method, path, handler, sent)
         if wrong:
             self.contract_violations += wrong
             return problem(422, "Request validation failed.", errors=wrong)
         status, headers, body = self._answer(method, path, handler)
-        media = headers.get("Content-Type", "application/json" if isinstance(body, dict | list) else "")
-        answered = json.loads(body) if isinstance(body, bytes) and media.endswith("json") else body
-        self.contract_violations += contract.response_problems(method, path, status, media, answered)
+        self.contract_violations += contract.answer_problems(method, path, status, headers, body)
         return status, headers, body
 
     def _answer(self, method, path, handler):
