@@ -138,7 +138,7 @@ def join_parts(weights: Iterable, layout: Mapping[str, dict], weights_dir: str, 
         if not stored or stored["storage"] != "parts":
             continue
         entry = {"repo": weight.repo, "path": weight.path, "size": stored["size"], "sha256": stored["sha256"]}
-        final = root / weight.repo / weight.path
+        final = Path(weight.container_path)  # root/<repo>/<path>, as locations() gave the plan
         if fetch.is_verified(final, entry, root):  # a stamp spares re-hashing 11 GB at every start
             continue
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -146,6 +146,6 @@ def join_parts(weights: Iterable, layout: Mapping[str, dict], weights_dir: str, 
             if not fetch.is_verified(final, entry, root):
                 log(f"weights: joining {ref} ({fetch.gb(stored['size'])}) into the cache volume, once")
                 _join(entry, [Path(weights_dir) / p for p in stored["pieces"]], final, log)
-                fetch.is_verified(final, entry, root)  # writes the stamp
+                fetch.stamp(final, entry, root)  # _join hashed it while writing
                 joined += 1
     return joined

@@ -147,18 +147,26 @@ def is_verified(final: Path, entry: dict, dest: Path) -> bool:
     """Whether `final` is the locked file. A stamp (size, mtime) spares re-hashing tens of GB at every start."""
     if not final.is_file() or final.stat().st_size != entry["size"]:
         return False
-    stat = final.stat()
-    stamp = {"sha256": entry["sha256"], "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    stamp_path = _state(dest, "verified", entry, ".json")
     with contextlib.suppress(OSError, ValueError):
-        if json.loads(stamp_path.read_text(encoding="utf-8")) == stamp:
+        if json.loads(_state(dest, "verified", entry, ".json").read_text(encoding="utf-8")) == _stamp(final, entry):
             return True
     if sha256_file(final) != entry["sha256"]:
         return False
+    stamp(final, entry, dest)
+    return True
+
+
+def _stamp(final: Path, entry: dict) -> dict:
+    stat = final.stat()
+    return {"sha256": entry["sha256"], "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def stamp(final: Path, entry: dict, dest: Path) -> None:
+    """Record that `final` was just checked against the lock (by whoever hashed it), so no start re-hashes it."""
+    stamp_path = _state(dest, "verified", entry, ".json")
     with contextlib.suppress(OSError):  # a read-only weights mount just re-hashes next time
         stamp_path.parent.mkdir(parents=True, exist_ok=True)
-        stamp_path.write_text(json.dumps(stamp), encoding="utf-8")
-    return True
+        stamp_path.write_text(json.dumps(_stamp(final, entry)), encoding="utf-8")
 
 
 @contextlib.contextmanager
@@ -224,7 +232,7 @@ def _fetch_weight(entry: dict, dest: Path, endpoint: str | None, token: str | No
             part.unlink(missing_ok=True)
             raise FetchError(f"{entry_name(entry)}@{entry['revision'][:12]}: {problem}; the download was deleted")
         os.replace(part, final)  # atomic: the final path only ever holds a verified file
-        is_verified(final, entry, dest)  # writes the stamp
+        stamp(final, entry, dest)  # hashed just above: no second pass over the file
     return True
 
 
