@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from launcher.core.errors import UserError
+from launcher.core.inputs import finite_number, safe_name
 from launcher.core.plan import ContainerPaths
 
 
@@ -50,6 +51,9 @@ DEFAULTS = {v.name: v.default for v in VARS}
 STAGES = ("all", "cache", "train")
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off", "")
+# Beyond these a value is a typo: a 30-day run, a lock nobody renewed for 30 days.
+MAX_HOURS = 720.0
+MAX_LOCK_TIMEOUT_S = 30 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -89,27 +93,17 @@ def _stage(value: str) -> str:
 
 
 def _seconds(name: str, value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = 0.0
-    if seconds <= 0:
-        raise UserError(f"{name}={value!r} is not a positive number of seconds: e.g. 21600 for 6 hours")
-    return seconds
+    return finite_number(name, value, 0, MAX_LOCK_TIMEOUT_S, "seconds", "21600 for 6 hours")
 
 
 def max_hours(environ: Mapping[str, str]) -> float | None:
     """LORA_GYM_MAX_HOURS as a positive number, or None; read apart from `read` so a bad preset still gets it."""
     text = environ.get("LORA_GYM_MAX_HOURS", DEFAULTS["LORA_GYM_MAX_HOURS"]).strip()
-    if not text:
-        return None
-    try:
-        hours = float(text)
-    except ValueError:
-        hours = -1.0
-    if hours <= 0:
-        raise UserError(f"LORA_GYM_MAX_HOURS={text!r} is not a positive number of hours: e.g. 12 or 0.5")
-    return hours
+    return finite_number("LORA_GYM_MAX_HOURS", text, 0, MAX_HOURS, "hours", "12 or 0.5") if text else None
+
+
+def _run_id(value: str) -> str | None:
+    return safe_name(value, "LORA_GYM_RUN_ID") if value else None
 
 
 def terminate_pod(environ: Mapping[str, str]) -> bool:
@@ -136,6 +130,6 @@ def read(environ: Mapping[str, str], tensorboard: bool) -> Settings:
                            tensorboard=tensorboard)
     return Settings(get["LORA_GYM_PRESET"], get["LORA_GYM_EXPERT"] or None, _overrides(get["LORA_GYM_SET"]),
                     get["LORA_GYM_DATASET_DIR"], paths, get["LORA_GYM_WEIGHTS_LOCK"], flavor == "slim",
-                    get["LORA_GYM_IMAGE_LABELS"], get["LORA_GYM_RUN_ID"] or None,
+                    get["LORA_GYM_IMAGE_LABELS"], _run_id(get["LORA_GYM_RUN_ID"]),
                     _flag("LORA_GYM_DRY_RUN", get["LORA_GYM_DRY_RUN"]), _stage(get["LORA_GYM_STAGE"]),
                     _seconds("LORA_GYM_LOCK_TIMEOUT", get["LORA_GYM_LOCK_TIMEOUT"]), get["LORA_GYM_WEIGHTS_LAYOUT"])

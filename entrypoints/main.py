@@ -23,7 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher.core.errors import UserError, report
+from launcher.core.errors import INPUT_ERRORS, UserError, debugging, input_problem, report
+from launcher.core.inputs import creatable_dir
 from launcher.core.job import Job, prepare, read_lock
 from launcher.core.plan import Step
 from lora_gym_entrypoint import cachelock, env, pod, resume, rundir
@@ -224,6 +225,8 @@ def run_job(settings) -> int:
 
         print(as_text(job))
         return 0
+    for folder, name in ((settings.paths.output, "LORA_GYM_OUTPUT_DIR"), (settings.paths.cache, "LORA_GYM_CACHE_DIR")):
+        creatable_dir(Path(folder), name)  # before anything is downloaded or a run folder says "running"
     if settings.fetch_missing_weights:
         report = weights.ensure_weights(job.plan.weights, settings.weights_lock, os.environ.get("HF_HOME", "/opt/hf"),
                                         log)
@@ -248,6 +251,9 @@ def run_job(settings) -> int:
             status = "succeeded" if code == 0 else "stopped" if stop.signal else "failed"
             run.manifest.finish(status, code)
             log(f"run {status}; manifest: {run.manifest.path}")
+        except BaseException as exc:  # whatever ends the run now, run.json must not say "running" forever
+            run.manifest.fail(f"{type(exc).__name__}: {exc}")
+            raise
         finally:
             run.lock.release()
     return code
@@ -265,6 +271,10 @@ def main(argv: list[str] | None = None) -> int:
         return run_job(settings)
     except UserError as exc:
         return report(exc)
+    except INPUT_ERRORS as exc:  # a path or file no check foresaw; other exceptions are bugs and keep a traceback
+        if debugging():
+            raise
+        return report(UserError(input_problem(exc, "LORA_GYM_DEBUG=1")))
     finally:
         if deadline is not None:
             deadline.cancel()

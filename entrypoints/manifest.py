@@ -48,6 +48,15 @@ class Manifest:
             for p in sorted(run_dir.rglob("*.safetensors"))])
         self.write()
 
+    def fail(self, reason: str) -> None:
+        """Mark a run that ended by an error outside its steps; best effort, the error itself matters more."""
+        try:
+            self.data.update(status="failed", reason=" ".join(reason.split())[:500], ended_at=now())
+            self.data["exit_code"] = self.data.get("exit_code") or 2
+            self.write()
+        except OSError:
+            pass
+
     def write(self) -> None:
         tmp = self.path.with_name(f".{self.path.name}.partial")
         tmp.write_text(json.dumps(_redact(self.data, self.secrets), indent=2) + "\n", encoding="utf-8")

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from launcher.core.errors import UserError, closest
+from launcher.core.inputs import SAFE_NAME, shown
 from launcher.core.secrets import secret_values
 
 
@@ -21,8 +22,8 @@ def home() -> Path:
 
 
 def _path(run_id: str) -> Path:
-    if not run_id or "/" in run_id or run_id.startswith("."):
-        raise UserError(f"{run_id!r} is not a run id: see `launcher status` for the list")
+    if not SAFE_NAME.fullmatch(run_id):
+        raise UserError(f"{shown(run_id)} is not a run id: see `launcher status` for the list")
     return home() / "runs" / f"{run_id}.json"
 
 

@@ -100,7 +100,7 @@ CASES = [
      ["mine.toml", "TOML syntax error", f"line {_line_of('wan21-t2v-14b', 'network_dim = 24')}"]),
     ("missing user preset", [*RUN, "--preset", "{tmp}/absent.toml"], None, ["not found", ".toml"]),
     ("copy onto existing file", ["presets", "cp", "wan21-t2v-14b", "{tmp}/mine.toml"], _existing_copy,
-     ["already exists", "nothing was overwritten"]),
+     ["already a file", "--force", "nothing was overwritten"]),
     ("run without backend", ["run", "--preset", "wan21-t2v-14b", "--dataset", "{dataset}"], None,
      ["needs a backend", "--dry-run"]),
 ]

@@ -59,4 +59,4 @@ def test_bad_max_hours_is_one_line(pod):
     result = box.run(box.env("wan21-t2v-14b", LORA_GYM_MAX_HOURS="soon"))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "error: LORA_GYM_MAX_HOURS='soon' is not a positive number of hours: e.g. 12 or 0.5"]
+        "error: LORA_GYM_MAX_HOURS='soon' is not a number of hours above 0 and at most 720: e.g. 12 or 0.5"]

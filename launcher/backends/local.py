@@ -19,6 +19,7 @@ from pathlib import Path
 
 from launcher.backends import Capabilities, LaunchOptions, labels
 from launcher.core.errors import UserError
+from launcher.core.inputs import SAFE_NAME, creatable_dir
 from launcher.core.job import DEFAULT_PATHS, Job
 
 PRESETS_DIR = "/presets"
@@ -78,15 +79,14 @@ def output_dir(options: LaunchOptions) -> str:
         raise UserError("--backend local needs --output DIR: the folder on this machine where each run's "
                         "LoRAs and run.json are written")
     path = _host_path(options.output)
-    if Path(path).exists() and not Path(path).is_dir():
-        raise UserError(f"--output {options.output} is a file: give a folder (it is created if missing)")
+    creatable_dir(Path(path), "--output")
     return path
 
 
 def cache_volume(options: LaunchOptions, family: str) -> str:
     name = options.cache_volume or f"lora-gym-cache-{family}"
     # A name with '/' would silently become a bind mount of a host folder: only volume names are accepted.
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+    if not SAFE_NAME.fullmatch(name):
         raise UserError(f"--cache-volume {name!r} is not a volume name: use letters, digits, '_', '.' and '-'")
     return name
 

@@ -44,8 +44,17 @@ Examples:
   launcher presets show wan22-t2v-lightning
   launcher run --preset wan22-t2v-lightning --expert high --dataset ./my-dataset --dry-run""")
 @click.version_option(package_name="lora-gym", prog_name="launcher")
+@click.option("--debug", is_flag=True, expose_value=False, is_eager=True, callback=lambda ctx, p, v: _debug(v),
+              help="Show the traceback of an input error (a path or file that failed) instead of one line.")
 def cli():
     """LoRA Gym: train Wan 2.1 / 2.2 LoRAs with musubi-tuner from validated presets."""
+
+
+def _debug(on: bool) -> None:
+    if on:  # the error boundary in main() reads it, as the entrypoint's does
+        import os
+
+        os.environ["LORA_GYM_DEBUG"] = "1"
 
 
 def _fail(lines: list[str], code: int = 2) -> int:
@@ -56,7 +65,7 @@ def _fail(lines: list[str], code: int = 2) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; bad input becomes `error: ...` lines and exit code 2, never a traceback."""
-    from launcher.core.errors import UserError  # light: no third-party imports
+    from launcher.core.errors import INPUT_ERRORS, UserError, debugging, input_problem  # standard library only
 
     try:
         result = cli.main(args=argv, prog_name="launcher", standalone_mode=False)
@@ -70,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         return _fail([exc.format_message()], exc.exit_code)
     except click.exceptions.Exit as exc:
         return exc.exit_code
+    except INPUT_ERRORS as exc:  # a path or file the checks did not foresee; a bug is any other exception
+        if debugging():
+            raise
+        return _fail([input_problem(exc, "launcher --debug ...")])
     except (click.Abort, KeyboardInterrupt):
         click.echo("aborted", err=True)
         return 130

@@ -7,3 +7,27 @@ import click
 set_option = click.option(
     "--set", "overrides", multiple=True, metavar="KEY=VALUE",
     help="Override a preset value by its dotted key (repeatable), e.g. --set train.max_train_epochs=30.")
+
+
+class Finite(click.ParamType):
+    """A finite float in (low, high]: click's FloatRange lets `nan` and `inf` through (nan fails no comparison)."""
+
+    name = "number"
+
+    def __init__(self, low: float, high: float, unit: str):
+        self.low, self.high, self.unit = low, high, unit
+
+    def convert(self, value, param, ctx):
+        import math
+
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not math.isfinite(number) or not self.low < number <= self.high:
+            self.fail(f"{value!r} is not a number of {self.unit} above {self.low:g} and at most {self.high:g}",
+                      param, ctx)
+        return number
+
+    def get_metavar(self, param, ctx=None):
+        return self.unit.upper()

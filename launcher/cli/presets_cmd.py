@@ -52,20 +52,33 @@ def show(preset, overrides):
 @presets.command("cp")
 @click.argument("preset")
 @click.argument("path", type=click.Path(path_type=Path))
-def copy(preset, path: Path):
-    """Copy PRESET to PATH (a file, or a folder to copy into) to edit it; never overwrites."""
-    from launcher.core.errors import UserError
+@click.option("--force", is_flag=True, help="Replace PATH if it already exists (a file or a symlink).")
+def copy(preset, path: Path, force: bool):
+    """Copy PRESET to PATH (a file, or a folder to copy into) to edit it; named after the new file.
+
+    The copy's `name` becomes the file's stem, so LoRAs trained from an edited copy are not named after the
+    original. An existing PATH is never replaced without --force.
+    """
+    from launcher.core.inputs import new_file
     from launcher.core.presets import load_preset, read_source
 
     origin, text = read_source(preset)
     load_preset(preset)  # refuse to copy a broken user preset
     file_name = Path(origin).name if origin.endswith(".toml") else f"{origin}.toml"  # "1.3b" is no suffix
-    target = path / file_name if path.is_dir() else path
-    if target.exists():
-        raise UserError(f"{target} already exists: choose another path (nothing was overwritten)")
-    if not target.parent.is_dir():
-        raise UserError(f"folder {target.parent} does not exist: create it first")
+    target = new_file(path / file_name if path.is_dir() else path, "destination", force)
+    renamed = renamed_preset(text, target.name.removesuffix(".toml"))
     tmp = target.with_name(f".{target.name}.partial")
-    tmp.write_text(text, encoding="utf-8")
+    tmp.write_text(renamed, encoding="utf-8")
+    if target.is_symlink():  # replace the link itself (with --force), never the file it points to
+        target.unlink()
     shutil.move(tmp, target)
     click.echo(f"copied {origin} to {target}; run it with: launcher run --preset {target} ...")
+
+
+def renamed_preset(text: str, stem: str) -> str:
+    """The preset text with its top-level `name` set from a file stem (lower case, other characters as '-')."""
+    import re
+
+    name = re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-._")[:100] or "my-preset"
+    line = re.compile(r'^name\s*=\s*"[^"\n]*"[ \t]*$', re.MULTILINE)
+    return line.sub(f'name = "{name}"', text, count=1) if line.search(text) else f'name = "{name}"\n{text}'

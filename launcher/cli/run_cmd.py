@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from launcher.backends import backend_names
-from launcher.cli.options import set_option
+from launcher.cli.options import Finite, set_option
 
 
 @click.command(epilog="""\b
@@ -29,9 +29,10 @@ Examples:
 @click.option("--cache-volume", help="local: named volume for caches [default: lora-gym-cache-<family>].")
 @click.option("--gpu", "gpu_type", help="modal/runpod: the platform's GPU type [default: from the preset's GPU class].")
 @click.option("--follow", is_flag=True, help="modal/runpod: stream the logs to the end instead of detaching.")
-@click.option("--max-hours", type=click.FloatRange(min=0, min_open=True),
-              help="modal/runpod: stop the run after this long [default: the preset's time limit].")
-@click.option("--max-cost", type=click.FloatRange(min=0, min_open=True),
+@click.option("--max-hours", type=Finite(0, 720, "hours"),
+              help="modal/runpod: stop the run after this long [default: the preset's time limit]; a value above "
+                   "the preset's limit raises it (the launcher says so).")
+@click.option("--max-cost", type=Finite(0, 100_000, "usd"),
               help="modal/runpod: USD; refuse to start if the estimate is higher, stop when it is reached.")
 @click.option("--volume", help="runpod: network volume id to use (default: create one in the datacenter).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (or with --backend, its command) and exit.")

@@ -28,3 +28,33 @@ def closest(word: str, candidates) -> str:
 
     match = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+# What escapes from user input that no check foresaw: a path that cannot be read or written, a file whose
+# content does not parse. Both programs turn these into one `error:` line; anything else is a bug and keeps
+# its traceback. LORA_GYM_DEBUG=1 (or `launcher --debug`) shows the traceback for these too.
+INPUT_ERRORS = (OSError, ValueError)
+
+
+def debugging(environ=None) -> bool:
+    import os
+
+    return (environ if environ is not None else os.environ).get("LORA_GYM_DEBUG", "").strip().lower() in (
+        "1", "true", "yes", "on")
+
+
+def input_problem(exc: BaseException, debug_hint: str) -> str:
+    """One line for an input error: the path and what the system said, or the parser's first line."""
+    import os
+
+    from launcher.core.secrets import secret_values
+
+    if isinstance(exc, OSError) and exc.filename is not None:
+        where = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "")
+        text = f"{where}: {(exc.strerror or type(exc).__name__).lower()}: check that path and its permissions"
+    else:
+        text = f"{str(exc).strip() or type(exc).__name__}: check the input it came from"
+    text = " ".join(text.split())  # one line, whatever the exception carried
+    for value in secret_values(os.environ).values():
+        text = text.replace(value, "***")
+    return f"{text} ({debug_hint} shows the traceback)"

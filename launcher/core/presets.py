@@ -23,6 +23,7 @@ from launcher.core.errors import UserError, closest
 from launcher.core.schema import Preset, cross_checks
 
 REGISTRY_PACKAGE = "launcher.presets_data"
+MAX_KEY_DEPTH = 6  # the deepest preset key is dataset.videos.<i>.resolution.<i>
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ def _child(annotation, segment: str):
     if _is_model(annotation):
         field = annotation.model_fields.get(segment)
         return None if field is None else field.annotation
-    if typing.get_origin(annotation) is list and segment.isdigit():
+    if typing.get_origin(annotation) is list and segment.isascii() and segment.isdigit():
         return typing.get_args(annotation)[0]
     return None
 
@@ -192,6 +193,9 @@ def apply_overrides(raw: dict, overrides: typing.Iterable[str]) -> dict:
         if not sep or not key:
             raise UserError(f"override {item!r} is not key=value: write e.g. --set train.learning_rate=5e-5")
         path = key.split(".")
+        if len(path) > MAX_KEY_DEPTH or len(key) > 200:
+            raise UserError(f"override key {key[:40]!r}... is longer than any preset key: see "
+                            "`launcher presets show NAME` for the keys")
         annotation = _annotation_at(path)
         _assign(result, path, _coerce_text(annotation, key, value.strip()), key)
     return result
@@ -211,7 +215,17 @@ def _describe(error: dict) -> str:
     if error["type"] == "missing":
         return f"{_dotted(loc)}: required but missing"
     message = error["msg"].removeprefix("Value error, ")
-    return f"{_dotted(loc) or 'preset'}: {message} (got {error['input']!r})"
+    if error["type"] == "string_pattern_mismatch":
+        message = "use ASCII letters, digits, '_', '.' and '-', starting with a letter or digit"
+    return f"{_dotted(loc) or 'preset'}: {message}{_shown_input(error['input'])}"
+
+
+def _shown_input(value) -> str:
+    """` (got 'x')` for a scalar input; nothing for a table, which would put the whole preset on one line."""
+    if isinstance(value, dict | list | tuple):
+        return ""
+    text = repr(value)
+    return f" (got {text if len(text) <= 60 else text[:57] + '...'})"
 
 
 def validate(raw: dict, origin: str) -> Preset:

@@ -13,24 +13,34 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from launcher import contract
+from launcher.core.inputs import SAFE_NAME
 
 # "owner/repo:path/inside/repo.safetensors", the identity of one Hugging Face file.
 HUB_FILE = re.compile(r"^[\w.-]+/[\w.-]+:[^:\s]+$")
 HubFile = Annotated[str, Field(pattern=HUB_FILE.pattern)]
-Size = Annotated[int, Field(gt=0, multiple_of=16)]
+# musubi buckets at most 4096 pixels a side in practice; beyond that no GPU holds one frame.
+Size = Annotated[int, Field(gt=0, le=4096, multiple_of=16)]
+# Upper bounds that hold every real run with room to spare; beyond them a value is a typo or an attack
+# (musubi passes seeds to numpy, which refuses 2**32 and above).
+MAX_SEED = 2**32 - 1
+MAX_RANK = 4096
+MAX_EPOCHS = 10_000
+MAX_REPEATS = 10_000
+MAX_FRAMES = 1_025
 SUPPORTED_TASKS = ("t2v-A14B", "i2v-A14B", "t2v-14B", "t2v-1.3B", "i2v-14B")
 EXPERTS = ("high", "low")
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Every float must be finite: `inf` slips past gt/le checks and nan fails every comparison.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Lightning(Strict):
     """A distillation LoRA merged into the DiT (in its fp16/bf16 weights) before training."""
 
     lora: HubFile
-    strength: float = Field(1.0, gt=0)
+    strength: float = Field(1.0, gt=0, le=10)
 
 
 class Expert(Strict):
@@ -39,9 +49,9 @@ class Expert(Strict):
     dit: HubFile
     min_timestep: int = Field(ge=0, le=999)
     max_timestep: int = Field(ge=1, le=1000)
-    learning_rate: float = Field(gt=0)
-    network_dim: int = Field(gt=0)
-    network_alpha: float = Field(gt=0)
+    learning_rate: float = Field(gt=0, le=1)
+    network_dim: int = Field(gt=0, le=MAX_RANK)
+    network_alpha: float = Field(gt=0, le=MAX_RANK)
     lightning: Lightning | None = None
 
 
@@ -64,32 +74,32 @@ class Model(Strict):
 
 class Train(Strict):
     # Wan 2.1 presets set these here; Wan 2.2 presets set them per expert.
-    learning_rate: float | None = Field(None, gt=0)
-    network_dim: int | None = Field(None, gt=0)
-    network_alpha: float | None = Field(None, gt=0)
+    learning_rate: float | None = Field(None, gt=0, le=1)
+    network_dim: int | None = Field(None, gt=0, le=MAX_RANK)
+    network_alpha: float | None = Field(None, gt=0, le=MAX_RANK)
     min_timestep: int | None = Field(None, ge=0, le=999)
     max_timestep: int | None = Field(None, ge=1, le=1000)
 
     network_module: Literal["networks.lora_wan", "networks.loha", "networks.lokr"] = "networks.lora_wan"
     optimizer_type: str = "adamw8bit"
-    weight_decay: float = Field(0.01, ge=0)
+    weight_decay: float = Field(0.01, ge=0, le=1)
     lr_scheduler: Literal[
         "polynomial", "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts"
     ] = "polynomial"
-    lr_scheduler_power: float = Field(2.0, gt=0)
+    lr_scheduler_power: float = Field(2.0, gt=0, le=100)
     lr_end_ratio: float = Field(0.01, ge=0, lt=1, description="polynomial floor as a fraction of the peak lr")
-    lr_warmup_steps: int = Field(0, ge=0)
-    seed: int = Field(42, ge=0)
-    max_train_epochs: int = Field(50, gt=0)
-    save_every_n_epochs: int = Field(5, gt=0)
+    lr_warmup_steps: int = Field(0, ge=0, le=10_000_000)
+    seed: int = Field(42, ge=0, le=MAX_SEED)
+    max_train_epochs: int = Field(50, gt=0, le=MAX_EPOCHS)
+    save_every_n_epochs: int = Field(5, gt=0, le=MAX_EPOCHS)
     timestep_sampling: Literal["shift", "sigma", "uniform", "sigmoid", "logsnr"] = "shift"
-    discrete_flow_shift: float = Field(gt=0)
+    discrete_flow_shift: float = Field(gt=0, le=100)
     attention: Literal["sdpa", "flash_attn", "xformers", "flash3"] = "sdpa"
     gradient_checkpointing: bool = True
-    gradient_accumulation_steps: int = Field(1, gt=0)
-    max_data_loader_n_workers: int = Field(2, ge=0)
+    gradient_accumulation_steps: int = Field(1, gt=0, le=1024)
+    max_data_loader_n_workers: int = Field(2, ge=0, le=256)
     persistent_data_loader_workers: bool = True
-    blocks_to_swap: int = Field(0, ge=0)
+    blocks_to_swap: int = Field(0, ge=0, le=100)
     save_state: bool = False
     tensorboard: bool = True
 
@@ -103,24 +113,24 @@ class Train(Strict):
 
 class Cache(Strict):
     vae_cache_cpu: bool = True
-    text_encoder_batch_size: int = Field(16, gt=0)
+    text_encoder_batch_size: int = Field(16, gt=0, le=1024)
     fp8_t5: bool = True
 
 
 class ImageEntry(Strict):
     resolution: tuple[Size, Size] = Field(description="[width, height]; buckets keep this area")
-    num_repeats: int = Field(1, gt=0)
+    num_repeats: int = Field(1, gt=0, le=MAX_REPEATS)
 
 
 class VideoEntry(Strict):
-    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")]
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
     resolution: tuple[Size, Size]
-    target_frames: list[int] = Field(min_length=1)
+    target_frames: list[Annotated[int, Field(le=MAX_FRAMES)]] = Field(min_length=1, max_length=16)
     frame_extraction: Literal["head", "chunk", "slide", "uniform", "full"] = "head"
-    frame_sample: int | None = Field(None, gt=0)
-    frame_stride: int | None = Field(None, gt=0)
-    max_frames: int | None = Field(None, gt=0)
-    num_repeats: int = Field(1, gt=0)
+    frame_sample: int | None = Field(None, gt=0, le=1000)
+    frame_stride: int | None = Field(None, gt=0, le=10_000)
+    max_frames: int | None = Field(None, gt=0, le=100_000)
+    num_repeats: int = Field(1, gt=0, le=MAX_REPEATS)
 
     @field_validator("target_frames")
     @classmethod
@@ -143,11 +153,11 @@ def _default_videos() -> list[VideoEntry]:
 
 
 class Dataset(Strict):
-    batch_size: int = Field(1, gt=0)
+    batch_size: int = Field(1, gt=0, le=256)
     enable_bucket: bool = True
     bucket_no_upscale: bool = True
     images: ImageEntry = ImageEntry(resolution=(1280, 720))
-    videos: list[VideoEntry] = Field(default_factory=_default_videos)
+    videos: list[VideoEntry] = Field(default_factory=_default_videos, max_length=32)
 
 
 class Resources(Strict):
@@ -156,10 +166,10 @@ class Resources(Strict):
 
 
 class Preset(Strict):
-    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")]
-    description: str
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,99}$")]
+    description: str = Field(max_length=500)
     family: Literal["wan21", "wan22"]
-    output_name: Annotated[str, Field(pattern=r"^[\w.-]+$")] | None = None
+    output_name: Annotated[str, Field(pattern=f"^{SAFE_NAME.pattern}$")] | None = None
     model: Model
     experts: Experts | None = None
     train: Train

@@ -1,0 +1,106 @@
+"""Checks for user input that is not a preset field: numbers from the environment, names that become
+file names, and places we are asked to write. Each returns the checked value or raises UserError with one
+line that says what is wrong and how to fix it. Standard library only: the entrypoint and `--dry-run` use it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import unicodedata
+from pathlib import Path
+
+from launcher.core.errors import UserError
+
+# One path segment: never `.` or `..`, no separator, no control character, nothing a shell must quote.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
+def finite_number(name: str, text: str, low: float, high: float, unit: str, example: str) -> float:
+    """`text` as a float in (low, high]; `nan`, `inf` and words are refused with an example."""
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number) or not low < number <= high:
+        raise UserError(f"{name}={text!r} is not a number of {unit} above {low:g} and at most {high:.15g}: "
+                        f"e.g. {example}")
+    return number
+
+
+def safe_name(value: str, what: str) -> str:
+    """A name that becomes one file or folder name inside a folder we own (a run id, an output name)."""
+    if not SAFE_NAME.fullmatch(value):
+        raise UserError(f"{what} {shown(value)} is not a plain name: use up to 100 ASCII letters, digits, '_', '.' "
+                        "and '-', starting with a letter or digit")
+    return value
+
+
+def has_control(text: str) -> bool:
+    """Newlines, tabs, escapes and other control or format characters (Unicode categories Cc, Cf)."""
+    return any(unicodedata.category(ch) in ("Cc", "Cf") for ch in text)
+
+
+def shown(text: str) -> str:
+    """`text` quoted for an error line: control characters are escaped so the line stays one line."""
+    return repr(text) if has_control(text) or not text.strip() else f"'{text}'"
+
+
+def inside(root: Path, path: Path) -> bool:
+    """Whether `path`, with every symlink followed, lies in `root` (itself followed)."""
+    try:
+        path.resolve(strict=False).relative_to(root.resolve(strict=False))
+    except ValueError:
+        return False
+    return True
+
+
+def _usable_dir(folder: Path, what: str) -> None:
+    if not folder.exists():
+        raise UserError(f"{what} {folder} does not exist: create it first")
+    if not folder.is_dir():
+        raise UserError(f"{what} {folder} is a file, not a folder: give a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {folder} is not writable: fix its permissions or choose another folder")
+
+
+def writable_dir(folder: Path, what: str, create: bool = False) -> Path:
+    """A folder we may write into. With `create`, a missing one is made when its parent is usable."""
+    if create and not os.path.lexists(folder):
+        _usable_dir(folder.parent, f"the parent of {what}")
+        folder.mkdir()
+        return folder
+    _usable_dir(folder, what)
+    return folder
+
+
+def creatable_dir(folder: Path, what: str) -> Path:
+    """A folder that exists and is writable, or whose nearest existing ancestor is a writable folder."""
+    if os.path.lexists(folder):
+        return writable_dir(folder, what)
+    ancestor = folder.parent
+    while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    _usable_dir(ancestor, f"{what} cannot be created in")
+    return folder
+
+
+def new_file(target: Path, what: str, force: bool = False) -> Path:
+    """A file path we may create: its folder is writable; an existing file or symlink needs `force`."""
+    if target.is_dir():
+        raise UserError(f"{what} {target} is a folder: give a file name inside it")
+    if os.path.lexists(target) and not force:
+        kind = "a symlink" if target.is_symlink() else "a file"
+        raise UserError(f"{target} is already {kind}: choose another path, or add --force to replace it "
+                        "(nothing was overwritten)")
+    _usable_dir(target.parent, "folder")
+    return target
+
+
+def new_dir(target: Path, what: str) -> Path:
+    """A folder to create that must not exist yet (nothing of the user's is merged into or replaced)."""
+    if os.path.lexists(target):
+        raise UserError(f"{what} {target} already exists: choose a new folder (nothing was changed)")
+    _usable_dir(target.parent, f"the parent of {what}")
+    return target
