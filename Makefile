@@ -17,13 +17,13 @@ IMAGE_OPTS ?=
 IMAGE_ARGS = --family $* --flavor $(FLAVOR) --tasks $(TASKS) --engine $(ENGINE) --registry "$(REGISTRY)" \
 	--max-layer-gb $(MAX_LAYER_GB) $(IMAGE_OPTS)
 
-install: $(VENV)/.installed            ## the launcher and entrypoint, no test tools
+install: $(VENV)/.installed            ## the launcher, the entrypoint and the dataset tools; no test tools
 install-dev: $(VENV)/.installed-dev    ## plus pytest, ruff, torch (CPU), Pillow, PyAV, modal
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet -e '.[dataset]'
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed

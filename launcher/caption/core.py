@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Protocol
 
 from launcher.caption.prompts import anchor_pattern, clean_caption
-from launcher.core.dataset import CAPTION_EXTENSION, SUBFOLDERS, media_kind
+from launcher.core.dataset import CAPTION_EXTENSION, SUBFOLDERS, caption_problem, media_kind
 from launcher.core.errors import UserError
 
 
@@ -57,8 +57,13 @@ class MediaItem:
     def caption_path(self) -> Path:
         return self.path.with_suffix(CAPTION_EXTENSION)
 
-    def has_caption(self) -> bool:
-        return self.caption_path.is_file() and bool(self.caption_path.read_bytes().strip())
+    def caption_state(self) -> str:
+        """"ok", "missing" (absent, empty or invisible: captioning loses nothing) or "unreadable" (not UTF-8:
+        the user's own text, which `launcher run` refuses and we never replace without --overwrite)."""
+        problem = caption_problem(self.path, self.shown)
+        if problem is None:
+            return "ok"
+        return "unreadable" if "not UTF-8" in problem else "missing"
 
 
 def discover(root: Path) -> list[MediaItem]:

@@ -45,7 +45,13 @@ def caption(directory, anchor, lora_type, provider, model, concurrency, rpm, pro
     check_model(provider, model)
     items = core.discover(directory)
     prompt_by_kind = prompts.prompts_for(anchor, lora_type, prompt_file)
-    todo = [item for item in items if overwrite or not item.has_caption()]
+    states = {item: item.caption_state() for item in items}
+    unreadable = [str(Path(item.shown).with_suffix(".txt")) for item, state in states.items() if state == "unreadable"]
+    if unreadable and not overwrite:
+        raise UserError(f"{len(unreadable)} caption{'s are' if len(unreadable) > 1 else ' is'} not UTF-8 text "
+                        f"({', '.join(unreadable[:3])}{', ...' if len(unreadable) > 3 else ''}): re-save as UTF-8, "
+                        "or add --overwrite to caption them anew")
+    todo = [item for item in items if overwrite or states[item] != "ok"]
     summary = core.Summary(skipped=[item.shown for item in items if item not in todo])
     if dry_run:
         _print_plan(todo, summary.skipped, prompt_by_kind, provider, model)

@@ -34,7 +34,9 @@ def trainings_for(preset, expert: str | None) -> int:
               help="Wan 2.2 only: `both` counts both trainings; without it the figures are per expert.")
 @set_option
 @click.option("--details", is_flag=True, help="Also list every image's bucket and the frames each entry takes.")
-def check(directory, preset, expert, overrides, details):
+@click.option("--headers-only", is_flag=True,
+              help="Read headers only, decode no pixels: fast, but a truncated or corrupt file passes.")
+def check(directory, preset, expert, overrides, details, headers_only):
     """Check every file of DIRECTORY against PRESET: it opens, captions, frames, fps, buckets, steps, time.
 
     Prints the problems (errors and warnings) and a summary; exits 2 if there is an error.
@@ -47,7 +49,7 @@ def check(directory, preset, expert, overrides, details):
     loaded = load_preset(preset, overrides)
     trainings = trainings_for(loaded.preset, expert)
     require()
-    report = check_dataset(directory, loaded.preset, trainings)
+    report = check_dataset(directory, loaded.preset, trainings, decode=not headers_only)
     click.echo(render(report, details))
     if report.errors:
         count = len(report.errors)

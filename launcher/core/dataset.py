@@ -7,11 +7,15 @@ has a caption `<stem>.txt` beside it (musubi-tuner's `caption_extension`).
 
 from __future__ import annotations
 
+import glob
 import hashlib
+import os
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
 from launcher.core.errors import UserError
+from launcher.core.inputs import has_control, inside
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv")
@@ -58,28 +62,58 @@ def file_sha256(path: Path) -> str:
     return sha256_file(path)
 
 
-def _caption_problem(media: Path, shown: str) -> str | None:
+def caption_text(raw: bytes) -> str | None:
+    """The caption a file holds, as musubi will read it; None when it is not UTF-8. A byte-order mark,
+    zero-width and other invisible format characters do not count as text: such a caption is empty ("")."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    visible = "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
+    return visible.strip()
+
+
+def caption_problem(media: Path, shown: str) -> str | None:
+    """Why the caption beside `media` cannot train (missing, not UTF-8, empty), or None. `launcher caption`
+    and `launcher run` both ask this, so they agree on what a caption is."""
     caption = media.with_suffix(CAPTION_EXTENSION)
     shown_caption = str(Path(shown).with_suffix(CAPTION_EXTENSION))
     if not caption.is_file():
+        other_case = next(media.parent.glob(glob.escape(media.stem) + ".[tT][xX][tT]"), None)
+        if other_case is not None:
+            return (f"{shown} has no caption: rename {Path(shown).with_name(other_case.name)} to {shown_caption} "
+                    "(musubi-tuner reads only a lower-case .txt)")
         return f"{shown} has no caption: write {shown_caption} (one line describing it)"
-    try:
-        text = caption.read_bytes().decode("utf-8")
-    except UnicodeDecodeError:
+    text = caption_text(caption.read_bytes())
+    if text is None:
         return f"{shown_caption} is not UTF-8 text: re-save it as UTF-8"
-    if not text.strip():
-        return f"{shown_caption} is empty: describe the {media_kind(media.name)} in it"
+    if not text:
+        return f"{shown_caption} is empty (or only invisible characters): describe the {media_kind(media.name)} in it"
     return None
 
 
-def _other_file_problem(path: Path, shown: str) -> str | None:
+def _link_problem(path: Path, shown: str, root: Path) -> str | None:
+    """A symlink the container cannot follow: dangling, or pointing out of the dataset folder it mounts."""
+    if not path.is_symlink():
+        return None
+    if not path.exists():
+        return f"{shown} is a symlink to {os.readlink(path)}, which does not exist: copy the real file in its place"
+    if not inside(root, path):
+        return (f"{shown} links outside the dataset folder (to {path.resolve()}), where the container cannot see "
+                "it: copy the file in its place")
+    return None
+
+
+def _other_file_problem(path: Path, shown: str, media_stems: set[str]) -> str | None:
     if path.name.startswith("."):
         return None
     if path.is_dir():
         return None if path.name in SUBFOLDERS else (
             f"unexpected folder {shown}/: media go in the dataset folder, images/ or videos/; move it out")
-    if path.suffix == CAPTION_EXTENSION:
-        return None
+    if path.suffix.lower() == CAPTION_EXTENSION:
+        # A wrong-case caption of a media file is reported once, as that file's missing caption.
+        return None if path.suffix == CAPTION_EXTENSION or path.stem in media_stems else (
+            f"{shown}: write the caption's extension as {CAPTION_EXTENSION} (musubi-tuner reads only lower case)")
     if path.suffix.lower() in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS:
         return f"{shown}: write the extension as {path.suffix.lower()} (musubi-tuner skips mixed-case ones)"
     supported = ", ".join(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
@@ -103,16 +137,28 @@ def _media_dir(relpath: str, kind: str, media: list[Path]) -> MediaDir:
     return MediaDir(relpath, kind, tuple(p.name for p in media), digest.hexdigest())
 
 
-def _scan_folder(folder: Path, relpath: str, problems: list[str]) -> list[tuple[str, str, list[Path]]]:
+def _entry_problem(path: Path, shown: str, root: Path) -> str | None:
+    """Problems that make a file unusable whatever its type: a control character in its name, a bad link."""
+    if has_control(path.name):
+        return f"file name {shown!r} has control characters (newline, tab, ...): rename it"
+    return _link_problem(path, shown, root)
+
+
+def _scan_folder(folder: Path, relpath: str, problems: list[str], root: Path) -> list[tuple[str, str, list[Path]]]:
     prefix = f"{relpath}/" if relpath else ""
-    entries = sorted(folder.iterdir())
+    entries = []
+    for path in sorted(folder.iterdir()):
+        problem = _entry_problem(path, prefix + path.name, root)
+        problems.extend([problem] if problem else [])
+        entries += [] if problem else [path]
     media = [p for p in entries if p.is_file() and media_kind(p.name)]
     media_set = set(media)  # membership below is per file: a list would make big folders quadratic
+    stems = {p.stem for p in media}
     for path in entries:
         if path not in media_set:
-            problems.extend(filter(None, [_other_file_problem(path, prefix + path.name)]))
+            problems.extend(filter(None, [_other_file_problem(path, prefix + path.name, stems)]))
     problems.extend(_stem_clashes(media, prefix))
-    problems.extend(filter(None, (_caption_problem(p, prefix + p.name) for p in media)))
+    problems.extend(filter(None, (caption_problem(p, prefix + p.name) for p in media)))
     by_kind = {kind: [p for p in media if media_kind(p.name) == kind] for kind in ("image", "video")}
     return [(relpath, kind, files) for kind, files in by_kind.items() if files]
 
@@ -126,10 +172,10 @@ def scan_dataset(root: str | Path) -> DatasetLayout:
     if not root.is_dir():
         raise UserError(f"dataset {root} is not a folder: pass the folder that holds the media files")
     problems: list[str] = []
-    dirs = _scan_folder(root, "", problems)
+    dirs = _scan_folder(root, "", problems, root)
     for sub in SUBFOLDERS:
         if (root / sub).is_dir():
-            dirs += _scan_folder(root / sub, sub, problems)
+            dirs += _scan_folder(root / sub, sub, problems, root)
     if not dirs and not problems:
         problems.append(f"dataset folder {root} has no images or videos: add {', '.join(IMAGE_EXTENSIONS)} "
                         f"or {', '.join(VIDEO_EXTENSIONS)} files with .txt captions (or images/ and videos/)")

@@ -1,7 +1,8 @@
 """`launcher dataset check`: every problem of a dataset against a preset, found at once, before renting a GPU.
 
 The structural checks (captions, stem clashes, stray files) are `scan_dataset`'s; this adds what needs the
-media: every file opens (headers only), each video's frames, fps and duration against the preset's video
+media: every file opens and decodes (what training reads of it; `decode=False` reads headers only), each video's
+frames, fps and duration against the preset's video
 entries, the bucket each item lands in, musubi's steps, and a rough training time. Every problem is collected
 into one table, so a user fixes the dataset in one pass instead of one error per run.
 """
@@ -17,7 +18,7 @@ from launcher.core.errors import UserError
 from launcher.core.schema import Preset, VideoEntry
 from launcher.media import TRAIN_FPS
 from launcher.media import buckets as musubi  # musubi-tuner's bucket, clip and step arithmetic
-from launcher.media.probe import Probe, probe
+from launcher.media.probe import Probe, decode_image, decode_video, probe
 
 Bucket = tuple[int, int, int]  # width, height, frames (1 for images)
 Cuts = tuple[tuple[int, int], list[tuple[int, int]]]  # (width, height), [(first frame, frames)] of one video
@@ -59,6 +60,7 @@ class Report:
     cuts: dict[str, dict[str, Cuts]]  # video relpath -> entry label -> its bucket and clips
     steps_per_epoch: int = 0
     seconds: float = 0.0  # estimated, all trainings together
+    decoded: Counter[str] | None = None  # "images", "frames" decoded; None: headers only
 
     @property
     def errors(self) -> list[Problem]:
@@ -172,6 +174,29 @@ def _video_problems(preset: Preset, m: Media, cuts: dict[str, Cuts]) -> list[Pro
     return problems
 
 
+def _last_frame_read(cuts: dict[str, Cuts]) -> int:
+    return max((start + frames for _, found in cuts.values() for start, frames in found), default=0)
+
+
+def _decode_problems(report: Report) -> list[Problem]:
+    """Decode each image in full and each video up to the last frame any entry reads; count what was decoded."""
+    problems, report.decoded = [], Counter()
+    for m in report.media:
+        if m.kind == "image":
+            reason = decode_image(Path(report.root) / m.relpath)
+            report.decoded["images"] += reason is None
+            if reason:
+                problems.append(Problem("error", f"{m.relpath} {reason}: re-save it or remove it"))
+            continue
+        needed = _last_frame_read(report.cuts.get(m.relpath, {}))
+        decoded, reason = decode_video(Path(report.root) / m.relpath, needed) if needed else (0, None)
+        report.decoded["frames"] += decoded
+        if reason:
+            problems.append(Problem("error", f"{m.relpath}: frame {decoded + 1} of the {needed} that training reads "
+                                             f"does not decode ({reason}): re-encode it or remove it"))
+    return problems
+
+
 # --- estimated training time -------------------------------------------------------------------------
 
 def _estimate(preset: Preset, entries: list[Entry], trainings: int) -> float:
@@ -186,8 +211,9 @@ def _estimate(preset: Preset, entries: list[Entry], trainings: int) -> float:
 # --- the check ---------------------------------------------------------------------------------------
 
 def check_dataset(root: str | Path, preset: Preset, trainings: int = 1,
-                  layout: DatasetLayout | None = None) -> Report:
-    """Every problem of the dataset at `root` for `preset`; `layout` (already scanned) skips the scan."""
+                  layout: DatasetLayout | None = None, decode: bool = True) -> Report:
+    """Every problem of the dataset at `root` for `preset`; `layout` (already scanned) skips the scan;
+    `decode=False` trusts the headers (fast, but a truncated file passes)."""
     root = Path(root)
     if not root.is_dir():
         scan_dataset(root)  # raises the one-line "not found" / "not a folder" UserError
@@ -195,6 +221,8 @@ def check_dataset(root: str | Path, preset: Preset, trainings: int = 1,
     media, found = _probe_all(root)
     report = Report(str(root), preset, trainings, problems + found, media, [], {})
     report.problems += _entries(preset, media, report)
+    if decode:
+        report.problems += _decode_problems(report)
     for m in media:
         if m.kind == "video":
             report.problems += _video_problems(preset, m, report.cuts.get(m.relpath, {}))
@@ -285,8 +313,16 @@ def _summary(report: Report) -> list[str]:
             ("total steps", total),
             ("estimated time", f"~{_duration(report.seconds)} on the {p.resources.gpu_memory_gb} GB GPU class "
                                "(rough estimate, +-50%; without caching and model loading)"),
+            ("decoded", _decoded(report)),
             ("result", verdict or "ready to train")]
     return ["summary", *(f"  {name:<17}{value}" for name, value in rows)]
+
+
+def _decoded(report: Report) -> str:
+    if report.decoded is None:
+        return "headers only (--headers-only): a truncated or corrupt file passes"
+    return (f"{report.decoded['images']} images in full, {report.decoded['frames']} video frames (every frame "
+            "an entry reads)")
 
 
 def render(report: Report, details: bool = False) -> str:
