@@ -33,6 +33,12 @@ def _no_container_leftovers():
 
 
 @pytest.fixture(autouse=True)
+def _private_state(monkeypatch, tmp_path_factory):
+    """The launcher's state folder (run registry, cached catalogs) is the test's own, never the user's."""
+    monkeypatch.setenv("LORA_GYM_HOME", str(tmp_path_factory.mktemp("lora-gym-home")))
+
+
+@pytest.fixture(autouse=True)
 def _scrub_secrets(monkeypatch):
     for name in SECRET_VARS:
         monkeypatch.delenv(name, raising=False)
@@ -40,7 +46,8 @@ def _scrub_secrets(monkeypatch):
 
 def clean_env(**extra: str) -> dict[str, str]:
     """The current environment without secrets or LORA_GYM_* settings, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if k not in SECRET_VARS and not k.startswith("LORA_GYM_")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in SECRET_VARS and (not k.startswith("LORA_GYM_") or k == "LORA_GYM_HOME")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env | extra
 

@@ -56,6 +56,9 @@ class Backend(Protocol):
     def dry_run(self, job: Job, options: LaunchOptions) -> str:
         """What `launch` would do, as text a user can read or paste, without touching anything."""
 
+    def dry_run_data(self, job: Job, options: LaunchOptions) -> dict:
+        """The same as data: `run --dry-run --format json` prints it with the plan, as one JSON document."""
+
 
 class DetachedBackend(Backend, Protocol):
     """A backend whose runs outlive the launcher: the verbs below find them again by their run record

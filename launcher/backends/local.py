@@ -312,8 +312,11 @@ def run_container(client, spec: ContainerSpec, device_requests: list[dict], out=
 class LocalBackend:
     capabilities = Capabilities(name="local", max_runtime_hours=None, detach=False)
 
+    def dry_run_data(self, job: Job, options: LaunchOptions) -> dict:
+        return {"argv": docker_run_argv(container_spec(job, options))}
+
     def dry_run(self, job: Job, options: LaunchOptions) -> str:
-        return render_command(docker_run_argv(container_spec(job, options)))
+        return render_command(self.dry_run_data(job, options)["argv"])
 
     def launch(self, job: Job, options: LaunchOptions) -> int:
         spec = container_spec(job, options)  # bad options fail before the engine is touched

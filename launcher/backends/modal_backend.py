@@ -168,6 +168,10 @@ def modal_spec(job: Job, options: LaunchOptions) -> ModalSpec:
 
 def render(spec: ModalSpec) -> str:
     """The exact request as JSON: what `launch` creates and calls, with secret names and no secret values."""
+    return json.dumps(spec_data(spec), indent=2)
+
+
+def spec_data(spec: ModalSpec) -> dict:
     data = asdict(spec)
     data.pop("sizes")
     data["dataset"] = {"volume_path": f"{DATASETS_MOUNT}/{BLOBS}/<sha256>", "files": len(spec.dataset),
@@ -178,7 +182,7 @@ def render(spec: ModalSpec) -> str:
         "train_high and train_low at once")
     data["platform_calls"] = [f"Volume.from_name({DATASETS_VOLUME!r}).batch_upload(): missing files only",
                               f"App({spec.app_name!r}).run(detach=True)", top]
-    return json.dumps(data, indent=2)
+    return data
 
 
 # --- the platform (modal imported only here, when a run is launched or looked up) ----------------------------
@@ -304,6 +308,9 @@ def now() -> str:
 
 class ModalBackend:
     capabilities = Capabilities(name="modal", max_runtime_hours=24, detach=True)
+
+    def dry_run_data(self, job: Job, options: LaunchOptions) -> dict:
+        return spec_data(modal_spec(job, options))
 
     def dry_run(self, job: Job, options: LaunchOptions) -> str:
         return render(modal_spec(job, options))

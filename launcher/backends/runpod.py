@@ -133,11 +133,12 @@ def choose_gpu(catalog: list[dict], wanted: str | None, memory_gb: int) -> dict:
     by_id = {g["id"]: g for g in catalog}
     if wanted:
         found = by_id.get(wanted) or next((g for g in catalog if wanted.lower() in
-                                           (g["id"].lower(), str(g.get("name", "")).lower())), None)
+                                           (g["id"].lower(), _display_name(g))), None)
         if not found:
             raise UserError(f"--gpu {wanted!r} is not a RunPod GPU type{closest(wanted, by_id)}: "
-                            f"use an id such as {GPU_CANDIDATES[80][0]!r}")
-        if found.get("memory", memory_gb) < memory_gb:
+                            f"use an id such as {GPU_CANDIDATES[80][0]!r} (RunPod's list: "
+                            "https://docs.runpod.io/references/gpu-types)")
+        if (found.get("memory") or memory_gb) < memory_gb:
             raise UserError(f"--gpu {found['id']!r} has {found['memory']} GB, the preset needs a {memory_gb} GB GPU: "
                             f"pick one such as {GPU_CANDIDATES[80 if memory_gb > 48 else memory_gb][0]!r}")
         return found
@@ -147,6 +148,16 @@ def choose_gpu(catalog: list[dict], wanted: str | None, memory_gb: int) -> dict:
     raise UserError(f"RunPod's catalog lists none of {', '.join(GPU_CANDIDATES[memory_gb])}: choose one with --gpu")
 
 
+def _display_name(gpu: dict) -> str:
+    return str(gpu.get("displayName") or gpu.get("name") or "").lower()  # the API's field, or our snapshot's
+
+
+def _unknown_but_not_misspelled(wanted: str, catalog: list[dict]) -> bool:
+    ids = [g["id"] for g in catalog]
+    known = {i.lower() for i in ids} | {_display_name(g) for g in catalog}
+    return wanted.lower() not in known and not closest(wanted, ids)
+
+
 def price_of(gpu: dict) -> tuple[float, str]:
     price = (gpu.get("price") or {}).get(CLOUD.lower())
     if price:
@@ -154,8 +165,32 @@ def price_of(gpu: dict) -> tuple[float, str]:
     return FALLBACK_PRICES.get(gpu["id"], max(FALLBACK_PRICES.values())), PRICE_SOURCE
 
 
-def _offline_catalog() -> list[dict]:
-    return [{"id": gid, "memory": mem, "price": {}} for mem, ids in GPU_CANDIDATES.items() for gid in ids]
+def catalog_cache() -> Path:
+    """Where the last catalog fetched with a key is kept, so dry runs check --gpu without a key or network."""
+    return runs.home() / "runpod-gpu-types.json"
+
+
+def _save_catalog(gpus: list[dict]) -> None:
+    fields = ("id", "displayName", "memory", "secure", "price")
+    data = {"fetched_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "gpus": [{k: g[k] for k in fields if k in g} for g in gpus]}
+    with contextlib.suppress(OSError):  # a cache: failing to write it must not stop a launch
+        catalog_cache().parent.mkdir(parents=True, exist_ok=True)
+        tmp = catalog_cache().with_name(f".{catalog_cache().name}.partial")
+        tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, catalog_cache())
+
+
+def offline_catalog() -> tuple[list[dict], str]:
+    """(GPU types, where they come from): the catalog cached by the last call with a key, else the snapshot of
+    RunPod's GPU types table shipped with LoRA Gym. No key, no network: what dry runs check --gpu against."""
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        data = json.loads(catalog_cache().read_text(encoding="utf-8"))
+        return list(data["gpus"]), f"RunPod's catalog as fetched {data['fetched_at'][:10]}"
+    from importlib import resources
+
+    snapshot = json.loads(resources.files(__package__).joinpath("runpod_gpu_types.json").read_text("utf-8"))
+    return [dict(g, price={}) for g in snapshot["gpus"]], f"the GPU types table of RunPod's docs, {snapshot['date']}"
 
 
 # --- the backend ---------------------------------------------------------------------------------------
@@ -179,7 +214,11 @@ class RunPodBackend:
 
     def catalog(self) -> list[dict]:
         if self._catalog is None:
-            self._catalog = self.api().gpu_types() if os.environ.get("RUNPOD_API_KEY") else _offline_catalog()
+            if os.environ.get("RUNPOD_API_KEY"):
+                self._catalog = self.api().gpu_types()
+                _save_catalog(self._catalog)
+            else:
+                self._catalog = offline_catalog()[0]
         return self._catalog
 
     def quote(self, job: Job, options: LaunchOptions) -> cost.Quote:
@@ -191,24 +230,37 @@ class RunPodBackend:
         return cost.hour_limit(options.max_hours, job.loaded.preset.resources.time_limit_hours, options.max_cost,
                                quote)
 
-    def dry_run(self, job: Job, options: LaunchOptions) -> str:
-        # No key, no network: the fallback table's GPUs and prices; an unknown --gpu is shown as given.
-        self._catalog = _offline_catalog()
-        if options.gpu_type and not any(options.gpu_type in (g["id"], g["id"].lower()) for g in self._catalog):
-            self._catalog.append({"id": options.gpu_type, "price": {}})
+    def dry_run_data(self, job: Job, options: LaunchOptions) -> dict:
+        """What `launch` would send, as data; --gpu is checked against the offline catalog, without a key."""
+        self._catalog, source = offline_catalog()
+        if options.gpu_type and _unknown_but_not_misspelled(options.gpu_type, self._catalog):
+            # Perhaps newer than our snapshot: the launch checks it against the live catalog.
+            self._catalog.append({"id": options.gpu_type, "memory": None, "price": {}})
+            source = f"nothing: {options.gpu_type!r} is not in {source}; the launch checks it with RunPod"
         quote = self.quote(job, options)
         hours = self._hours(job, options, quote)
         volume = options.volume or f"<id of network volume lora-gym-{job.loaded.preset.family}>"
         datacenter = None if options.volume else os.environ.get("RUNPOD_DATACENTER", DEFAULT_DATACENTER)
-        lines = [f"# upload {options.dataset} -> s3://{volume}/{dataset_key(job)}/ "
-                 f"(RunPod S3 API; unchanged files are skipped)"]
-        pods, base = experts(job), (os.environ.get("RUNPOD_API_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-        for n, expert in enumerate(pods, 1):
-            body = pod_body(job, options, expert, quote.gpu, volume, datacenter, hours)
-            lines += [f"# POST {base}/pods (pod {n} of {len(pods)}{', expert ' + expert if expert else ''})",
-                      json.dumps(body, indent=2)]
-        lines.append(f"# {len(pods)} x {quote.gpu} at ${quote.usd_per_hour:.2f}/h ({quote.source}); each pod "
-                     f"terminates itself when its job ends, or after {hours:.4g} h")
+        base = (os.environ.get("RUNPOD_API_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        return {"upload": {"from": str(options.dataset), "to": f"s3://{volume}/{dataset_key(job)}/",
+                           "note": "RunPod S3 API; unchanged files are skipped"},
+                "pods": [{"request": f"POST {base}/pods", "expert": expert,
+                          "body": pod_body(job, options, expert, quote.gpu, volume, datacenter, hours)}
+                         for expert in experts(job)],
+                "gpu": {"id": quote.gpu, "count": quote.gpus, "usd_per_hour": quote.usd_per_hour,
+                        "price_source": quote.source, "checked_against": source},
+                "hours_limit": float(f"{hours:.4g}")}
+
+    def dry_run(self, job: Job, options: LaunchOptions) -> str:
+        data = self.dry_run_data(job, options)
+        up, gpu, pods = data["upload"], data["gpu"], data["pods"]
+        lines = [f"# upload {up['from']} -> {up['to']} ({up['note']})"]
+        for n, pod in enumerate(pods, 1):
+            expert = f", expert {pod['expert']}" if pod["expert"] else ""
+            lines += [f"# {pod['request']} (pod {n} of {len(pods)}{expert})", json.dumps(pod["body"], indent=2)]
+        lines.append(f"# {len(pods)} x {gpu['id']} at ${gpu['usd_per_hour']:.2f}/h ({gpu['price_source']}); each pod "
+                     f"terminates itself when its job ends, or after {data['hours_limit']:.4g} h")
+        lines.append(f"# GPU checked against {gpu['checked_against']}")
         return "\n".join(lines)
 
     # --- launch -----------------------------------------------------------------------------------------

@@ -23,12 +23,16 @@ def argv_lines(argv) -> list[str]:
     return [lines[0]] + ["    " + line for line in lines[1:]]
 
 
-def as_json(job: Job) -> str:
+def plan_data(job: Job) -> dict:
     data = job.plan.to_json()
     data["preset_origin"] = job.loaded.origin
     data["preset_sha256"] = job.loaded.content_hash
     data["overrides"] = list(job.loaded.overrides)
-    return json.dumps(data, indent=2)
+    return data
+
+
+def as_json(job: Job) -> str:
+    return json.dumps(plan_data(job), indent=2)
 
 
 def as_text(job: Job) -> str:

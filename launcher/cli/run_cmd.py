@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from launcher.backends import backend_names
@@ -37,7 +39,7 @@ Examples:
 @click.option("--volume", help="runpod: network volume id to use (default: create one in the datacenter).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (or with --backend, its command) and exit.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="Output format of --dry-run.")
+              help="Output format of --dry-run: json is one document (the plan, and with --backend what it sends).")
 @click.option("--no-check", is_flag=True,
               help="Skip the media check (files open, frames, fps) run before launching; --dry-run skips it too.")
 def run(preset, expert, dataset_dir, overrides, backend, output, image, gpus, cache_volume, gpu_type, follow,
@@ -55,11 +57,14 @@ def run(preset, expert, dataset_dir, overrides, backend, output, image, gpus, ca
                             "or --dry-run to see the plan")
         click.echo(render.as_json(job) if fmt == "json" else render.as_text(job))
         return 0
-    if dry_run and fmt == "json":
-        raise UserError("--format json prints the plan, not a backend's command: drop --backend or --format")
     options = LaunchOptions(dataset=dataset_dir, output=output, image=image, gpus=gpus, cache_volume=cache_volume,
                             gpu_type=gpu_type, follow=follow, max_hours=max_hours, max_cost=max_cost, volume=volume)
     chosen = load_backend(backend)
+    _note_hour_limit(job, max_hours)
+    if dry_run and fmt == "json":
+        launch = chosen.dry_run_data(job, options)
+        click.echo(json.dumps({"plan": render.plan_data(job), "backend": backend, "launch": launch}, indent=2))
+        return 0
     if dry_run:
         click.echo(chosen.dry_run(job, options))
         return 0
@@ -69,6 +74,13 @@ def run(preset, expert, dataset_dir, overrides, backend, output, image, gpus, ca
     if hasattr(chosen, "quote"):  # a paid platform: say what it will cost before starting anything
         quote_run(chosen, job, options, seconds)
     return chosen.launch(job, options)
+
+
+def _note_hour_limit(job, max_hours: float | None) -> None:
+    preset_hours = job.loaded.preset.resources.time_limit_hours
+    if max_hours is not None and max_hours > preset_hours:
+        click.echo(f"note: --max-hours {max_hours:g} raises the preset's time limit of {preset_hours:g} h",
+                   err=True)
 
 
 def quote_run(backend, job, options, seconds: float | None) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launcher.core.errors import UserError
+from launcher.core.hashes import sha256_files
 from launcher.core.inputs import has_control, inside
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -129,11 +130,10 @@ def _stem_clashes(media: list[Path], prefix: str) -> list[str]:
             "rename one of them" for stem, names in sorted(by_stem.items()) if len(names) > 1]
 
 
-def _media_dir(relpath: str, kind: str, media: list[Path]) -> MediaDir:
+def _media_dir(relpath: str, kind: str, media: list[Path], sha: dict[Path, str]) -> MediaDir:
     digest = hashlib.sha256()
     for path in media:
-        caption = path.with_suffix(CAPTION_EXTENSION)
-        digest.update(f"{path.name}\0{file_sha256(path)}\0{file_sha256(caption)}\n".encode())
+        digest.update(f"{path.name}\0{sha[path]}\0{sha[path.with_suffix(CAPTION_EXTENSION)]}\n".encode())
     return MediaDir(relpath, kind, tuple(p.name for p in media), digest.hexdigest())
 
 
@@ -183,4 +183,6 @@ def scan_dataset(root: str | Path) -> DatasetLayout:
         extra = len(problems) - MAX_LISTED
         raise UserError(*problems[:MAX_LISTED], *([f"... and {extra} more problems"] if extra > 0 else []))
     # Hash only a sound dataset: every caption exists and is readable by now.
-    return DatasetLayout(tuple(_media_dir(*found) for found in dirs))
+    files = [f for _, _, media in dirs for path in media for f in (path, path.with_suffix(CAPTION_EXTENSION))]
+    sha = sha256_files(files)
+    return DatasetLayout(tuple(_media_dir(*found, sha) for found in dirs))
