@@ -20,14 +20,18 @@ IMAGE_ARGS = --family $* --flavor $(FLAVOR) --tasks $(TASKS) --engine $(ENGINE) 
 install: $(VENV)/.installed            ## the launcher, the entrypoint and the dataset tools; no test tools
 install-dev: $(VENV)/.installed-dev    ## plus pytest, ruff, torch (CPU), Pillow, PyAV, modal
 
+# setuptools warns on every editable install that a folder named like the package may shadow it; ours is
+# that package, so that one warning is silenced (any other still shows).
+QUIET_PIP = PYTHONWARNINGS="ignore:Editable installation:UserWarning" $(BIN)/pip install --quiet
+
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dataset]'
+	$(QUIET_PIP) -e '.[dataset]'
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(QUIET_PIP) -e '.[dev]'
 	touch $@
 
 test: install-dev

@@ -295,7 +295,7 @@ def test_prepare_never_writes_over_or_into_the_source(tmp_path, capsys):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "keep.txt").write_text("mine")
     before = snapshot(tmp_path)
-    for target, words in ((tmp_path / "taken", "not empty"), (source / "inside", "inside")):
+    for target, words in ((tmp_path / "taken", "already exists"), (source / "inside", "inside")):
         code, out, err = cli(capsys, "dataset", "prepare", str(source), str(target))
         assert code == 2 and words in err and err.count("\n") == 1
     assert snapshot(tmp_path) == before

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from launcher.caption import LORA_TYPES
 from launcher.core.errors import UserError
+from launcher.core.inputs import existing_file
 
 KINDS = ("image", "video")
 
@@ -51,9 +52,8 @@ def builtin_prompt(anchor: str, lora_type: str, kind: str) -> str:
 
 def read_prompt_file(path: Path, anchor: str) -> str:
     """The user's template, checked: readable UTF-8, not empty, and asking for the anchor somehow."""
-    if not path.is_file():
-        raise UserError(f"prompt file {path} not found: pass a text file with your instructions "
-                        "({anchor} and {media} are filled in)")
+    existing_file(path, "prompt file", "pass a text file with your instructions ({anchor} and {media} are "
+                  "filled in)")
     try:
         template = path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:

@@ -56,6 +56,15 @@ def inside(root: Path, path: Path) -> bool:
     return True
 
 
+def existing_file(path: Path, what: str, fix: str) -> Path:
+    """A file to read: "not found" and "is a folder" are different problems with different fixes."""
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder, not a file: {fix}")
+    if not path.is_file():
+        raise UserError(f"{what} {path} not found: {fix}")
+    return path
+
+
 def _usable_dir(folder: Path, what: str) -> None:
     if not folder.exists():
         raise UserError(f"{what} {folder} does not exist: create it first")

@@ -20,6 +20,7 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from launcher.core.errors import UserError, closest
+from launcher.core.inputs import existing_file
 from launcher.core.schema import Preset, cross_checks
 
 REGISTRY_PACKAGE = "launcher.presets_data"
@@ -56,10 +57,8 @@ def _looks_like_path(ref: str) -> bool:
 def read_source(ref: str) -> tuple[str, str]:
     """(origin, text) for a preset name or a path to a preset file."""
     if _looks_like_path(ref):
-        path = Path(ref)
-        if not path.is_file():
-            raise UserError(f"preset file {ref} not found: give an existing .toml file or a preset name "
-                            "from `launcher presets list`")
+        path = existing_file(Path(ref), "preset file", "give an existing .toml file or a preset name from "
+                             "`launcher presets list`")
         try:
             return str(path), path.read_text(encoding="utf-8")
         except UnicodeDecodeError:

@@ -10,6 +10,7 @@ Always into a new folder: the source is never changed, so a bad conversion costs
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from collections import Counter
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from launcher.core.dataset import CAPTION_EXTENSION
 from launcher.core.errors import UserError
+from launcher.core.inputs import new_dir, writable_dir
 from launcher.media import TRAIN_FPS
 from launcher.media.check import media_files
 from launcher.media.probe import Probe, probe_video
@@ -25,9 +27,12 @@ from launcher.media.probe import Probe, probe_video
 
 def _refuse_unsafe(source: Path, destination: Path) -> None:
     if not source.is_dir():
-        raise UserError(f"source {source} is not a folder: pass the dataset folder to copy from")
-    if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
-        raise UserError(f"{destination} already exists and is not empty: choose a new folder (nothing was written)")
+        what = "is not a folder" if source.exists() else "not found"
+        raise UserError(f"source {source} {what}: pass the dataset folder to copy from")
+    if destination.is_dir() and not any(destination.iterdir()):
+        writable_dir(destination, "destination")  # an empty folder made for the copy is fine
+    else:
+        new_dir(destination, "destination")
     src, dst = source.resolve(), destination.resolve()
     if dst == src or src in dst.parents:
         raise UserError(f"{destination} is inside {source}: choose a folder outside it (the source is never "
@@ -99,9 +104,9 @@ def _video(source: Path, target_dir: Path, probed: Probe) -> str:
 def _converted(path: Path, relpath: Path, target_dir: Path, probed: Probe, destination: Path) -> str:
     try:
         return _video(path, target_dir, probed)
-    except Exception as exc:  # a stream that breaks mid-file: name it, and the partial copy
+    except Exception as exc:  # a stream that breaks mid-file: name it; the partial copy is removed
         raise UserError(f"{relpath.as_posix()} could not be converted ({exc}): re-encode it or move it out, "
-                        f"then delete the partial copy {destination} and run again") from None
+                        "and run again (nothing was written)") from None
 
 
 class _Progress:
@@ -147,11 +152,14 @@ def prepare_dataset(source: str | Path, destination: str | Path) -> str:
     if not files:
         raise UserError(f"{source} has no images or videos to copy (nothing was written)")
     probes = _probe_videos(source, files)
+    # Written beside the destination and renamed into place only when complete: a failure leaves nothing.
+    work = destination.with_name(f".{destination.name}.partial-{os.getpid()}")
     progress, converted = _Progress(len(files)), 0
     try:
+        work.mkdir()
         for _, kind, path in files:
             relpath = path.relative_to(source)
-            target_dir = destination / relpath.parent
+            target_dir = work / relpath.parent
             target_dir.mkdir(parents=True, exist_ok=True)
             caption = path.with_suffix(CAPTION_EXTENSION)
             if caption.is_file():
@@ -163,8 +171,12 @@ def prepare_dataset(source: str | Path, destination: str | Path) -> str:
                 note = _converted(path, relpath, target_dir, probes[path], destination)
                 converted += not note.startswith("copied")
             progress.step(relpath.as_posix(), note)
+        if destination.is_dir():
+            destination.rmdir()  # the empty folder the user made for it (checked above)
+        work.rename(destination)
     finally:
         progress.close()
+        shutil.rmtree(work, ignore_errors=True)
     counts = Counter(kind for _, kind, _ in files)
     return (f"wrote {counts['image']} images and {counts['video']} videos ({converted} resampled to "
             f"{TRAIN_FPS} fps and 4N+1 frames) to {destination}")
