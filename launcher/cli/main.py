@@ -50,11 +50,11 @@ def cli():
     """LoRA Gym: train Wan 2.1 / 2.2 LoRAs with musubi-tuner from validated presets."""
 
 
-def _debug(on: bool) -> None:
-    if on:  # the error boundary in main() reads it, as the entrypoint's does
-        import os
+_debug_flag = [False]  # set by --debug while the command line is parsed; read by the boundary in main()
 
-        os.environ["LORA_GYM_DEBUG"] = "1"
+
+def _debug(on: bool) -> None:
+    _debug_flag[0] = on
 
 
 def _fail(lines: list[str], code: int = 2) -> int:
@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; bad input becomes `error: ...` lines and exit code 2, never a traceback."""
     from launcher.core.errors import INPUT_ERRORS, UserError, debugging, input_problem  # standard library only
 
+    _debug_flag[0] = False
     try:
         result = cli.main(args=argv, prog_name="launcher", standalone_mode=False)
         return result if isinstance(result, int) else 0
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except INPUT_ERRORS as exc:  # a path or file the checks did not foresee; a bug is any other exception
-        if debugging():
+        if _debug_flag[0] or debugging():
             raise
         return _fail([input_problem(exc, "launcher --debug ...")])
     except (click.Abort, KeyboardInterrupt):

@@ -125,7 +125,7 @@ class ImageEntry(Strict):
 class VideoEntry(Strict):
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
     resolution: tuple[Size, Size]
-    target_frames: list[Annotated[int, Field(le=MAX_FRAMES)]] = Field(min_length=1, max_length=16)
+    target_frames: list[Annotated[int, Field(ge=1, le=MAX_FRAMES)]] = Field(min_length=1, max_length=16)
     frame_extraction: Literal["head", "chunk", "slide", "uniform", "full"] = "head"
     frame_sample: int | None = Field(None, gt=0, le=1000)
     frame_stride: int | None = Field(None, gt=0, le=10_000)
