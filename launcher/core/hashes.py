@@ -1,4 +1,4 @@
-"""sha256 of many files, remembered between runs by (path, size, modification time), with a progress bar
+"""sha256 of many files, remembered between runs by (path, size, modification time), with a progress line
 when hashing takes more than a second.
 
 Every `launcher run --dry-run` names its caches after the dataset's content, so it hashes every media file;
@@ -20,11 +20,6 @@ from pathlib import Path
 CACHE_NAME = "file-hashes.json"
 MAX_ENTRIES = 200_000  # beyond this the oldest half is dropped: the cache must not grow without bound
 PROGRESS_AFTER_S = 1.0
-
-
-def _state_dir() -> Path:
-    # The run registry's folder (launcher.runs.home), named here too so this module stays standard library only.
-    return Path(os.environ.get("LORA_GYM_HOME") or Path.home() / ".local" / "state" / "lora-gym")
 
 
 def _key(path: Path) -> tuple[str, list[int]]:
@@ -73,9 +68,10 @@ class _Progress:
 
 def sha256_files(paths: Sequence[Path]) -> dict[Path, str]:
     """path -> sha256 hex of each file; unchanged files since an earlier call are not read again."""
+    from launcher.runs import home  # the launcher's state folder, beside the run registry
     from launcher.weights.fetch import sha256_file  # the one implementation, standard library only
 
-    cache = _state_dir() / CACHE_NAME
+    cache = home() / CACHE_NAME
     entries, changed = _load(cache), False
     keys = {path: _key(path) for path in paths}
     progress = _Progress(len(paths), sum(stamp[0] for _, stamp in keys.values()))
