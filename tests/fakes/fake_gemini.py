@@ -37,25 +37,40 @@ class Faults:
 
     def __init__(self, rate_429: float = 0.0, rate_500: float = 0.0, retry_after: str | None = "0", seed: int = 0):
         self.rate_429, self.rate_500, self.retry_after = rate_429, rate_500, retry_after
-        self._random = random.Random(seed)
+        self.seed, self._random = seed, random.Random(seed)
         self._queued: dict[str, deque] = defaultdict(deque)
+        self._tries: dict[tuple[str, str], int] = defaultdict(int)
         self._lock = threading.Lock()
 
     def fail_next(self, op: str, status: int, retry_after: str | None = None, times: int = 1) -> None:
         with self._lock:
             self._queued[op].extend([(status, retry_after)] * times)
 
-    def draw(self, op: str, random_ops: tuple[str, ...]) -> tuple[int, str | None] | None:
+    def draw(self, op: str, random_ops: tuple[str, ...], key: str | None = None) -> tuple[int, str | None] | None:
+        """The fault for this request, if any. With `key` (what the request is about, e.g. one file), the n-th
+        request for that key always rolls the same number: which thread sends it first does not matter, so a
+        seed that passes once passes every time."""
         with self._lock:
             if self._queued[op]:
                 return self._queued[op].popleft()
             if op in random_ops:
-                roll = self._random.random()
+                if key is None:
+                    roll = self._random.random()
+                else:
+                    tries = self._tries[(op, key)]
+                    self._tries[(op, key)] += 1
+                    roll = random.Random(f"{self.seed}/{op}/{key}/{tries}").random()
                 if roll < self.rate_429:
                     return 429, self.retry_after
                 if roll < self.rate_429 + self.rate_500:
                     return 500, None
         return None
+
+
+def _file_of(body: bytes | None) -> str | None:
+    """The uploaded file a generateContent request is about (its fileUri), for per-file fault draws."""
+    match = re.search(rb'"fileUri"\s*:\s*"([^"]+)"', body or b"")
+    return match[1].decode() if match else None
 
 
 class LoopbackServer:
@@ -168,7 +183,7 @@ class FakeGemini(LoopbackServer):
         for route_method, pattern, op, action in routes:
             match = re.match(pattern, path)
             if method == route_method and match:
-                fault = self.faults.draw(op, random_ops=("generate",))
+                fault = self.faults.draw(op, random_ops=("generate",), key=_file_of(handler.body))
                 if fault:
                     if op == "generate":
                         time.sleep(self.latency)
