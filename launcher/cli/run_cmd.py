@@ -41,15 +41,16 @@ Examples:
               help="Output format of --dry-run.")
 @click.option("--no-check", is_flag=True,
               help="Skip the media check (files open, frames, fps) run before launching; --dry-run skips it too.")
-def run(preset, expert, dataset_dir, overrides, gpu_memory, backend, output, image, gpus, cache_volume, gpu_type, follow,
-        max_hours, max_cost, volume, dry_run, fmt, no_check):
+def run(preset, expert, dataset_dir, overrides, gpu_memory, backend, output, image, gpus, cache_volume, gpu_type,
+        follow, max_hours, max_cost, volume, dry_run, fmt, no_check):
     """Plan a LoRA training run from PRESET on a dataset folder, and run it with --backend."""
     from launcher.backends import LaunchOptions, load_backend
     from launcher.cli import render
     from launcher.core.errors import UserError
     from launcher.core.job import prepare
 
-    job = prepare(preset, expert, with_gpu_memory(overrides, gpu_memory), dataset_dir)  # bad input fails here, before any backend
+    # Bad input fails here, before any backend; --gpu-memory travels as an override, to the container too.
+    job = prepare(preset, expert, with_gpu_memory(overrides, gpu_memory), dataset_dir)
     if backend is None:
         if not dry_run:
             raise UserError("running needs a backend: add --backend local (Docker or Podman on this machine), "

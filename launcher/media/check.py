@@ -12,8 +12,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launcher.core.dataset import SUBFOLDERS, DatasetLayout, media_kind, scan_dataset
 from launcher.core import fit
+from launcher.core.dataset import SUBFOLDERS, DatasetLayout, media_kind, scan_dataset
 from launcher.core.errors import UserError
 from launcher.core.memory import Load
 from launcher.core.schema import EXPERTS, Preset, VideoEntry
