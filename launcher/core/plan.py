@@ -279,6 +279,15 @@ def _weights_for(preset: Preset, weights: _Weights) -> dict:
     return cache_inputs | ({"clip": weights.identity("clip")} if preset.model.clip else {})
 
 
+def _fit_experts(preset: Preset, experts: list[str | None], layout: DatasetLayout) -> dict[str | None, fit.Choice]:
+    """The memory settings of each training. The largest LoRA goes first, so that when nothing fits, the one
+    error names the shrink that makes every expert fit."""
+    loads = fit.loads(preset, [d.kind for d in layout.dirs])
+    ranks = {exp: _expert_settings(preset, exp).network_dim for exp in experts}
+    return {exp: fit.choose(preset.name, exp, fit.Request.of(preset, ranks[exp]), loads, preset.resources.gpu_memory_gb)
+            for exp in sorted(experts, key=lambda e: -ranks[e])}
+
+
 def make_plan(preset: Preset, expert: str | None, layout: DatasetLayout, run_id: str,
               paths: ContainerPaths | None = None, lock: Mapping[str, Mapping] | None = None,
               locations: Mapping[str, str] | None = None) -> Plan:
@@ -294,13 +303,11 @@ def make_plan(preset: Preset, expert: str | None, layout: DatasetLayout, run_id:
     config_path = f"{run_dir}/dataset.toml"
     config_text, cache_dirs = _dataset_config(preset, layout, paths, _weights_for(preset, weights))
     steps = _cache_steps(preset, paths, config_path, cache_dirs, weights)
-    outputs, choices = [], []
+    outputs = []
     base_name = preset.output_name or preset.name
-    loads = fit.loads(preset, [d.kind for d in layout.dirs])
+    choices = _fit_experts(preset, experts, layout)
     for exp in experts:
         settings = _expert_settings(preset, exp)
-        choices.append(fit.choose(preset.name, exp, fit.Request.of(preset, settings.network_dim), loads,
-                                  preset.resources.gpu_memory_gb))
         suffix = f"-{exp}" if exp else ""
         if settings.lightning:
             merge, dit = _merge_step(exp, settings, paths, weights)
@@ -309,12 +316,12 @@ def make_plan(preset: Preset, expert: str | None, layout: DatasetLayout, run_id:
             dit = weights.add(f"dit{suffix}", settings.dit)
         name = base_name + suffix
         steps.append(_train_step(preset, settings, dit, f"train{suffix}", (run_dir, name), paths, config_path,
-                                 choices[-1]))
+                                 choices[exp]))
         outputs.append(f"{run_dir}/{name}.safetensors")
-    host = memory.host_request_gb(max(c.estimated_host_gb for c in choices))
+    host = memory.host_request_gb(max(c.estimated_host_gb for c in choices.values()))
     resources = Resources(preset.resources.gpu_memory_gb, 1, preset.resources.time_limit_hours, host)
     plan = Plan(preset.name, expert, run_id, run_dir, config_path, config_text, tuple(steps),
-                tuple(weights.files.values()), resources, tuple(outputs), tuple(choices))
+                tuple(weights.files.values()), resources, tuple(outputs), tuple(choices[e] for e in experts))
     from launcher.core.checks import verify_plan  # local: checks imports this module
 
     verify_plan(plan, preset)
