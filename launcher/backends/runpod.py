@@ -128,8 +128,18 @@ def pod_body(job: Job, options: LaunchOptions, expert: str | None, gpu: str, vol
     return body
 
 
+def candidates(memory_gb: int) -> list[str]:
+    """GPU ids with at least `memory_gb` (any size, --gpu-memory), the smallest class first."""
+    return [gpu for size in sorted(GPU_CANDIDATES) if size >= memory_gb for gpu in GPU_CANDIDATES[size]]
+
+
 def choose_gpu(catalog: list[dict], wanted: str | None, memory_gb: int) -> dict:
-    """The catalog entry for --gpu (checked, with a did-you-mean), else the preferred one of the preset's class."""
+    """The catalog entry for --gpu (checked, with a did-you-mean), else the preferred one of the smallest class
+    that holds `memory_gb`."""
+    fitting = candidates(memory_gb)
+    if not fitting:
+        raise UserError(f"the plan needs a {memory_gb} GB GPU, more than any RunPod GPU class LoRA Gym knows: "
+                        "choose one with --gpu, or lower --gpu-memory")
     by_id = {g["id"]: g for g in catalog}
     if wanted:
         found = by_id.get(wanted) or next((g for g in catalog if wanted.lower() in
@@ -139,12 +149,19 @@ def choose_gpu(catalog: list[dict], wanted: str | None, memory_gb: int) -> dict:
                             f"use an id such as {GPU_CANDIDATES[80][0]!r}")
         if found.get("memory", memory_gb) < memory_gb:
             raise UserError(f"--gpu {found['id']!r} has {found['memory']} GB, the preset needs a {memory_gb} GB GPU: "
-                            f"pick one such as {GPU_CANDIDATES[80 if memory_gb > 48 else memory_gb][0]!r}")
+                            f"pick one such as {fitting[0]!r}")
         return found
-    for candidate in GPU_CANDIDATES[memory_gb]:
+    for candidate in fitting:
         if candidate in by_id and by_id[candidate].get("secure", True):
             return by_id[candidate]
-    raise UserError(f"RunPod's catalog lists none of {', '.join(GPU_CANDIDATES[memory_gb])}: choose one with --gpu")
+    raise UserError(f"RunPod's catalog lists none of {', '.join(fitting)}: choose one with --gpu")
+
+
+def host_ram_note(job: Job) -> str:
+    # RunPod's v2 CreatePodRequest takes no RAM for GPU pods (CreateGpuConfig: id, count, CUDA constraints;
+    # only CPU pods have `memory`): RAM comes with the GPU type's machine, so it can only be said, not asked.
+    return (f"# host RAM: the plan needs about {job.plan.resources.host_memory_gb} GB (block swap, activation "
+            "offload); RunPod's pod API cannot request RAM for a GPU pod: it comes with the --gpu type's machine")
 
 
 def price_of(gpu: dict) -> tuple[float, str]:
@@ -209,6 +226,7 @@ class RunPodBackend:
                       json.dumps(body, indent=2)]
         lines.append(f"# {len(pods)} x {quote.gpu} at ${quote.usd_per_hour:.2f}/h ({quote.source}); each pod "
                      f"terminates itself when its job ends, or after {hours:.4g} h")
+        lines.append(host_ram_note(job))
         return "\n".join(lines)
 
     # --- launch -----------------------------------------------------------------------------------------
