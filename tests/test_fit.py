@@ -218,7 +218,8 @@ def _cell(name: str, gb: int) -> str:
     worst = max(plan.memory, key=lambda c: (c.gradient_checkpointing_cpu_offload, c.blocks_to_swap))
     words = [f"swap {worst.blocks_to_swap}" if worst.blocks_to_swap else "no swap"]
     words += ["offload"] * worst.gradient_checkpointing_cpu_offload + ["fp8"] * worst.fp8_base
-    return f"{', '.join(words)}: {max(c.estimated_gpu_gb for c in plan.memory):g} GB, host {plan.resources.host_memory_gb}"
+    peak = max(c.estimated_gpu_gb for c in plan.memory)
+    return f"{', '.join(words)}: {peak:g} GB, host {plan.resources.host_memory_gb}"
 
 
 def estimate_table() -> str:
