@@ -234,3 +234,10 @@ def test_the_docs_table_is_the_model_s(doc):
     from conftest import ROOT
 
     assert estimate_table() in (ROOT / doc).read_text(), f"{doc}: paste tests/test_fit.py estimate_table()'s output"
+
+
+def test_presets_show_names_the_keys_left_to_the_fit(capsys):
+    assert main(["presets", "show", "wan21-t2v-14b", "--set", "train.blocks_to_swap=3"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("# chosen to fit") and "train.gradient_checkpointing_cpu_offload" in last
+    assert "train.blocks_to_swap" not in last and "model.fp8_base" not in last  # both explicit here
