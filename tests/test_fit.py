@@ -241,3 +241,11 @@ def test_presets_show_names_the_keys_left_to_the_fit(capsys):
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("# chosen to fit") and "train.gradient_checkpointing_cpu_offload" in last
     assert "train.blocks_to_swap" not in last and "model.fp8_base" not in last  # both explicit here
+
+
+def test_without_checkpointing_the_error_says_to_turn_it_back_on():
+    with pytest.raises(UserError) as caught:
+        plan_for("wan21-t2v-14b", 24, ["train.gradient_checkpointing=false"])
+    assert "--set train.gradient_checkpointing=true" in caught.value.problems[0]
+    _, plan = plan_for("wan21-t2v-14b", 24)  # and with it, 24 GB fits
+    assert plan.memory[0].estimated_gpu_gb <= 24

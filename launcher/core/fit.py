@@ -129,6 +129,8 @@ def no_fit_message(name: str, req: Request, items: Sequence[Load], gpu_gb: int) 
     largest = max(items, key=lambda load: load.tokens)
     tier = next_tier(req, largest.tokens, gpu_gb)
     bigger = f"use --gpu-memory {tier}" if tier else "no GPU class LoRA Gym knows is large enough"
+    if not req.checkpointing:  # without it every block keeps its activations: by far the largest saving
+        bigger = f"--set train.gradient_checkpointing=true, or {bigger}"
     frugal = _settings_words(req, last, req.shape.wan22)
     if tokens < memory.MIN_TOKENS:
         fixed = memory.estimate(req.shape, last, req.rank, 0, req.checkpointing).gpu_gb
