@@ -157,6 +157,9 @@ def choose_gpu(catalog: list[dict], wanted: str | None, memory_gb: int) -> dict:
     raise UserError(f"RunPod's catalog lists none of {', '.join(fitting)}: choose one with --gpu")
 
 
+HOST_RAM_SAID_GB = 16  # plans without block swap need about this much, which every GPU machine has
+
+
 def host_ram_note(job: Job) -> str:
     # RunPod's v2 CreatePodRequest takes no RAM for GPU pods (CreateGpuConfig: id, count, CUDA constraints;
     # only CPU pods have `memory`): RAM comes with the GPU type's machine, so it can only be said, not asked.
@@ -276,6 +279,8 @@ class RunPodBackend:
                 with contextlib.suppress(UserError):
                     self.api().terminate_pod(pod["id"])
             raise
+        if job.plan.resources.host_memory_gb > HOST_RAM_SAID_GB:  # block swap or offload: RAM matters
+            print(f"launcher: {host_ram_note(job)[2:]}", file=sys.stderr)
         ids = ", ".join(p["id"] for p in record["pods"])
         print(f"launcher: run {job.plan.run_id} started on RunPod (pods {ids}); it stops itself after {hours:.4g} h. "
               f"`launcher status {job.plan.run_id}`, `launcher logs {job.plan.run_id} --follow`, "
