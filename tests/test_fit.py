@@ -249,3 +249,11 @@ def test_without_checkpointing_the_error_says_to_turn_it_back_on():
     assert "--set train.gradient_checkpointing=true" in caught.value.problems[0]
     _, plan = plan_for("wan21-t2v-14b", 24)  # and with it, 24 GB fits
     assert plan.memory[0].estimated_gpu_gb <= 24
+
+
+def test_block_swap_needs_no_checkpointing_and_the_warning_names_the_fixes():
+    _, plan = plan_for("wan21-t2v-14b", 24, ["model.fp8_base=false", "train.gradient_checkpointing=false"])
+    argv, choice = train_argv(plan)[0], plan.memory[0]
+    assert flag_value(argv, "--blocks_to_swap") == 39 and "--gradient_checkpointing_cpu_offload" not in argv
+    assert "--set train.gradient_checkpointing=true" in choice.reason
+    assert "--set model.fp8_base=none" in choice.reason

@@ -75,17 +75,13 @@ def loads(preset: Preset, kinds: Sequence[str]) -> list[Load]:
 def _candidates(req: Request) -> Iterator[Settings]:
     """Every allowed setting, cheapest first; explicit settings are never varied."""
     swaps = range(req.shape.max_swap + 1) if req.swap is None else (req.swap,)
-    offloads = (False, True) if req.offload is None else (req.offload,)
-    if req.fp8 is not True:
-        yield Settings(False, swaps[0], offloads[0])
-    if req.fp8 is not False:
-        for offload in offloads:
-            if offload and not req.checkpointing:
-                continue  # musubi offloads checkpointed activations only
-            for swap in swaps:
-                yield Settings(True, swap, offload)
-    elif req.checkpointing:
-        yield from (Settings(False, swap, offload) for offload in offloads for swap in swaps)
+    # musubi offloads checkpointed activations only (the schema refuses offload without checkpointing).
+    offloads = [o for o in ((False, True) if req.offload is None else (req.offload,)) if req.checkpointing or not o]
+    if req.fp8 is None:
+        yield Settings(False, swaps[0], offloads[0])  # 16-bit weights, before any other saving
+    for offload in offloads:
+        for swap in swaps:
+            yield Settings(req.fp8 is not False, swap, offload)
 
 
 def _fits(req: Request, settings: Settings, tokens: int, gpu_gb: int) -> bool:
@@ -100,10 +96,10 @@ def next_tier(req: Request, tokens: int, gpu_gb: int) -> int | None:
     return next((tier for tier in TIERS if tier > gpu_gb and _search(req, tokens, tier)), None)
 
 
-def _settings_words(req: Request, s: Settings, wan22: bool) -> str:
+def _settings_words(req: Request, s: Settings) -> str:
     words = []
     if s.fp8:
-        words.append("fp8 base" + (" + scaled" if req.fp8_scaled or (wan22 and req.fp8 is None) else ""))
+        words.append("fp8 base" + (" + scaled" if req.fp8_scaled or (req.shape.wan22 and req.fp8 is None) else ""))
     if s.blocks_to_swap or req.swap is not None:
         words.append(f"blocks_to_swap {s.blocks_to_swap}" + ("" if req.swap is None else " (set by you)"))
     elif req.swap is None:
@@ -131,7 +127,7 @@ def no_fit_message(name: str, req: Request, items: Sequence[Load], gpu_gb: int) 
     bigger = f"use --gpu-memory {tier}" if tier else "no GPU class LoRA Gym knows is large enough"
     if not req.checkpointing:  # without it every block keeps its activations: by far the largest saving
         bigger = f"--set train.gradient_checkpointing=true, or {bigger}"
-    frugal = _settings_words(req, last, req.shape.wan22)
+    frugal = _settings_words(req, last)
     if tokens < memory.MIN_TOKENS:
         fixed = memory.estimate(req.shape, last, req.rank, 0, req.checkpointing).gpu_gb
         return (f"{name} needs about {fixed:g} GB before any data even with {frugal}, more than {gpu_gb} GB "
@@ -151,7 +147,7 @@ def _oom_hint(req: Request, s: Settings, largest: Load, gpu_gb: int) -> str:
         fixes.append(f"shrinking {largest.label()} with {largest.shrunk(int(largest.tokens * 0.75))}")
     if tier:
         fixes.append(f"a larger GPU with --gpu-memory {tier}")
-    return (f"CUDA ran out of memory with {_settings_words(req, s, req.shape.wan22)} on the {gpu_gb} GB plan "
+    return (f"CUDA ran out of memory with {_settings_words(req, s)} on the {gpu_gb} GB plan "
             f"(largest item {largest.label()}): try {', or '.join(fixes)}")
 
 
@@ -161,14 +157,18 @@ def choose(name: str, expert: str | None, req: Request, items: Sequence[Load], g
     chosen = _search(req, largest.tokens, gpu_gb)
     over = ""
     if chosen is None:
-        if req.swap is None and req.offload is None and req.fp8 is not False:
+        explicit = (("train.blocks_to_swap", req.swap is not None), ("model.fp8_base", req.fp8 is False),
+                    ("train.gradient_checkpointing_cpu_offload", req.offload is not None))
+        pinned = [key for key, given in explicit if given]
+        if not pinned:
             raise UserError(no_fit_message(name, req, items, gpu_gb))
         # An explicit setting wins: plan it as given, and say the estimate is over.
         chosen = list(_candidates(req))[-1]
-        over = (f"; over {gpu_gb} GB by the estimate, expect out-of-memory: drop your setting to let LoRA Gym "
-                "choose (--set train.blocks_to_swap=none)")
+        fixes = ["--set train.gradient_checkpointing=true"] * (not req.checkpointing)
+        fixes.append("let LoRA Gym choose with " + " ".join(f"--set {key}=none" for key in pinned))
+        over = f"; over {gpu_gb} GB by the estimate, expect out-of-memory: {', or '.join(fixes)}"
     est = memory.estimate(req.shape, chosen, req.rank, largest.tokens, req.checkpointing)
-    reason = (f"{gpu_gb} GB: {_settings_words(req, chosen, req.shape.wan22)} (estimated {est.gpu_gb:g} GB GPU, "
+    reason = (f"{gpu_gb} GB: {_settings_words(req, chosen)} (estimated {est.gpu_gb:g} GB GPU, "
               f"{est.host_gb:g} GB host; largest item {largest.label()}){over}")
     scaled = chosen.fp8 and (req.fp8_scaled or (req.fp8 is None and req.shape.wan22))
     return Choice(expert, gpu_gb, chosen.fp8, bool(scaled), chosen.blocks_to_swap, chosen.offload, est.gpu_gb,
