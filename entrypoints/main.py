@@ -255,6 +255,7 @@ def run_job(settings) -> int:
             stage = "" if settings.stage == "all" else f" (stage {settings.stage})"
             log(f"run {plan.run_id}: {len(steps)} steps{stage}, output in {plan.run_dir}")
             ctx = Context(run.job, run.manifest, stop, settings, run.owner, run.restart, child_env)
+            run.manifest.data.pop("failure", None)  # a restart's earlier out-of-memory is not this attempt's
             code = run_steps(ctx, steps)
             status = "succeeded" if code == 0 else "stopped" if stop.signal else "failed"
             run.manifest.finish(status, code)

@@ -56,3 +56,14 @@ def test_oom_is_recognised_from_torch_messages(line, seen):
     watch = oom.Watch(Sink())
     watch.write(line + "\n")
     assert watch.seen is seen
+
+
+def test_a_restart_that_succeeds_drops_the_earlier_oom(box):
+    box.stock_weights("wan21-t2v-14b")
+    env = box.env("wan21-t2v-14b", LORA_GYM_RUN_ID="r", LORA_GYM_SET="resources.gpu_memory_gb=24")
+    assert box.run(env | {"FAKE_MUSUBI_OOM": "wan_train_network"}).returncode == 1
+    assert "failure" in json.loads((box.output / "r" / "run.json").read_text())
+    again = box.run(env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    manifest = json.loads((box.output / "r" / "run.json").read_text())
+    assert manifest["status"] == "succeeded" and "failure" not in manifest
