@@ -155,6 +155,8 @@ def measure(facts: dict, config: dict, dit: Path, steps: int) -> dict:
     network = lora_wan.create_arch_network(1.0, facts["rank"], facts["rank"], None, [], model)
     network.apply_to(None, model, apply_text_encoder=False, apply_unet=True)
     network.to("cuda")  # fp32, as musubi trains LoRA weights under mixed precision
+    network.prepare_grad_etc(model)  # as trainer_base does before the loop
+    network.on_epoch_start(model)
     model.enable_gradient_checkpointing(config["offload"])
     model.train()
     optimizer = bitsandbytes.optim.AdamW8bit(network.parameters(), lr=1e-4, weight_decay=0.01)
