@@ -27,7 +27,7 @@ from launcher.core.errors import INPUT_ERRORS, UserError, debugging, input_probl
 from launcher.core.inputs import creatable_dir
 from launcher.core.job import Job, prepare, read_lock
 from launcher.core.plan import Step
-from lora_gym_entrypoint import cachelock, env, pod, resume, rundir
+from lora_gym_entrypoint import cachelock, env, oom, pod, resume, rundir
 from lora_gym_entrypoint.manifest import Manifest, now
 from lora_gym_entrypoint.runner import format_argv, run_step
 
@@ -190,14 +190,25 @@ def run_train_step(ctx: Context, step: Step) -> int:
             training[step.name] = {"epochs": epochs_run, "total_steps": total}
             ctx.manifest.write()
 
-    code = execute(ctx, step.name, start.argv, StepOutput(sys.stdout, on_total))
+    watch = oom.Watch(StepOutput(sys.stdout, on_total))
+    code = execute(ctx, step.name, start.argv, watch)
     if attempted:
         ctx.manifest.data["steps"][-1]["resumed_from"] = start.state and {"state": str(start.state.path),
                                                                           "epoch": start.state.epoch}
         ctx.manifest.write()
     if code == 0:
         resume.finalize(out_dir, name, epochs)
+    elif watch.seen and not ctx.stopping():
+        out_of_memory(ctx, step.name)
     return code
+
+
+def out_of_memory(ctx: Context, step: str) -> None:
+    """Record in run.json, and say, which setting to change instead of leaving a bare traceback."""
+    hint = oom.hint_for(ctx.job.plan, step) or "CUDA ran out of memory: plan for a larger GPU with --gpu-memory"
+    ctx.manifest.data["failure"] = {"step": step, "kind": "cuda_out_of_memory", "hint": hint}
+    ctx.manifest.write()
+    log(f"{step}: {hint}")
 
 
 def run_steps(ctx: Context, steps: Sequence[Step]) -> int:
@@ -247,10 +258,13 @@ def run_job(settings) -> int:
             stage = "" if settings.stage == "all" else f" (stage {settings.stage})"
             log(f"run {plan.run_id}: {len(steps)} steps{stage}, output in {plan.run_dir}")
             ctx = Context(run.job, run.manifest, stop, settings, run.owner, run.restart, child_env)
+            run.manifest.data.pop("failure", None)  # a restart's earlier out-of-memory is not this attempt's
             code = run_steps(ctx, steps)
             status = "succeeded" if code == 0 else "stopped" if stop.signal else "failed"
             run.manifest.finish(status, code)
-            log(f"run {status}; manifest: {run.manifest.path}")
+            failure = run.manifest.data.get("failure")
+            # The last line is what a platform's status page shows: make it the fix when there is one.
+            log(f"run {status}; manifest: {run.manifest.path}" + (f"; {failure['hint']}" if failure else ""))
         except BaseException as exc:  # whatever ends the run now, run.json must not say "running" forever
             run.manifest.fail(f"{type(exc).__name__}: {exc}")
             raise

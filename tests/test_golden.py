@@ -1,4 +1,5 @@
-"""Golden plans: every preset x expert against the example dataset, pinned byte for byte.
+"""Golden plans: every preset x expert against the example dataset, pinned byte for byte, and a 24 GB and a
+48 GB variant of each family (block swap, fp8 and activation offload chosen to fit; launcher/core/fit.py).
 
 Regenerate after an intended change with `make golden` (UPDATE_GOLDEN=1) and review the diff.
 """
@@ -27,19 +28,29 @@ def combinations() -> list[tuple[str, str | None]]:
     return combos
 
 
-def test_twelve_trainings_are_pinned():
+# One preset per family, the expert with the larger LoRA for Wan 2.2, at the two GPU sizes users ask about most.
+GPU_VARIANTS = [(name, expert, gb) for name, expert in (("wan21-t2v-14b", None), ("wan22-t2v-lightning", "low"))
+                for gb in (24, 48)]
+
+
+def golden_name(name: str, expert: str | None, gb: int | None = None) -> str:
+    return f"{name}{'--' + expert if expert else ''}{f'--{gb}gb' if gb else ''}.json"
+
+
+def test_twelve_trainings_and_the_gpu_variants_are_pinned():
     assert len(combinations()) == 12
     assert sorted(p.name for p in GOLDEN.glob("*.json")) == sorted(
-        f"{name}{'--' + expert if expert else ''}.json" for name, expert in combinations())
+        [golden_name(name, expert) for name, expert in combinations()] +
+        [golden_name(*variant) for variant in GPU_VARIANTS])
 
 
-@pytest.mark.parametrize("name, expert", combinations())
-def test_plan_matches_golden(name, expert):
-    preset = load_preset(name).preset
+@pytest.mark.parametrize("name, expert, gb", [(n, e, None) for n, e in combinations()] + GPU_VARIANTS)
+def test_plan_matches_golden(name, expert, gb):
+    preset = load_preset(name, [f"resources.gpu_memory_gb={gb}"] if gb else []).preset
     plan = make_plan(preset, expert, scan_dataset(EXAMPLE_DATASET), "golden")
     assert plan_problems(plan, preset) == []
     text = json.dumps(plan.to_json(), indent=2) + "\n"
-    golden = GOLDEN / f"{name}{'--' + expert if expert else ''}.json"
+    golden = GOLDEN / golden_name(name, expert, gb)
     if os.environ.get("UPDATE_GOLDEN"):
         golden.write_text(text)
     assert golden.read_text() == text, f"plan changed: review and run `make golden` if intended ({golden.name})"

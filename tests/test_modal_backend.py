@@ -58,6 +58,15 @@ def spec_for(*args, **kwargs):
 
 # --- the request as data ----------------------------------------------------------------------------------
 
+def test_host_ram_follows_the_plan():
+    # Block swap and activation offload at 24 GB hold the DiT and activations in host RAM: ask for more.
+    roomy, tight = spec_for(), spec_for(overrides=["resources.gpu_memory_gb=24"])
+    plan = prepare("wan22-t2v-lightning", "high", (), EXAMPLE_DATASET).plan
+    assert roomy.memory_mib == plan.resources.host_memory_gb * 1024
+    assert tight.memory_mib > roomy.memory_mib
+    assert tight.gpu == "L4"
+
+
 def test_gpu_comes_from_the_preset_class_or_gpu():
     assert spec_for().gpu == "H100"
     assert spec_for("wan21-t2v-1.3b", None).gpu == "L4"
@@ -148,6 +157,7 @@ def test_real_objects_carry_the_spec(monkeypatch):
     assert isinstance(app, modal.App) and set(functions) == {"cache", "train_high", "train_low", "both"}
     train = functions["train_high"]._spec_
     assert train.gpus == "H100"
+    assert train.memory == spec.memory_mib  # the plan's host RAM, in MiB
     assert {path: vol.name for path, vol in train.volumes.items()} == spec.volumes
     assert [s.name for s in train.secrets] == ["lora-gym-hf"]
     assert functions["both"]._spec_.gpus is None  # the orchestrator only waits

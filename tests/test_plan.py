@@ -137,6 +137,9 @@ def _drop(flag, with_value=False):
     ("wan21-t2v-14b", None, "train", lambda a: a + ["--lr_scheduler_min_lr_ratio", "0.01"], "lr_end"),
     ("wan21-t2v-14b", None, "train", lambda a: a + ["--no_such_flag"], "unknown argument"),
     ("wan21-t2v-14b", None, "train", lambda a: a + ["--max_timestep", "0.9"], "expects int"),
+    ("wan21-t2v-1.3b", None, "train", lambda a: a + ["--blocks_to_swap", "30"], "at most 29"),
+    ("wan21-t2v-14b", None, "train", lambda a: [x for x in a if x != "--gradient_checkpointing"]
+     + ["--gradient_checkpointing_cpu_offload"], "needs --gradient_checkpointing"),
 ])
 def test_rule_checker_catches_each_violation(name, expert, step_name, transform, expected):
     preset = load_preset(name).preset

@@ -105,6 +105,16 @@ def write_run_output(volume, run_id, exit_code):
 
 # --- dry run --------------------------------------------------------------------------------------------
 
+def test_dry_run_with_gpu_memory_picks_the_class_and_says_the_host_ram(dataset, capsys):
+    assert main(["run", "--preset", "wan21-t2v-14b", "--dataset", str(dataset), "--gpu-memory", "24",
+                 "--backend", "runpod", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    body = json_blocks(out)[0]
+    assert body["gpu"]["id"] == "NVIDIA GeForce RTX 4090"
+    assert body["env"]["LORA_GYM_SET"] == "resources.gpu_memory_gb=24"  # the container plans the same swap
+    assert "# host RAM: the plan needs about 40 GB" in out
+
+
 def test_dry_run_prints_the_exact_bodies_without_credentials(dataset, capsys, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", HF_SECRET_VALUE)
     assert main(["run", "--preset", "wan22-t2v-lightning", "--expert", "both", "--dataset", str(dataset),
@@ -280,6 +290,11 @@ def test_gpu_choice_is_checked_against_the_catalog(fake):
         runpod.choose_gpu(catalog, "NVIDIA H100 80GB HBM", 80)
     with pytest.raises(UserError, match="has 24 GB, the preset needs a 80 GB GPU"):
         runpod.choose_gpu(catalog, "NVIDIA L4", 80)
+    # Any size (--gpu-memory): the smallest class that holds it; nothing when no class does.
+    assert runpod.choose_gpu(catalog, None, 32)["memory"] >= 32
+    assert runpod.choose_gpu(catalog, None, 20)["id"] == "NVIDIA GeForce RTX 4090"
+    with pytest.raises(UserError, match="needs a 200 GB GPU"):
+        runpod.choose_gpu(catalog, None, 200)
 
 
 def test_quote_uses_the_catalog_price_and_two_gpus_for_both(dataset, fake):

@@ -128,7 +128,9 @@ def build(spec):
     common = {"image": image(spec), "volumes": volumes, "secrets": secrets}
     functions = {}
     for call in spec.calls:
-        functions[call.function] = app.function(gpu=spec.gpu, timeout=spec.timeout_s, **common)(
+        # memory: Modal's request in MiB (a floor the container is scheduled with, not a cap).
+        functions[call.function] = app.function(gpu=spec.gpu, timeout=spec.timeout_s, memory=spec.memory_mib,
+                                                **common)(
             STAGE_FUNCTIONS[call.function])
     if len(spec.calls) > 1:
         functions["both"] = app.function(cpu=ORCHESTRATOR_CPU, timeout=MAX_TIMEOUT_S, **common)(both)

@@ -70,6 +70,7 @@ class ModalSpec:
     preset_toml: str | None = None
     registry_secret: str | None = None
     app_name: str = APP_NAME
+    memory_mib: int | None = None  # host RAM for the GPU stages: block swap and activation offload live there
     sizes: dict[str, int] = field(default_factory=dict, repr=False)  # sha256 -> bytes, for the upload only
 
 
@@ -159,6 +160,7 @@ def modal_spec(job: Job, options: LaunchOptions) -> ModalSpec:
     volumes = {DATASETS_MOUNT: DATASETS_VOLUME, CACHE_MOUNT: options.cache_volume or f"lora-gym-cache-{family}",
                OUTPUTS_MOUNT: OUTPUTS_VOLUME}
     return ModalSpec(run_id=run_id, image=image_ref(job, options), gpu=choose_gpu(job, options),
+                     memory_mib=job.plan.resources.host_memory_gb * 1024 or None,
                      timeout_s=timeout_s(job, options), volumes=volumes, secrets=secret_names(),
                      calls=stage_calls(job, run_id, preset), dataset={rel: sha for rel, (sha, _) in files.items()},
                      preset_toml=Path(origin).read_text(encoding="utf-8") if is_file else None,

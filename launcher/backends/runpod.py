@@ -128,8 +128,18 @@ def pod_body(job: Job, options: LaunchOptions, expert: str | None, gpu: str, vol
     return body
 
 
+def candidates(memory_gb: int) -> list[str]:
+    """GPU ids with at least `memory_gb` (any size, --gpu-memory), the smallest class first."""
+    return [gpu for size in sorted(GPU_CANDIDATES) if size >= memory_gb for gpu in GPU_CANDIDATES[size]]
+
+
 def choose_gpu(catalog: list[dict], wanted: str | None, memory_gb: int) -> dict:
-    """The catalog entry for --gpu (checked, with a did-you-mean), else the preferred one of the preset's class."""
+    """The catalog entry for --gpu (checked, with a did-you-mean), else the preferred one of the smallest class
+    that holds `memory_gb`."""
+    fitting = candidates(memory_gb)
+    if not fitting:
+        raise UserError(f"the plan needs a {memory_gb} GB GPU, more than any RunPod GPU class LoRA Gym knows: "
+                        "choose one with --gpu, or lower --gpu-memory")
     by_id = {g["id"]: g for g in catalog}
     if wanted:
         found = by_id.get(wanted) or next((g for g in catalog if wanted.lower() in
@@ -140,12 +150,22 @@ def choose_gpu(catalog: list[dict], wanted: str | None, memory_gb: int) -> dict:
                             "https://docs.runpod.io/references/gpu-types)")
         if (found.get("memory") or memory_gb) < memory_gb:
             raise UserError(f"--gpu {found['id']!r} has {found['memory']} GB, the preset needs a {memory_gb} GB GPU: "
-                            f"pick one such as {GPU_CANDIDATES[80 if memory_gb > 48 else memory_gb][0]!r}")
+                            f"pick one such as {fitting[0]!r}")
         return found
-    for candidate in GPU_CANDIDATES[memory_gb]:
+    for candidate in fitting:
         if candidate in by_id and by_id[candidate].get("secure", True):
             return by_id[candidate]
-    raise UserError(f"RunPod's catalog lists none of {', '.join(GPU_CANDIDATES[memory_gb])}: choose one with --gpu")
+    raise UserError(f"RunPod's catalog lists none of {', '.join(fitting)}: choose one with --gpu")
+
+
+HOST_RAM_SAID_GB = 16  # plans without block swap need about this much, which every GPU machine has
+
+
+def host_ram_note(job: Job) -> str:
+    # RunPod's v2 CreatePodRequest takes no RAM for GPU pods (CreateGpuConfig: id, count, CUDA constraints;
+    # only CPU pods have `memory`): RAM comes with the GPU type's machine, so it can only be said, not asked.
+    return (f"# host RAM: the plan needs about {job.plan.resources.host_memory_gb} GB (block swap, activation "
+            "offload); RunPod's pod API cannot request RAM for a GPU pod: it comes with the --gpu type's machine")
 
 
 def _display_name(gpu: dict) -> str:
@@ -249,7 +269,8 @@ class RunPodBackend:
                          for expert in experts(job)],
                 "gpu": {"id": quote.gpu, "count": quote.gpus, "usd_per_hour": quote.usd_per_hour,
                         "price_source": quote.source, "checked_against": source},
-                "hours_limit": float(f"{hours:.4g}")}
+                "hours_limit": float(f"{hours:.4g}"),
+                "host_ram_gb": job.plan.resources.host_memory_gb}
 
     def dry_run(self, job: Job, options: LaunchOptions) -> str:
         data = self.dry_run_data(job, options)
@@ -261,6 +282,7 @@ class RunPodBackend:
         lines.append(f"# {len(pods)} x {gpu['id']} at ${gpu['usd_per_hour']:.2f}/h ({gpu['price_source']}); each pod "
                      f"terminates itself when its job ends, or after {data['hours_limit']:.4g} h")
         lines.append(f"# GPU checked against {gpu['checked_against']}")
+        lines.append(host_ram_note(job))
         return "\n".join(lines)
 
     # --- launch -----------------------------------------------------------------------------------------
@@ -310,6 +332,8 @@ class RunPodBackend:
                 with contextlib.suppress(UserError):
                     self.api().terminate_pod(pod["id"])
             raise
+        if job.plan.resources.host_memory_gb > HOST_RAM_SAID_GB:  # block swap or offload: RAM matters
+            print(f"launcher: {host_ram_note(job)[2:]}", file=sys.stderr)
         ids = ", ".join(p["id"] for p in record["pods"])
         print(f"launcher: run {job.plan.run_id} started on RunPod (pods {ids}); it stops itself after {hours:.4g} h. "
               f"`launcher status {job.plan.run_id}`, `launcher logs {job.plan.run_id} --follow`, "

@@ -6,13 +6,14 @@ from pathlib import Path
 
 import click
 
-from launcher.cli.options import set_option
+from launcher.cli.options import gpu_memory_option, set_option, with_gpu_memory
 
 
 @click.group(epilog="""\b
 Examples:
   launcher dataset check ./my-dataset --preset wan21-t2v-14b
   launcher dataset check ./my-dataset --preset wan22-t2v-lightning --expert both --details
+  launcher dataset check ./my-dataset --preset wan21-t2v-14b --gpu-memory 24
   launcher dataset prepare ./my-dataset ./my-dataset-16fps""")
 def dataset():
     """Check a dataset against a preset, or prepare a 16 fps copy of it (needs lora-gym[dataset])."""
@@ -33,11 +34,13 @@ def trainings_for(preset, expert: str | None) -> int:
 @click.option("--expert", type=click.Choice(["high", "low", "both"]),
               help="Wan 2.2 only: `both` counts both trainings; without it the figures are per expert.")
 @set_option
+@gpu_memory_option
 @click.option("--details", is_flag=True, help="Also list every image's bucket and the frames each entry takes.")
 @click.option("--headers-only", is_flag=True,
               help="Read headers only, decode no pixels: fast, but a truncated or corrupt file passes.")
-def check(directory, preset, expert, overrides, details, headers_only):
-    """Check every file of DIRECTORY against PRESET: it opens, captions, frames, fps, buckets, steps, time.
+def check(directory, preset, expert, overrides, gpu_memory, details, headers_only):
+    """Check every file of DIRECTORY against PRESET: it opens, captions, frames, fps, buckets, steps, time, and
+    whether the largest bucket fits the GPU memory (with the block swap the plan would choose).
 
     Prints the problems (errors and warnings) and a summary; exits 2 if there is an error.
     """
@@ -46,7 +49,7 @@ def check(directory, preset, expert, overrides, details, headers_only):
     from launcher.media import require
     from launcher.media.check import check_dataset, render
 
-    loaded = load_preset(preset, overrides)
+    loaded = load_preset(preset, with_gpu_memory(overrides, gpu_memory))
     trainings = trainings_for(loaded.preset, expert)
     require()
     report = check_dataset(directory, loaded.preset, trainings, decode=not headers_only)

@@ -47,6 +47,12 @@ def show(preset, overrides):
     loaded = load_preset(preset, overrides)
     click.echo(f"# {loaded.origin}, resolved (sha256 {loaded.content_hash[:12]})")
     click.echo(tomli_w.dumps(loaded.preset.model_dump(mode="json", exclude_none=True)), nl=False)
+    p = loaded.preset
+    fitted = (("model.fp8_base", p.model.fp8_base), ("train.blocks_to_swap", p.train.blocks_to_swap),
+              ("train.gradient_checkpointing_cpu_offload", p.train.gradient_checkpointing_cpu_offload))
+    auto = [key for key, value in fitted if value is None]
+    if auto:  # unset: TOML has no null, so say where they come from (the keys still take --set)
+        click.echo(f"# chosen to fit resources.gpu_memory_gb (see run --dry-run): {', '.join(auto)}")
 
 
 @presets.command("cp")

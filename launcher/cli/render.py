@@ -40,8 +40,9 @@ def as_text(job: Job) -> str:
     expert = f", expert {plan.expert}" if plan.expert else ""
     out = [f"Plan for {plan.preset}{expert} (preset {job.loaded.origin}, sha256 {job.loaded.content_hash[:12]})",
            f"  run folder : {plan.run_dir}",
-           f"  GPU        : {plan.resources.gpu_count} x {plan.resources.gpu_memory_gb} GB class, "
-           f"time limit {plan.resources.time_limit_hours:g} h",
+           f"  GPU        : {plan.resources.gpu_count} x {plan.resources.gpu_memory_gb} GB class, host RAM "
+           f"{plan.resources.host_memory_gb} GB, time limit {plan.resources.time_limit_hours:g} h",
+           *(f"  memory     : {'expert ' + c.expert + ', ' if c.expert else ''}{c.reason}" for c in plan.memory),
            f"  dataset    : {counts['image']} images, {counts['video']} videos",
            f"  outputs    : {', '.join(plan.outputs)}", "", "Weights:"]
     out += [f"  {w.role:<16} {w.repo} : {w.path}" for w in plan.weights]

@@ -7,13 +7,14 @@ import json
 import click
 
 from launcher.backends import backend_names
-from launcher.cli.options import Finite, set_option
+from launcher.cli.options import Finite, gpu_memory_option, set_option, with_gpu_memory
 
 
 @click.command(epilog="""\b
 Examples:
   launcher run --preset wan22-t2v-lightning --expert high --dataset ./my-dataset --dry-run
   launcher run --preset wan21-t2v-1.3b --dataset ./my-dataset --set train.max_train_epochs=20 --dry-run
+  launcher run --preset wan21-t2v-14b --dataset ./my-dataset --gpu-memory 24 --dry-run
   launcher run --preset ./my-preset.toml --expert both --dataset ./my-dataset --dry-run --format json
   launcher run --preset wan21-t2v-1.3b --dataset ./my-dataset --output ./runs --backend local""")
 @click.option("--preset", required=True, help="A preset name (see `launcher presets list`) or a .toml path.")
@@ -22,6 +23,7 @@ Examples:
 @click.option("--dataset", "dataset_dir", required=True, type=click.Path(),
               help="Folder of images/videos with a .txt caption beside each (or images/ and videos/).")
 @set_option
+@gpu_memory_option
 @click.option("--backend", type=click.Choice(backend_names()),
               help="Where to run: local = this machine's Docker or Podman. With --dry-run: show how.")
 @click.option("--output", type=click.Path(file_okay=False),
@@ -42,15 +44,16 @@ Examples:
               help="Output format of --dry-run: json is one document (the plan, and with --backend what it sends).")
 @click.option("--no-check", is_flag=True,
               help="Skip the media check (files open, frames, fps) run before launching; --dry-run skips it too.")
-def run(preset, expert, dataset_dir, overrides, backend, output, image, gpus, cache_volume, gpu_type, follow,
-        max_hours, max_cost, volume, dry_run, fmt, no_check):
+def run(preset, expert, dataset_dir, overrides, gpu_memory, backend, output, image, gpus, cache_volume, gpu_type,
+        follow, max_hours, max_cost, volume, dry_run, fmt, no_check):
     """Plan a LoRA training run from PRESET on a dataset folder, and run it with --backend."""
     from launcher.backends import LaunchOptions, load_backend
     from launcher.cli import render
     from launcher.core.errors import UserError
     from launcher.core.job import prepare
 
-    job = prepare(preset, expert, overrides, dataset_dir)  # bad input fails here, before any backend
+    # Bad input fails here, before any backend; --gpu-memory travels as an override, to the container too.
+    job = prepare(preset, expert, with_gpu_memory(overrides, gpu_memory), dataset_dir)
     if backend is None:
         if not dry_run:
             raise UserError("running needs a backend: add --backend local (Docker or Podman on this machine), "

@@ -56,7 +56,16 @@ def _train_rules(preset: Preset, launch: list[str], args: list[str]) -> list[str
     if _value(args, "--lr_scheduler") == "polynomial" and not (_value(args, "--lr_scheduler_args") or "").startswith(
             "lr_end="):
         problems.append("train: the polynomial floor must be --lr_scheduler_args lr_end=<value>")
-    return problems + _expert_rules(preset, args)
+    return problems + _memory_rules(preset, args) + _expert_rules(preset, args)
+
+
+def _memory_rules(preset: Preset, args: list[str]) -> list[str]:
+    problems, most = [], contract.task_info(preset.model.task)["max_blocks_to_swap"]
+    if int(_value(args, "--blocks_to_swap") or 0) > most:  # musubi asserts it, after minutes of loading
+        problems.append(f"train: --blocks_to_swap is at most {most} for {preset.model.task}")
+    if "--gradient_checkpointing_cpu_offload" in args and "--gradient_checkpointing" not in args:
+        problems.append("train: --gradient_checkpointing_cpu_offload needs --gradient_checkpointing")
+    return problems
 
 
 def _expert_rules(preset: Preset, args: list[str]) -> list[str]:

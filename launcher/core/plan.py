@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 import tomli_w
 
 from launcher import contract
+from launcher.core import fit, memory
 from launcher.core.dataset import CAPTION_EXTENSION, DatasetLayout, MediaDir
 from launcher.core.errors import UserError
 from launcher.core.schema import EXPERTS, Expert, Preset
@@ -64,6 +65,7 @@ class Resources:
     gpu_memory_gb: int
     gpu_count: int
     time_limit_hours: float
+    host_memory_gb: int = 0  # RAM to ask the platform for: block swap and activation offload live there
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ class Plan:
     weights: tuple[WeightFile, ...]
     resources: Resources
     outputs: tuple[str, ...] = field(default=())
+    memory: tuple[fit.Choice, ...] = field(default=())  # per training: the settings chosen to fit, and why
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -233,24 +236,25 @@ def _timestep_args(preset: Preset, s: Expert) -> list[str]:
     return args
 
 
-def _memory_args(preset: Preset) -> list[str]:
-    t, m = preset.train, preset.model
+def _memory_args(preset: Preset, choice: fit.Choice) -> list[str]:
+    t = preset.train
     args = [f"--{t.attention}"]
-    args += ["--fp8_base"] * m.fp8_base + ["--fp8_scaled"] * m.fp8_scaled
+    args += ["--fp8_base"] * choice.fp8_base + ["--fp8_scaled"] * choice.fp8_scaled
     args += ["--gradient_checkpointing"] * t.gradient_checkpointing
-    if t.blocks_to_swap:
-        args += ["--blocks_to_swap", str(t.blocks_to_swap)]
+    args += ["--gradient_checkpointing_cpu_offload"] * choice.gradient_checkpointing_cpu_offload
+    if choice.blocks_to_swap:
+        args += ["--blocks_to_swap", str(choice.blocks_to_swap)]
     args += ["--max_data_loader_n_workers", str(t.max_data_loader_n_workers)]
     return args + ["--persistent_data_loader_workers"] * t.persistent_data_loader_workers
 
 
 def _train_step(preset: Preset, s: Expert, dit: str, name: str, out: tuple[str, str], paths: ContainerPaths,
-                config: str) -> Step:
+                config: str, choice: fit.Choice) -> Step:
     t, dtype = preset.train, preset.model.dtype
     argv = ["accelerate", "launch", "--num_processes", "1", "--num_machines", "1", "--dynamo_backend", "no",
             "--num_cpu_threads_per_process", "1", "--mixed_precision", dtype,
             _script(paths, "wan_train_network"), "--task", preset.model.task, "--dit", dit,
-            "--dataset_config", config, "--mixed_precision", dtype, *_memory_args(preset),
+            "--dataset_config", config, "--mixed_precision", dtype, *_memory_args(preset, choice),
             "--network_module", t.network_module, "--network_dim", str(s.network_dim),
             "--network_alpha", _num(s.network_alpha), *_optimizer_args(t, s.learning_rate),
             *_schedule_args(t, s.learning_rate), *_timestep_args(preset, s)]
@@ -275,6 +279,15 @@ def _weights_for(preset: Preset, weights: _Weights) -> dict:
     return cache_inputs | ({"clip": weights.identity("clip")} if preset.model.clip else {})
 
 
+def _fit_experts(preset: Preset, experts: list[str | None], layout: DatasetLayout) -> dict[str | None, fit.Choice]:
+    """The memory settings of each training. The largest LoRA goes first, so that when nothing fits, the one
+    error names the shrink that makes every expert fit."""
+    loads = fit.loads(preset, [d.kind for d in layout.dirs])
+    ranks = {exp: _expert_settings(preset, exp).network_dim for exp in experts}
+    return {exp: fit.choose(preset.name, exp, fit.Request.of(preset, ranks[exp]), loads, preset.resources.gpu_memory_gb)
+            for exp in sorted(experts, key=lambda e: -ranks[e])}
+
+
 def make_plan(preset: Preset, expert: str | None, layout: DatasetLayout, run_id: str,
               paths: ContainerPaths | None = None, lock: Mapping[str, Mapping] | None = None,
               locations: Mapping[str, str] | None = None) -> Plan:
@@ -292,6 +305,7 @@ def make_plan(preset: Preset, expert: str | None, layout: DatasetLayout, run_id:
     steps = _cache_steps(preset, paths, config_path, cache_dirs, weights)
     outputs = []
     base_name = preset.output_name or preset.name
+    choices = _fit_experts(preset, experts, layout)
     for exp in experts:
         settings = _expert_settings(preset, exp)
         suffix = f"-{exp}" if exp else ""
@@ -301,11 +315,13 @@ def make_plan(preset: Preset, expert: str | None, layout: DatasetLayout, run_id:
         else:
             dit = weights.add(f"dit{suffix}", settings.dit)
         name = base_name + suffix
-        steps.append(_train_step(preset, settings, dit, f"train{suffix}", (run_dir, name), paths, config_path))
+        steps.append(_train_step(preset, settings, dit, f"train{suffix}", (run_dir, name), paths, config_path,
+                                 choices[exp]))
         outputs.append(f"{run_dir}/{name}.safetensors")
+    host = memory.host_request_gb(max(c.estimated_host_gb for c in choices.values()))
+    resources = Resources(preset.resources.gpu_memory_gb, 1, preset.resources.time_limit_hours, host)
     plan = Plan(preset.name, expert, run_id, run_dir, config_path, config_text, tuple(steps),
-                tuple(weights.files.values()),
-                Resources(preset.resources.gpu_memory_gb, 1, preset.resources.time_limit_hours), tuple(outputs))
+                tuple(weights.files.values()), resources, tuple(outputs), tuple(choices[e] for e in experts))
     from launcher.core.checks import verify_plan  # local: checks imports this module
 
     verify_plan(plan, preset)

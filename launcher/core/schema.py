@@ -63,7 +63,8 @@ class Experts(Strict):
 class Model(Strict):
     task: Literal[SUPPORTED_TASKS]  # type: ignore[valid-type]
     dtype: Literal["bf16", "fp16"] = Field(description="dtype of the DiT file; musubi needs it to match")
-    fp8_base: bool
+    # None: 16-bit weights when they fit resources.gpu_memory_gb, else fp8 (launcher/core/fit.py decides).
+    fp8_base: bool | None = None
     fp8_scaled: bool = False
     dit: HubFile | None = Field(None, description="Wan 2.1 only; Wan 2.2 sets experts.<e>.dit")
     # Wan 2.2 A14B uses the Wan 2.1 VAE; one T5 serves every Wan task.
@@ -99,7 +100,10 @@ class Train(Strict):
     gradient_accumulation_steps: int = Field(1, gt=0, le=1024)
     max_data_loader_n_workers: int = Field(2, ge=0, le=256)
     persistent_data_loader_workers: bool = True
-    blocks_to_swap: int = Field(0, ge=0, le=100)
+    # None: the fit picks the smallest count (or the activation offload) that fits resources.gpu_memory_gb;
+    # a number here or in --set always wins.
+    blocks_to_swap: int | None = Field(None, ge=0, le=100)
+    gradient_checkpointing_cpu_offload: bool | None = None
     save_state: bool = False
     tensorboard: bool = True
 
@@ -161,7 +165,7 @@ class Dataset(Strict):
 
 
 class Resources(Strict):
-    gpu_memory_gb: Literal[24, 48, 80] = Field(description="GPU class: 80 GB for 14B models, 24 GB for 1.3B")
+    gpu_memory_gb: int = Field(ge=8, le=1024, description="GPU memory the plan must fit, in GB (--gpu-memory)")
     time_limit_hours: float = Field(gt=0, le=24)
 
 
@@ -239,9 +243,12 @@ def _model_checks(p: Preset) -> list[tuple[str, str]]:
         problems.append(("model.clip", f"{p.model.task} does not use CLIP (only Wan 2.1 I2V does): remove it"))
     if info["needs_clip_features"] and not p.model.clip:
         problems.append(("model.clip", f"{p.model.task} needs the CLIP vision encoder file"))
-    if p.model.fp8_scaled and not p.model.fp8_base:
-        problems.append(("model.fp8_scaled", "needs model.fp8_base=true"))
-    if p.train.blocks_to_swap > info["max_blocks_to_swap"]:
+    if p.model.fp8_scaled and p.model.fp8_base is False:
+        problems.append(("model.fp8_scaled", "needs model.fp8_base=true (or unset)"))
+    if p.train.gradient_checkpointing_cpu_offload and not p.train.gradient_checkpointing:
+        problems.append(("train.gradient_checkpointing_cpu_offload", "offloads checkpointed activations: needs "
+                         "train.gradient_checkpointing=true"))
+    if (p.train.blocks_to_swap or 0) > info["max_blocks_to_swap"]:
         problems.append(("train.blocks_to_swap", f"{p.model.task} has {info['num_layers']} blocks: "
                          f"use at most {info['max_blocks_to_swap']}"))
     for where, dit in _dit_files(p):

@@ -141,14 +141,18 @@ STEP_SECONDS = {
     "14B": ((0, 0.5), (3_600, 2.0), (21_600, 11.0), (75_600, 60.0)),
     "1.3B": ((0, 0.2), (3_600, 0.35), (21_600, 1.5), (75_600, 12.0)),
 }
-# Slowdown of each preset GPU class against the H100: 48 GB ~ L40S / RTX 6000 Ada, 24 GB ~ RTX 4090
-# (a 14B model there also swaps blocks, which is slower still).
-GPU_SLOWDOWN = {80: 1.0, 48: 2.5, 24: 3.5}
+# Slowdown of each GPU class against the H100, by the smallest class at least as large as --gpu-memory:
+# 48 GB ~ L40S / RTX 6000 Ada, 24 GB ~ RTX 4090 (a 14B model there also swaps blocks, which is slower still).
+GPU_SLOWDOWN = ((24, 3.5), (48, 2.5), (80, 1.0))
+
+
+def gpu_slowdown(gpu_memory_gb: int) -> float:
+    return next((factor for size, factor in GPU_SLOWDOWN if gpu_memory_gb <= size), GPU_SLOWDOWN[-1][1])
 
 
 def step_seconds(model_size: str, tokens: int, gpu_memory_gb: int) -> float:
     points = STEP_SECONDS[model_size]
     for (t0, s0), (t1, s1) in zip(points, points[1:], strict=False):
         if tokens <= t1 or (t1, s1) == points[-1]:
-            return (s0 + (s1 - s0) * (tokens - t0) / (t1 - t0)) * GPU_SLOWDOWN[gpu_memory_gb]
+            return (s0 + (s1 - s0) * (tokens - t0) / (t1 - t0)) * gpu_slowdown(gpu_memory_gb)
     raise AssertionError("unreachable")

@@ -13,9 +13,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from launcher.core import fit
 from launcher.core.dataset import SUBFOLDERS, DatasetLayout, media_kind, scan_dataset
 from launcher.core.errors import UserError
-from launcher.core.schema import Preset, VideoEntry
+from launcher.core.memory import Load
+from launcher.core.schema import EXPERTS, Preset, VideoEntry
 from launcher.media import TRAIN_FPS
 from launcher.media import buckets as musubi  # musubi-tuner's bucket, clip and step arithmetic
 from launcher.media.probe import Probe, decode_image, decode_video, probe
@@ -61,6 +63,7 @@ class Report:
     steps_per_epoch: int = 0
     seconds: float = 0.0  # estimated, all trainings together
     decoded: Counter[str] | None = None  # "images", "frames" decoded; None: headers only
+    memory: str = ""  # the GPU memory fit on the real buckets (launcher/core/fit.py)
 
     @property
     def errors(self) -> list[Problem]:
@@ -208,6 +211,35 @@ def _estimate(preset: Preset, entries: list[Entry], trainings: int) -> float:
     return per_epoch * preset.train.max_train_epochs * trainings
 
 
+# --- GPU memory ----------------------------------------------------------------------------------------
+
+def _loads(preset: Preset, entries: list[Entry]) -> list[Load]:
+    """Each entry's largest bucket, as the fit takes it: by tokens, with the entry's dotted preset key."""
+    index = {video.name: i for i, video in enumerate(preset.dataset.videos)}
+    result = []
+    for entry in entries:
+        if entry.items:
+            w, h, frames = max(entry.items, key=lambda b: musubi.latent_tokens(*b))
+            key = "dataset.images" if entry.label == "images" else f"dataset.videos.{index[entry.label]}"
+            full = key != "dataset.images" and preset.dataset.videos[index[entry.label]].frame_extraction == "full"
+            result.append(Load(key, w, h, frames, preset.dataset.batch_size, "max_frames" if full else "target_frames"))
+    return result
+
+
+def _memory(preset: Preset, entries: list[Entry]) -> tuple[str, list[Problem]]:
+    """The fit for the largest real bucket (per expert for Wan 2.2), or the one-line error when nothing fits."""
+    loads = _loads(preset, entries)
+    if not loads:
+        return "", []
+    ranks = [getattr(preset.experts, e).network_dim for e in EXPERTS] if preset.experts else [preset.train.network_dim]
+    try:
+        choice = fit.choose(preset.name, None, fit.Request.of(preset, max(ranks)), loads,
+                            preset.resources.gpu_memory_gb)
+    except UserError as exc:
+        return "does not fit", [Problem("error", message) for message in exc.problems]
+    return choice.reason, []
+
+
 # --- the check ---------------------------------------------------------------------------------------
 
 def check_dataset(root: str | Path, preset: Preset, trainings: int = 1,
@@ -232,6 +264,8 @@ def check_dataset(root: str | Path, preset: Preset, trainings: int = 1,
     report.steps_per_epoch = musubi.steps_per_epoch([e.batches for e in report.entries],
                                                     preset.train.gradient_accumulation_steps)
     report.seconds = _estimate(preset, report.entries, trainings)
+    report.memory, problems = _memory(preset, report.entries)
+    report.problems += problems
     limit = preset.resources.time_limit_hours
     if report.seconds > limit * 3600:
         report.problems.append(Problem("warning", f"training is estimated at {report.seconds / 3600:.1f} h, over "
@@ -314,6 +348,7 @@ def _summary(report: Report) -> list[str]:
             ("estimated time", f"~{_duration(report.seconds)} on the {p.resources.gpu_memory_gb} GB GPU class "
                                "(rough estimate, +-50%; without caching and model loading)"),
             ("decoded", _decoded(report)),
+            *([("GPU memory", report.memory)] if report.memory else []),
             ("result", verdict or "ready to train")]
     return ["summary", *(f"  {name:<17}{value}" for name, value in rows)]
 

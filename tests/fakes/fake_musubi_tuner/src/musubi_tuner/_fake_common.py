@@ -55,6 +55,14 @@ def start(script: str) -> list[str]:
     if os.environ.get("FAKE_MUSUBI_FAIL") == script:
         print(f"fake musubi: {script} failing on purpose", file=sys.stderr)
         sys.exit(3)
+    if os.environ.get("FAKE_MUSUBI_OOM") == script:
+        # torch 2.8's own words (c10/cuda/CUDACachingAllocator.cpp), as the real training prints them on stderr.
+        print("Traceback (most recent call last):\n  File \"wan_train_network.py\", line 1, in <module>\n"
+              "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity "
+              "of 23.55 GiB of which 1.23 GiB is free. Including non-PyTorch memory, this process has 22.31 GiB "
+              "memory in use. Of the allocated memory 20.11 GiB is allocated by PyTorch, and 1.65 GiB is reserved "
+              "by PyTorch but unallocated.", file=sys.stderr)
+        sys.exit(1)
     if os.environ.get("FAKE_MUSUBI_HANG") == script:
         def on_term(signum, frame):
             print(f"fake musubi: {script} got signal {signum}", flush=True)
