@@ -67,10 +67,11 @@ class Faults:
         return None
 
 
-def _file_of(body: bytes | None) -> str | None:
-    """The uploaded file a generateContent request is about (its fileUri), for per-file fault draws."""
+def _file_of(body: bytes | None) -> str:
+    """What a generateContent request is about, for per-file fault draws: its uploaded file's URI, else (inline
+    media) the digest of the request, which is the same on every retry for the same file and prompt."""
     match = re.search(rb'"fileUri"\s*:\s*"([^"]+)"', body or b"")
-    return match[1].decode() if match else None
+    return match[1].decode() if match else hashlib.sha256(body or b"").hexdigest()
 
 
 class LoopbackServer:
