@@ -16,7 +16,7 @@ from conftest import ROOT, clean_env
 from fakes.fake_runpod import FakeRunPod
 
 from launcher import runs
-from launcher.backends import runpod, runpod_api, runpod_s3
+from launcher.backends import runpod, runpod_api, runpod_gpus, runpod_s3
 from launcher.cli.main import main
 from launcher.core.errors import UserError
 from lora_gym_entrypoint import pod as pod_side
@@ -136,8 +136,8 @@ def test_full_image_disk_holds_the_weights_and_max_cost_caps_the_hours(dataset, 
                  "--max-cost", "10"]) == 0
     (body,) = json_blocks(capsys.readouterr().out)
     assert body["disk"] >= 130 + 20 and "HF_TOKEN" not in body["env"]
-    assert float(body["env"]["LORA_GYM_MAX_HOURS"]) == pytest.approx(10 / runpod.FALLBACK_PRICES[body["gpu"]["id"]],
-                                                                     rel=1e-3)
+    price = runpod_gpus.FALLBACK_PRICES[body["gpu"]["id"]]
+    assert float(body["env"]["LORA_GYM_MAX_HOURS"]) == pytest.approx(10 / price, rel=1e-3)
 
 
 def test_override_with_quotes_and_newlines_reaches_the_pod_env_intact(dataset, volume, fake):
@@ -284,17 +284,17 @@ def test_5xx_is_retried_then_one_line(fake):
 
 def test_gpu_choice_is_checked_against_the_catalog(fake):
     catalog = runpod_api.RunPodAPI(API_KEY, fake.url).gpu_types()
-    assert runpod.choose_gpu(catalog, None, 80)["id"] == "NVIDIA H100 80GB HBM3"
-    assert runpod.choose_gpu(catalog, "rtx 4090", 24)["id"] == "NVIDIA GeForce RTX 4090"
+    assert runpod_gpus.choose_gpu(catalog, None, 80)["id"] == "NVIDIA H100 80GB HBM3"
+    assert runpod_gpus.choose_gpu(catalog, "rtx 4090", 24)["id"] == "NVIDIA GeForce RTX 4090"
     with pytest.raises(UserError, match="did you mean 'NVIDIA H100 80GB HBM3'"):
-        runpod.choose_gpu(catalog, "NVIDIA H100 80GB HBM", 80)
+        runpod_gpus.choose_gpu(catalog, "NVIDIA H100 80GB HBM", 80)
     with pytest.raises(UserError, match="has 24 GB, the preset needs a 80 GB GPU"):
-        runpod.choose_gpu(catalog, "NVIDIA L4", 80)
+        runpod_gpus.choose_gpu(catalog, "NVIDIA L4", 80)
     # Any size (--gpu-memory): the smallest class that holds it; nothing when no class does.
-    assert runpod.choose_gpu(catalog, None, 32)["memory"] >= 32
-    assert runpod.choose_gpu(catalog, None, 20)["id"] == "NVIDIA GeForce RTX 4090"
+    assert runpod_gpus.choose_gpu(catalog, None, 32)["memory"] >= 32
+    assert runpod_gpus.choose_gpu(catalog, None, 20)["id"] == "NVIDIA GeForce RTX 4090"
     with pytest.raises(UserError, match="needs a 200 GB GPU"):
-        runpod.choose_gpu(catalog, None, 200)
+        runpod_gpus.choose_gpu(catalog, None, 200)
 
 
 def test_quote_uses_the_catalog_price_and_two_gpus_for_both(dataset, fake):
