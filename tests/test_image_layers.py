@@ -13,12 +13,11 @@ import re
 import shutil
 import subprocess
 import tarfile
-import uuid
 from pathlib import Path
 
 import pytest
 from conftest import EXAMPLE_DATASET, FAKES, ROOT, clean_env
-from container_support import ensure_base_image, require_podman
+from container_support import ensure_base_image, remove_named, require_podman, run_name
 from fakes.fake_hub import FakeHub
 from test_layers import DIT, repos
 
@@ -27,7 +26,7 @@ from launcher.weights import lockfile
 
 CAP_GB = "0.002"
 CAP = 2_000_000
-REGISTRY = f"localhost/lgcap{uuid.uuid4().hex[:6]}"
+REGISTRY = f"localhost/{run_name('cap')}"  # holds the run id: the session check finds anything left
 
 
 def fresh_copy(target: Path) -> Path:
@@ -52,14 +51,15 @@ def built(tmp_path_factory):
             "--build-arg TRAINING_STACK=0")
     if Path("/etc/ssl/certs/ca-certificates.crt").exists():  # pip behind this machine's TLS proxy
         opts += " --ca-file /etc/ssl/certs/ca-certificates.crt"
-    with FakeHub(repos(tmp)) as hub:
-        done = subprocess.run(["make", "-C", str(source), "image-wan21", "ENGINE=podman", "TASKS=t2v",
-                               f"MAX_LAYER_GB={CAP_GB}", f"REGISTRY={REGISTRY}", f"IMAGE_OPTS={opts}"],
-                              env=clean_env(HF_ENDPOINT=hub.url), capture_output=True, text=True, timeout=1500)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        tag = image_tag("wan21", "full", "t2v", REGISTRY)
-        yield tag, source, done.stdout + done.stderr, hub
-    subprocess.run(["podman", "rmi", "-f", tag], capture_output=True)
+    try:
+        with FakeHub(repos(tmp)) as hub:
+            done = subprocess.run(["make", "-C", str(source), "image-wan21", "ENGINE=podman", "TASKS=t2v",
+                                   f"MAX_LAYER_GB={CAP_GB}", f"REGISTRY={REGISTRY}", f"IMAGE_OPTS={opts}"],
+                                  env=clean_env(HF_ENDPOINT=hub.url), capture_output=True, text=True, timeout=1500)
+            assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+            yield image_tag("wan21", "full", "t2v", REGISTRY), source, done.stdout + done.stderr, hub
+    finally:  # a failed build too: whatever holds the registry's name goes
+        remove_named(REGISTRY.removeprefix("localhost/"))
 
 
 def test_make_image_pins_a_missing_lock_first_and_says_to_commit_it(built):
@@ -93,7 +93,7 @@ def test_no_weight_layer_is_over_the_cap(built, tmp_path):
 
 def test_the_container_trains_from_the_first_shard_and_joins_the_t5_once(built, tmp_path):
     tag = built[0]
-    volume = f"lgcap-cache-{uuid.uuid4().hex[:8]}"
+    volume = run_name("cache")
     output = tmp_path / "out"
     output.mkdir()
     command = ["podman", "run", "--rm", "-e", "LORA_GYM_PRESET=wan21-t2v-1.3b",
