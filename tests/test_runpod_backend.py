@@ -386,3 +386,29 @@ def test_pod_module_needs_only_the_standard_library():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=clean_env(),
                             cwd=ROOT)
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
+
+
+def test_a_gpu_without_capacity_moves_on_to_the_next_candidate(dataset, volume, fake, capsys):
+    fake.sold_out = {"NVIDIA GeForce RTX 4090"}
+    assert launch(dataset, volume) == 0
+    (body,) = fake.created
+    assert body["gpu"]["id"] == "NVIDIA L4"
+    (record,) = runs.all_runs()
+    assert record["pods"][0]["gpu"] == "NVIDIA L4" and record["pods"][0]["usd_per_hour"] == 0.43
+    assert "did not place NVIDIA GeForce RTX 4090 in US-KS-2 (400); trying the next GPU" in capsys.readouterr().err
+
+
+def test_no_gpu_with_capacity_is_one_line_and_nothing_left_running(dataset, volume, fake, capsys):
+    fake.sold_out = {"NVIDIA GeForce RTX 4090", "NVIDIA L4", "NVIDIA A100 80GB PCIe", "NVIDIA H100 80GB HBM3"}
+    assert launch(dataset, volume, "--expert", "both", "--gpu-memory", "24", preset="wan22-t2v-lightning") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: RunPod placed none of NVIDIA GeForce RTX 4090: 400, NVIDIA L4: 400, "
+                              "NVIDIA H100 80GB HBM3: 400, NVIDIA A100 80GB PCIe: 400 in US-KS-2")
+    assert sum(line.startswith("error:") for line in err) == 1 and not fake.created
+    assert all(p["status"] == "TERMINATED" for p in fake.pods.values())
+
+
+def test_an_explicit_gpu_is_never_swapped_for_another(dataset, volume, fake, capsys):
+    fake.sold_out = {"NVIDIA GeForce RTX 4090"}
+    assert launch(dataset, volume, "--gpu", "NVIDIA GeForce RTX 4090") == 2
+    assert not fake.created and "placed none of NVIDIA GeForce RTX 4090: 400" in capsys.readouterr().err

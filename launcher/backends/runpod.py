@@ -31,6 +31,7 @@ from launcher.backends.runpod_gpus import (
     host_ram_note,
     offline_catalog,
     price_of,
+    ranked_gpus,
     save_catalog,
     unknown_but_not_misspelled,
 )
@@ -223,6 +224,29 @@ class RunPodBackend:
             sent += runpod_s3.upload_files(s3, volume["id"], [(Path(job.loaded.origin), preset_key(job))], "preset")
         print(f"launcher: dataset on volume {volume['id']} ({sent / 1e6:.1f} MB sent)", file=sys.stderr)
 
+    def _place(self, job: Job, options: LaunchOptions, expert: str | None, volume: dict) -> dict:
+        """Create the pod on the first GPU RunPod places, trying the candidates in order; its record entry."""
+        from launcher.backends.runpod_api import NotPlaced
+
+        ranked = ranked_gpus(self.catalog(), options.gpu_type, job.loaded.preset.resources.gpu_memory_gb)
+        refused, last = [], None
+        for gpu in ranked:
+            usd, _ = price_of(gpu)
+            hours = self._hours(job, options, cost.Quote(gpu["id"], usd, gpus=len(experts(job))))
+            body = pod_body(job, options, expert, gpu["id"], volume["id"], volume["dataCenter"], hours)
+            try:
+                pod = self.api().create_pod(body)
+            except NotPlaced as exc:
+                refused.append(f"{gpu['id']}: {exc.status}")
+                print(f"launcher: RunPod did not place {gpu['id']} in {volume['dataCenter']} ({exc.status})"
+                      + ("; trying the next GPU" if gpu is not ranked[-1] else ""), file=sys.stderr)
+                last = exc
+                continue
+            return {"id": pod["id"], "expert": expert, "run_id": pod_run_id(job, expert), "gpu": gpu["id"],
+                    "usd_per_hour": usd, "max_hours": hours}
+        raise UserError(f"RunPod placed none of {', '.join(refused)} in {volume['dataCenter']} (last: {last}): "
+                        "try again later, pick another --gpu, or use a volume in another datacenter (--volume)")
+
     def launch(self, job: Job, options: LaunchOptions) -> int:
         from launcher.backends import runpod_s3
 
@@ -238,9 +262,7 @@ class RunPodBackend:
                   "gpu": quote.gpu, "usd_per_hour": quote.usd_per_hour, "pods": []}
         try:
             for expert in experts(job):
-                body = pod_body(job, options, expert, quote.gpu, volume["id"], volume["dataCenter"], hours)
-                pod = self.api().create_pod(body)
-                record["pods"].append({"id": pod["id"], "expert": expert, "run_id": pod_run_id(job, expert)})
+                record["pods"].append(self._place(job, options, expert, volume))
                 runs.save(record)  # at once: `launcher stop` must find every pod that was created
         except BaseException:
             for pod in record["pods"]:  # half a run is not left billing
@@ -249,7 +271,7 @@ class RunPodBackend:
             raise
         if job.plan.resources.host_memory_gb > HOST_RAM_SAID_GB:  # block swap or offload: RAM matters
             print(f"launcher: {host_ram_note(job)[2:]}", file=sys.stderr)
-        ids = ", ".join(p["id"] for p in record["pods"])
+        ids = ", ".join(f"{p['id']} on {p['gpu']} at ${p['usd_per_hour']:.2f}/h" for p in record["pods"])
         print(f"launcher: run {job.plan.run_id} started on RunPod (pods {ids}); it stops itself after {hours:.4g} h. "
               f"`launcher status {job.plan.run_id}`, `launcher logs {job.plan.run_id} --follow`, "
               f"`launcher pull {job.plan.run_id}`", file=sys.stderr)

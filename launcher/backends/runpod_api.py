@@ -52,6 +52,18 @@ def _detail(response: httpx.Response) -> str:
     return " ".join(str(text).split()) or response.reason_phrase  # one line, always
 
 
+class APIError(UserError):
+    """A failed call, with its HTTP status (None when RunPod could not be reached)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+class NotPlaced(APIError):
+    """POST /pods refused this GPU type (400 or 403): another candidate may still be placed."""
+
+
 class RunPodAPI:
     """A thin client: retries what is worth retrying, turns every failure into one UserError line."""
 
@@ -93,14 +105,14 @@ class RunPodAPI:
             return response
         what = f"RunPod API {method} {path.split('?')[0]}"
         if status == 401:
-            raise UserError(f"{what}: RunPod rejected the API key (401): {KEY_FIX}")
+            raise APIError(f"{what}: RunPod rejected the API key (401): {KEY_FIX}", status)
         if status == 403:
-            raise UserError(f"{what}: the API key may not do this (403, {_detail(response)}): "
-                            "set RUNPOD_API_KEY to a key with read/write access")
+            raise APIError(f"{what}: the API key may not do this (403, {_detail(response)}): "
+                           "set RUNPOD_API_KEY to a key with read/write access", status)
         if status == 429 or status >= 500:
-            raise UserError(f"{what} failed with {status} ({_detail(response)}) after {ATTEMPTS} tries: "
-                            "try again later (https://uptime.runpod.io)")
-        raise UserError(f"{what} failed with {status}: {_detail(response)}")
+            raise APIError(f"{what} failed with {status} ({_detail(response)}) after {ATTEMPTS} tries: "
+                           "try again later (https://uptime.runpod.io)", status)
+        raise APIError(f"{what} failed with {status}: {_detail(response)}", status)
 
     def _json(self, method: str, path: str, **kwargs):
         response = self._send(method, path, **kwargs)
@@ -121,22 +133,29 @@ class RunPodAPI:
         return self._json("POST", "/network-volumes", json=body)
 
     def create_pod(self, body: dict) -> dict:
-        return self._json("POST", "/pods", json=body)
+        """The created pod; NotPlaced when RunPod refuses this GPU (400: no capacity, or a rule the body breaks;
+        403: no access to its pool), which RunPod's docs say to answer by trying the next candidate."""
+        try:
+            return self._json("POST", "/pods", json=body)
+        except APIError as exc:
+            if exc.status in (400, 403):
+                raise NotPlaced(str(exc), exc.status) from None
+            raise
 
     def pod(self, pod_id: str) -> dict | None:
         """The pod, or None once RunPod no longer knows it (terminated and gone)."""
         try:
             return self._json("GET", f"/pods/{quote(pod_id, safe='')}")
-        except UserError as exc:
-            if "failed with 404" in str(exc):
+        except APIError as exc:
+            if exc.status == 404:
                 return None
             raise
 
     def terminate_pod(self, pod_id: str) -> None:
         try:
             self._send("DELETE", f"/pods/{quote(pod_id, safe='')}")
-        except UserError as exc:
-            if "failed with 404" not in str(exc):  # already gone is what we wanted
+        except APIError as exc:
+            if exc.status != 404:  # already gone is what we wanted
                 raise
 
     def log_events(self, pod_id: str, last_event_id: str | None, idle_s: float) -> Iterator[tuple[str, dict]]:

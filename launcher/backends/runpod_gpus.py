@@ -33,6 +33,13 @@ def candidates(memory_gb: int) -> list[str]:
 def choose_gpu(catalog: list[dict], wanted: str | None, memory_gb: int) -> dict:
     """The catalog entry for --gpu (checked, with a did-you-mean), else the preferred one of the smallest class
     that holds `memory_gb`."""
+    return ranked_gpus(catalog, wanted, memory_gb)[0]
+
+
+def ranked_gpus(catalog: list[dict], wanted: str | None, memory_gb: int) -> list[dict]:
+    """The GPUs to try, in order: --gpu alone (the user chose it and its price), else every candidate that
+    holds `memory_gb` and the catalog lists on the secure cloud, the smallest class and our preference first.
+    A create that RunPod refuses for capacity moves on to the next (RunPod's docs: read-then-create)."""
     fitting = candidates(memory_gb)
     if not fitting:
         raise UserError(f"the plan needs a {memory_gb} GB GPU, more than any RunPod GPU class LoRA Gym knows: "
@@ -48,10 +55,10 @@ def choose_gpu(catalog: list[dict], wanted: str | None, memory_gb: int) -> dict:
         if (found.get("memory") or memory_gb) < memory_gb:
             raise UserError(f"--gpu {found['id']!r} has {found['memory']} GB, the preset needs a {memory_gb} GB GPU: "
                             f"pick one such as {fitting[0]!r}")
-        return found
-    for candidate in fitting:
-        if candidate in by_id and by_id[candidate].get("secure", True):
-            return by_id[candidate]
+        return [found]
+    ranked = [by_id[c] for c in fitting if c in by_id and by_id[c].get("secure", True)]
+    if ranked:
+        return ranked
     raise UserError(f"RunPod's catalog lists none of {', '.join(fitting)}: choose one with --gpu")
 
 

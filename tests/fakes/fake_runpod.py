@@ -57,6 +57,7 @@ class FakeRunPod(LoopbackServer):
         super().__init__()
         self.api_key, self.uptime_scale = api_key, uptime_scale
         self.faults = Faults()
+        self.sold_out: set[str] = set()  # GPU ids that POST /pods refuses for capacity
         self.volumes: dict[str, dict] = {}
         self.pods: dict[str, dict] = {}
         self.logs: dict[str, list[str]] = {}
@@ -160,6 +161,9 @@ class FakeRunPod(LoopbackServer):
 
     def _create_pod(self, handler):
         body = json.loads(handler.body)
+        if body["gpu"]["id"] in self.sold_out:  # RunPod's capacity refusal: a 400 with only a human detail
+            return problem(400, "There are no longer any instances available with the requested specifications. "
+                                "Please refresh and try again.")
         self.created.append(body)
         pod_id = f"pod{next(self._ids)}"
         self._new_pod(pod_id, body)
