@@ -351,6 +351,16 @@ def test_an_interrupted_download_resumes_from_the_part_file(volume, tmp_path):
     assert runpod_s3.download_prefix(client, volume, "lora-gym/output/r1", dest) == 0  # complete: skipped
 
 
+def test_a_volume_key_that_climbs_out_is_refused_before_anything_is_written(volume, tmp_path):
+    client = s3()
+    client.put_object(Bucket=volume, Key="lora-gym/output/r2/lora.safetensors", Body=b"w")
+    client.put_object(Bucket=volume, Key="lora-gym/output/r2/../../../../escape.txt", Body=b"x")
+    dest = tmp_path / "dl"
+    with pytest.raises(UserError, match="would land outside"):
+        runpod_s3.download_prefix(client, volume, "lora-gym/output/r2", dest)
+    assert not dest.exists() and not (tmp_path / "escape.txt").exists()
+
+
 # --- the container side (entrypoints/pod.py) ------------------------------------------------------------
 
 def test_terminate_own_pod_retries_and_never_logs_the_key(fake, capsys):

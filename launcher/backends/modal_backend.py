@@ -27,6 +27,7 @@ from launcher.backends import Capabilities, LaunchOptions, labels
 from launcher.backends.modal_app import BLOBS, CACHE_MOUNT, DATASETS_MOUNT, MAX_TIMEOUT_S, OUTPUTS_MOUNT, WORK_DIR
 from launcher.core.dataset import CAPTION_EXTENSION, file_sha256
 from launcher.core.errors import UserError
+from launcher.core.inputs import inside
 from launcher.core.job import Job
 
 APP_NAME = "lora-gym"
@@ -272,6 +273,8 @@ def pull(record: dict, dest: str) -> int:
         raise UserError(f"run {run_id} has no outputs yet: see `launcher status {run_id}`")
     for entry in entries:
         target = Path(dest) / entry.path
+        if not inside(Path(dest), target):  # never write outside dest, whatever the volume holds
+            raise UserError(f"volume file {entry.path!r} would land outside {dest}: remove it from the volume")
         if target.is_file() and target.stat().st_size == entry.size:
             continue
         target.parent.mkdir(parents=True, exist_ok=True)

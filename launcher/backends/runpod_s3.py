@@ -18,6 +18,7 @@ from pathlib import Path
 
 from launcher.core.dataset import file_sha256
 from launcher.core.errors import UserError
+from launcher.core.inputs import inside
 
 # RunPod: PutObject takes files under 500 MB, multipart parts are at most 500 MB.
 MULTIPART_THRESHOLD = 256 * 1024 * 1024
@@ -160,6 +161,8 @@ def download_prefix(s3, bucket: str, prefix: str, dest: Path) -> int:
         todo = []
         for obj in objects:
             target = dest / obj["Key"][len(prefix.rstrip("/")) + 1:]
+            if not inside(dest, target):  # a key such as `../x` on the volume never writes outside dest
+                raise UserError(f"volume object {obj['Key']!r} would land outside {dest}: remove it from the volume")
             if not (target.is_file() and target.stat().st_size == obj["Size"]):
                 todo.append((obj, target))
         bar = _progress(sum(o["Size"] for o, _ in todo), f"download {Path(prefix).name}")
