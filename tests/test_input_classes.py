@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 from conftest import FAKES, SECRET_VARS
+from test_bad_inputs import _user_preset as user_preset  # mine.toml: the stock preset with one edit
 
 from launcher.cli.main import main as launcher_main
-from launcher.core.presets import read_source
 from lora_gym_entrypoint.main import main as entrypoint_main
 
 SECRETS = {name: f"{name.lower()}-VALUE-{n:04d}-do-not-print" for n, name in enumerate(SECRET_VARS)}
@@ -54,14 +54,6 @@ def link(name: str, target: str):
 
 def folder(name: str):
     return lambda dataset, tmp: (tmp / name).mkdir(parents=True)
-
-
-def user_preset(old: str, new: str):
-    def setup(dataset: Path, tmp: Path):
-        text = read_source("wan21-t2v-14b")[1]
-        assert old in text
-        (tmp / "mine.toml").write_text(text.replace(old, new))
-    return setup
 
 
 def cut(name: str, keep: float):
