@@ -46,6 +46,8 @@ VARS = (
     Var("LORA_GYM_TERMINATE_POD", "0", "`1` (RunPod): terminate this pod (RUNPOD_POD_ID) when the job ends, "
         "whatever its outcome."),
     Var("LORA_GYM_DRY_RUN", "0", "`1`: print the plan and exit without running or writing anything."),
+    Var("LORA_GYM_DEBUG", "0", "`1`: an input error (a path or file that failed) shows its traceback instead of "
+        "one `error:` line."),
 )
 DEFAULTS = {v.name: v.default for v in VARS}
 STAGES = ("all", "cache", "train")
@@ -104,6 +106,11 @@ def max_hours(environ: Mapping[str, str]) -> float | None:
 
 def _run_id(value: str) -> str | None:
     return safe_name(value, "LORA_GYM_RUN_ID") if value else None
+
+
+def debug(environ: Mapping[str, str]) -> bool:
+    """LORA_GYM_DEBUG, read at the error boundary: never an error itself, whatever its value."""
+    return environ.get("LORA_GYM_DEBUG", DEFAULTS["LORA_GYM_DEBUG"]).strip().lower() in TRUE_WORDS
 
 
 def terminate_pod(environ: Mapping[str, str]) -> bool:

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher.core.errors import INPUT_ERRORS, UserError, debugging, input_problem, report
+from launcher.core.errors import INPUT_ERRORS, UserError, input_problem, report
 from launcher.core.inputs import creatable_dir
 from launcher.core.job import Job, prepare, read_lock
 from launcher.core.plan import Step
@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         return report(exc)
     except INPUT_ERRORS as exc:  # a path or file no check foresaw; other exceptions are bugs and keep a traceback
-        if debugging():
+        if env.debug(os.environ):
             raise
         return report(UserError(input_problem(exc, "LORA_GYM_DEBUG=1")))
     finally:
