@@ -5,6 +5,7 @@ traceback, no secret in the output, and leave the folder tree byte for byte as i
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,6 +174,16 @@ CASES = [
     Case("paths", "status ../x", ["status", "../escape"], ("'../escape' is not a run id",)),
     Case("paths", "cache volume ../x", [*DRY, "--backend", "local", "--output", "{tmp}/out", "--cache-volume", "../x"],
          ("--cache-volume", "not a volume name")),
+    Case("paths", "empty dataset path", ["run", "--dry-run", "--preset", "wan21-t2v-14b", "--dataset", ""],
+         ("dataset folder is empty text",)),
+    Case("paths", "runpod volume id ../x", [*RUNPOD, "--volume", "../x"], ("--volume '../x'", "volume id")),
+    Case("paths", "caption is a folder", DRY, ("zorbix_beach_wave.txt is a folder, not a caption",),
+         lambda d, t: ((d / "images/zorbix_beach_wave.txt").unlink(), (d / "images/zorbix_beach_wave.txt").mkdir())),
+    Case("paths", "a pipe named like an image", DRY, ("images/pipe.png is not a regular file",),
+         lambda d, t: os.mkfifo(d / "images/pipe.png")),
+    Case("paths", "images is a file", ["run", "--dry-run", "--preset", "wan21-t2v-14b", "--dataset", "{tmp}/flat"],
+         ("images is a file", "must be a folder"),
+         lambda d, t: (shutil.copytree(d / "videos", t / "flat"), (t / "flat/images").write_text("x"))),
     Case("paths", "local --output is a file", [*DRY, "--backend", "local", "--output", "{tmp}/afile"],
          ("--output", "is a file"), write("/afile", "x")),
 
@@ -234,8 +245,8 @@ def _tree(root: Path) -> dict[str, object]:
         for name in dirs + files:
             path = Path(folder, name)
             rel = str(path.relative_to(root))
-            tree[rel] = ("link", os.readlink(path)) if path.is_symlink() else \
-                "dir" if path.is_dir() else path.read_bytes()
+            tree[rel] = ("link", os.readlink(path)) if path.is_symlink() else "dir" if path.is_dir() else \
+                path.read_bytes() if path.is_file() else ("special", path.stat().st_mode)  # never open a pipe
     return tree
 
 

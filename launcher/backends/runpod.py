@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shlex
 import sys
 import threading
@@ -36,6 +37,7 @@ from launcher.backends.runpod_gpus import (
     unknown_but_not_misspelled,
 )
 from launcher.core.errors import UserError
+from launcher.core.inputs import shown
 from launcher.core.job import Job
 
 MOUNT = "/workspace"  # where RunPod mounts a pod's network volume by default
@@ -117,6 +119,14 @@ def pod_env(job: Job, options: LaunchOptions, expert: str | None, hours: float) 
     return env
 
 
+def volume_id(options: LaunchOptions) -> str | None:
+    """--volume, checked: it goes into API paths and is the S3 bucket name, so only an id's characters pass."""
+    if options.volume is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", options.volume):
+        raise UserError(f"--volume {shown(options.volume)} is not a RunPod network volume id: copy the id from "
+                        "RunPod's console (Storage)")
+    return options.volume
+
+
 def pod_body(job: Job, options: LaunchOptions, expert: str | None, gpu: str, volume: str, datacenter: str | None,
              hours: float) -> dict:
     """The CreatePodRequest of RunPod's REST API v2, as sent."""
@@ -175,7 +185,7 @@ class RunPodBackend:
             source = f"nothing: {options.gpu_type!r} is not in {source}; the launch checks it with RunPod"
         quote = self.quote(job, options)
         hours = self._hours(job, options, quote)
-        volume = options.volume or f"<id of network volume lora-gym-{job.loaded.preset.family}>"
+        volume = volume_id(options) or f"<id of network volume lora-gym-{job.loaded.preset.family}>"
         datacenter = None if options.volume else os.environ.get("RUNPOD_DATACENTER", DEFAULT_DATACENTER)
         base = (os.environ.get("RUNPOD_API_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         return {"upload": {"from": str(options.dataset), "to": f"s3://{volume}/{dataset_key(job)}/",
@@ -205,7 +215,7 @@ class RunPodBackend:
 
     def _volume(self, job: Job, options: LaunchOptions) -> dict:
         api = self.api()
-        if options.volume:
+        if volume_id(options):
             return api.network_volume(options.volume)
         name = f"lora-gym-{job.loaded.preset.family}"
         found = next((v for v in api.network_volumes() if v.get("name") == name), None)

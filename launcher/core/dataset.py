@@ -79,8 +79,11 @@ def caption_problem(media: Path, shown: str) -> str | None:
     and `launcher run` both ask this, so they agree on what a caption is."""
     caption = media.with_suffix(CAPTION_EXTENSION)
     shown_caption = str(Path(shown).with_suffix(CAPTION_EXTENSION))
+    if caption.is_dir():
+        return f"{shown_caption} is a folder, not a caption: move it out and write the caption in a file"
     if not caption.is_file():
-        other_case = next(media.parent.glob(glob.escape(media.stem) + ".[tT][xX][tT]"), None)
+        other_case = next((p for p in media.parent.glob(glob.escape(media.stem) + ".[tT][xX][tT]")
+                           if p.is_file() and p.name != caption.name), None)
         if other_case is not None:
             return (f"{shown} has no caption: rename {Path(shown).with_name(other_case.name)} to {shown_caption} "
                     "(musubi-tuner reads only a lower-case .txt)")
@@ -109,8 +112,14 @@ def _other_file_problem(path: Path, shown: str, media_stems: set[str]) -> str | 
     if path.name.startswith("."):
         return None
     if path.is_dir():
+        if path.suffix.lower() == CAPTION_EXTENSION and path.with_suffix("").name in media_stems:
+            return None  # a folder in a caption's place: reported once, as that media file's caption problem
         return None if path.name in SUBFOLDERS else (
             f"unexpected folder {shown}/: media go in the dataset folder, images/ or videos/; move it out")
+    if not path.is_file():
+        return f"{shown} is not a regular file (a pipe, socket or device): move it out of the dataset"
+    if path.name in SUBFOLDERS:
+        return f"{shown} is a file: {shown}/ must be a folder of {path.name}; rename or move the file"
     if path.suffix.lower() == CAPTION_EXTENSION:
         # A wrong-case caption of a media file is reported once, as that file's missing caption.
         return None if path.suffix == CAPTION_EXTENSION or path.stem in media_stems else (

@@ -51,6 +51,8 @@ def prepare(preset_ref: str, expert: str | None, overrides: Sequence[str], datas
             lock: Mapping[str, Mapping] | None = None, now: datetime | None = None,
             locations: Mapping[str, str] | None = None) -> Job:
     """Load and check everything, then plan; every problem is a UserError before any work starts."""
+    if not str(dataset_dir).strip():  # Path("") is the current folder: never what an empty value meant
+        raise UserError("the dataset folder is empty text: pass --dataset (or LORA_GYM_DATASET_DIR) with a folder")
     loaded = load_preset(preset_ref, overrides)
     experts_to_train(loaded.preset, expert)  # cheap: report a wrong --expert before reading the dataset
     layout = scan_dataset(dataset_dir)
