@@ -13,13 +13,17 @@ Examples:
   launcher run --preset wan22-t2v-lightning --expert high --dataset ./my-dataset --dry-run
   launcher run --preset wan21-t2v-1.3b --dataset ./my-dataset --set train.max_train_epochs=20 --dry-run
   launcher run --preset ./my-preset.toml --expert both --dataset ./my-dataset --dry-run --format json
-  launcher run --preset wan21-t2v-1.3b --dataset ./my-dataset --output ./runs --backend local""")
+  launcher run --preset wan21-t2v-1.3b --dataset ./my-dataset --output ./runs --backend local
+  launcher run --preset wan21-t2v-1.3b --dataset ./my-dataset --samples prompts.txt --set samples.every=1 --dry-run""")
 @click.option("--preset", required=True, help="A preset name (see `launcher presets list`) or a .toml path.")
 @click.option("--expert", type=click.Choice(["high", "low", "both"]),
               help="Wan 2.2 only: which expert to train; `both` caches once and trains both.")
 @click.option("--dataset", "dataset_dir", required=True, type=click.Path(),
               help="Folder of images/videos with a .txt caption beside each (or images/ and videos/).")
 @set_option
+@click.option("--samples", "samples_file", type=click.Path(dir_okay=False),
+              help="Extra sample prompts, one per line: `text [--f FRAMES] [--d SEED] [--i IMAGE]` (IMAGE inside "
+                   "the dataset folder; I2V needs one).")
 @click.option("--backend", type=click.Choice(backend_names()),
               help="Where to run: local = this machine's Docker or Podman. With --dry-run: show how.")
 @click.option("--output", type=click.Path(file_okay=False),
@@ -39,14 +43,16 @@ Examples:
               help="Output format of --dry-run.")
 @click.option("--no-check", is_flag=True,
               help="Skip the media check (files open, frames, fps) run before launching; --dry-run skips it too.")
-def run(preset, expert, dataset_dir, overrides, backend, output, image, gpus, cache_volume, gpu_type, follow,
-        max_hours, max_cost, volume, dry_run, fmt, no_check):
+def run(preset, expert, dataset_dir, overrides, samples_file, backend, output, image, gpus, cache_volume, gpu_type,
+        follow, max_hours, max_cost, volume, dry_run, fmt, no_check):
     """Plan a LoRA training run from PRESET on a dataset folder, and run it with --backend."""
     from launcher.backends import LaunchOptions, load_backend
     from launcher.cli import render
     from launcher.core.errors import UserError
     from launcher.core.job import prepare
 
+    if samples_file:  # as an override, so it reaches every backend's container in LORA_GYM_SET
+        overrides = (*overrides, samples_override(samples_file))
     job = prepare(preset, expert, overrides, dataset_dir)  # bad input fails here, before any backend
     if backend is None:
         if not dry_run:
@@ -68,6 +74,21 @@ def run(preset, expert, dataset_dir, overrides, backend, output, image, gpus, ca
     if hasattr(chosen, "quote"):  # a paid platform: say what it will cost before starting anything
         quote_run(chosen, job, options, seconds)
     return chosen.launch(job, options)
+
+
+def samples_override(path: str) -> str:
+    import json
+    from pathlib import Path
+
+    from launcher.core.errors import UserError
+    from launcher.core.samples import parse_samples_file
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"--samples {path}: cannot read it ({exc.__class__.__name__}): give a UTF-8 text file") \
+            from None
+    return "samples.prompts=" + json.dumps(parse_samples_file(text, path), separators=(",", ":"))
 
 
 def quote_run(backend, job, options, seconds: float | None) -> None:

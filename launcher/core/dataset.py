@@ -28,6 +28,7 @@ class MediaDir:
     kind: str  # "image" or "video"
     files: tuple[str, ...]
     digest: str  # sha256 over every media file and caption in it: the cache key's content part
+    captions: tuple[str, ...] = ()  # one per file, whitespace-collapsed: the plan's default sample prompts
 
 
 @dataclass(frozen=True)
@@ -96,11 +97,12 @@ def _stem_clashes(media: list[Path], prefix: str) -> list[str]:
 
 
 def _media_dir(relpath: str, kind: str, media: list[Path]) -> MediaDir:
-    digest = hashlib.sha256()
+    digest, captions = hashlib.sha256(), []
     for path in media:
         caption = path.with_suffix(CAPTION_EXTENSION)
         digest.update(f"{path.name}\0{file_sha256(path)}\0{file_sha256(caption)}\n".encode())
-    return MediaDir(relpath, kind, tuple(p.name for p in media), digest.hexdigest())
+        captions.append(" ".join(caption.read_text(encoding="utf-8").split()))
+    return MediaDir(relpath, kind, tuple(p.name for p in media), digest.hexdigest(), tuple(captions))
 
 
 def _scan_folder(folder: Path, relpath: str, problems: list[str]) -> list[tuple[str, str, list[Path]]]:

@@ -15,8 +15,10 @@ from dataclasses import asdict, dataclass, field
 import tomli_w
 
 from launcher import contract
+from launcher.core import samples
 from launcher.core.dataset import CAPTION_EXTENSION, DatasetLayout, MediaDir
 from launcher.core.errors import UserError
+from launcher.core.samples import SamplesPlan
 from launcher.core.schema import EXPERTS, Expert, Preset
 
 MUSUBI_SCRIPTS = "src/musubi_tuner"
@@ -78,6 +80,7 @@ class Plan:
     weights: tuple[WeightFile, ...]
     resources: Resources
     outputs: tuple[str, ...] = field(default=())
+    samples: SamplesPlan | None = None  # None with samples.enabled=false
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -275,6 +278,35 @@ def _weights_for(preset: Preset, weights: _Weights) -> dict:
     return cache_inputs | ({"clip": weights.identity("clip")} if preset.model.clip else {})
 
 
+def _sample_steps(preset: Preset, layout: DatasetLayout, paths: ContainerPaths, weights: _Weights,
+                  dits: dict, loras: dict) -> tuple[list[Step], SamplesPlan | None]:
+    """The sample steps after training, and what they need; an expert not trained here samples from its base."""
+    if not preset.samples.enabled:
+        return [], None
+    trained, run_dir = list(loras), next(iter(loras.values()))[0]
+    folder = f"{run_dir}/{samples.SAMPLES_FOLDER}"
+    prompts, prompts_path = samples.sample_prompts(preset, layout, paths.dataset), f"{folder}/prompts.txt"
+    if not prompts:  # an I2V dataset of videos only has no start frame to sample from
+        return [], SamplesPlan(folder, prompts_path, "", (), (), (), "no sample prompt: an I2V sample needs a "
+                               "dataset image or a samples.prompts entry with an image")
+    steps = []
+    for other in EXPERTS if preset.experts else ():
+        settings = getattr(preset.experts, other)
+        if other not in dits and settings.lightning:  # merged after training, so it never delays the LoRAs
+            merge, dits[other] = _merge_step(other, settings, paths, weights)
+            steps.append(merge)
+        elif other not in dits:
+            dits[other] = weights.add(f"dit-{other}", settings.dit)
+    t = preset.train
+    epochs = samples.sampled_epochs(t.max_train_epochs, t.save_every_n_epochs, preset.samples.every)
+    for epoch in epochs:
+        files = (prompts_path, samples.epoch_folder(folder, epoch))
+        steps.append(Step(f"samples-e{epoch:06d}", samples.sample_argv(preset, paths, weights, loras, dits, epoch,
+                                                                        files)))
+    return steps, SamplesPlan(folder, prompts_path, samples.prompts_file(preset, prompts), prompts, tuple(epochs),
+                              tuple(step.name for step in steps), samples.note(preset, trained))
+
+
 def make_plan(preset: Preset, expert: str | None, layout: DatasetLayout, run_id: str,
               paths: ContainerPaths | None = None, lock: Mapping[str, Mapping] | None = None,
               locations: Mapping[str, str] | None = None) -> Plan:
@@ -290,7 +322,7 @@ def make_plan(preset: Preset, expert: str | None, layout: DatasetLayout, run_id:
     config_path = f"{run_dir}/dataset.toml"
     config_text, cache_dirs = _dataset_config(preset, layout, paths, _weights_for(preset, weights))
     steps = _cache_steps(preset, paths, config_path, cache_dirs, weights)
-    outputs = []
+    outputs, dits, loras = [], {}, {}
     base_name = preset.output_name or preset.name
     for exp in experts:
         settings = _expert_settings(preset, exp)
@@ -303,9 +335,12 @@ def make_plan(preset: Preset, expert: str | None, layout: DatasetLayout, run_id:
         name = base_name + suffix
         steps.append(_train_step(preset, settings, dit, f"train{suffix}", (run_dir, name), paths, config_path))
         outputs.append(f"{run_dir}/{name}.safetensors")
-    plan = Plan(preset.name, expert, run_id, run_dir, config_path, config_text, tuple(steps),
+        dits[exp], loras[exp] = dit, (run_dir, name, preset.train.max_train_epochs)
+    sample_steps, samples_plan = _sample_steps(preset, layout, paths, weights, dits, loras)
+    plan = Plan(preset.name, expert, run_id, run_dir, config_path, config_text, (*steps, *sample_steps),
                 tuple(weights.files.values()),
-                Resources(preset.resources.gpu_memory_gb, 1, preset.resources.time_limit_hours), tuple(outputs))
+                Resources(preset.resources.gpu_memory_gb, 1, preset.resources.time_limit_hours), tuple(outputs),
+                samples_plan)
     from launcher.core.checks import verify_plan  # local: checks imports this module
 
     verify_plan(plan, preset)

@@ -22,6 +22,13 @@ SUPPORTED_TASKS = ("t2v-A14B", "i2v-A14B", "t2v-14B", "t2v-1.3B", "i2v-14B")
 EXPERTS = ("high", "low")
 
 
+def _frames(n: int) -> int:
+    if n < 1 or (n - 1) % 4:
+        lower = max(1, (n - 1) // 4 * 4 + 1)
+        raise ValueError(f"{n} frames is not 4N+1 (the Wan VAE packs 4 frames per latent): use {lower}")
+    return n
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -126,9 +133,7 @@ class VideoEntry(Strict):
     @classmethod
     def _four_n_plus_one(cls, frames: list[int]) -> list[int]:
         for n in frames:
-            if n < 1 or (n - 1) % 4:
-                lower = max(1, (n - 1) // 4 * 4 + 1)
-                raise ValueError(f"{n} frames is not 4N+1 (the Wan VAE packs 4 frames per latent): use {lower}")
+            _frames(n)
         return frames
 
 
@@ -150,6 +155,49 @@ class Dataset(Strict):
     videos: list[VideoEntry] = Field(default_factory=_default_videos)
 
 
+class SamplePrompt(Strict):
+    """One extra sample prompt (`--samples FILE` lines become these)."""
+
+    text: Annotated[str, Field(min_length=1, pattern=r"^[^\n]*$")]
+    frames: int | None = Field(None, gt=0)
+    seed: int | None = Field(None, ge=0)
+    image: str | None = Field(None, description="I2V start frame, relative to the dataset folder")
+
+    @field_validator("text")
+    @classmethod
+    def _no_option_marker(cls, text: str) -> str:
+        # musubi's --from_file splits each line at " --": such a prompt would lose its tail.
+        if " --" in text or text.lstrip().startswith("#"):
+            raise ValueError("a prompt may not contain ' --' or start with '#' (musubi's prompt file syntax)")
+        return text
+
+    @field_validator("frames")
+    @classmethod
+    def _four_n_plus_one(cls, frames: int | None) -> int | None:
+        return None if frames is None else _frames(frames)
+
+
+class Samples(Strict):
+    """Sample videos of saved checkpoints, rendered with musubi's wan_generate_video after training."""
+
+    enabled: bool = True
+    captions: int = Field(2, ge=0, description="how many of the dataset's own captions to sample")
+    prompts: list[SamplePrompt] = Field(default_factory=list)
+    every: int = Field(2, gt=0, description="every Nth saved checkpoint, plus the last")
+    width: Size = 832
+    height: Size = 480
+    frames: int = Field(33, gt=0)
+    steps: int | None = Field(None, gt=0, description="empty: musubi's default for the task")
+    guidance: float | None = Field(None, gt=0, description="empty: musubi's default for the task")
+    flow_shift: float | None = Field(None, gt=0, description="empty: musubi's default for the task")
+    seed: int = Field(42, ge=0)
+
+    @field_validator("frames")
+    @classmethod
+    def _four_n_plus_one(cls, frames: int) -> int:
+        return _frames(frames)
+
+
 class Resources(Strict):
     gpu_memory_gb: Literal[24, 48, 80] = Field(description="GPU class: 80 GB for 14B models, 24 GB for 1.3B")
     time_limit_hours: float = Field(gt=0, le=24)
@@ -165,6 +213,7 @@ class Preset(Strict):
     train: Train
     cache: Cache = Cache()
     dataset: Dataset = Dataset()
+    samples: Samples = Samples()
     resources: Resources
 
     @model_validator(mode="after")
