@@ -28,6 +28,7 @@ from launcher.core.job import Job, prepare, read_lock
 from launcher.core.plan import Step
 from lora_gym_entrypoint import cachelock, env, pod, resume, rundir, samples
 from lora_gym_entrypoint.manifest import Manifest, now
+from lora_gym_entrypoint.progress import ProgressFile
 from lora_gym_entrypoint.runner import format_argv, run_step
 
 TAG = "lora-gym"
@@ -111,6 +112,7 @@ class Context:
     owner: dict  # who holds our locks
     restart: bool
     child_env: dict
+    progress: ProgressFile | None = None
 
     def stopping(self) -> bool:
         return self.stop.signal is not None
@@ -135,8 +137,11 @@ class StepOutput:
 def execute(ctx: Context, name: str, argv: Sequence[str], out=None, optional: bool = False) -> int:
     """Runs one step and records it; its exit code, or 128+N when the run got signal N meanwhile."""
     log(f"{name}: {format_argv(argv)}")
-    started = now()
-    code = run_step(name, argv, env=ctx.child_env, on_signal=ctx.stop, out=out or sys.stdout)
+    started, out = now(), out or sys.stdout
+    if ctx.progress is not None:
+        ctx.progress.start(name)
+        out = ctx.progress.wrap(name, out)
+    code = run_step(name, argv, env=ctx.child_env, on_signal=ctx.stop, out=out)
     ctx.manifest.step(name, argv, "succeeded" if code == 0 else "failed", code, started)
     if code != 0 or ctx.stopping():
         code = code or 128 + ctx.stop.signal
@@ -270,12 +275,14 @@ def run_job(settings) -> int:
                 run.manifest.data["samples"] = samples.new_record(plan.samples)
             stage = "" if settings.stage == "all" else f" (stage {settings.stage})"
             log(f"run {plan.run_id}: {len(steps)} steps{stage}, output in {plan.run_dir}")
-            ctx = Context(run.job, run.manifest, stop, settings, run.owner, run.restart, child_env)
+            progress = ProgressFile(Path(plan.run_dir) / "progress.json", plan.run_id)
+            ctx = Context(run.job, run.manifest, stop, settings, run.owner, run.restart, child_env, progress)
             code = run_steps(ctx, steps)
             if run.manifest.data.get("samples", {}).get("status") == "pending" and code != 0:
                 run.manifest.data["samples"]["status"] = "not run"
             status = "succeeded" if code == 0 else "stopped" if stop.signal else "failed"
             run.manifest.finish(status, code)
+            progress.end(status)
             log(f"run {status}; manifest: {run.manifest.path}")
         finally:
             run.lock.release()
