@@ -217,6 +217,7 @@ def run_sample_step(ctx: Context, step: Step) -> int:
     epoch = samples.epoch_of(step.name)
     if code == 0 and epoch is not None:
         record["videos"] += samples.collect(plan.samples, epoch, Path(plan.run_dir))
+        samples.update_sheets(record, Path(plan.run_dir), log)
     if code != 0 and not ctx.stopping():
         record.update(status="failed", failed_step=step.name, exit_code=code)
     elif code == 0 and step.name == plan.samples.steps[-1]:

@@ -48,3 +48,15 @@ def collect(samples, epoch: int, run_dir: Path) -> list[dict]:
 
 def missing(samples, videos: list[dict]) -> int:
     return len(samples.prompts) - len(videos)
+
+
+def update_sheets(record: dict, run_dir: Path, log) -> None:
+    """Redraw the contact sheets with every video so far; a sheet is a convenience and never fails the run."""
+    try:
+        from launcher.media.sheet import write_sheets
+
+        record["sheets"] = write_sheets(run_dir, record)
+    except ImportError as exc:
+        log(f"samples: no contact sheet ({exc.name} is not installed)")
+    except Exception as exc:  # noqa: BLE001 - a broken video must not cost the run its LoRAs
+        log(f"samples: no contact sheet ({type(exc).__name__}: {exc})")
