@@ -241,6 +241,19 @@ def run_steps(ctx: Context, steps: Sequence[Step]) -> int:
     return 0
 
 
+def write_report(run_dir: Path) -> None:
+    """report.html when the image has matplotlib; the run's outcome never depends on it."""
+    if importlib.util.find_spec("matplotlib") is None:
+        log(f"report: matplotlib is not installed here; `launcher report {run_dir.name}` writes it after a pull")
+        return
+    from launcher import report
+
+    try:
+        log(f"report: {report.write(run_dir)}")
+    except Exception as exc:  # noqa: BLE001 - a report is a convenience: the LoRAs are done
+        log(f"report: not written ({type(exc).__name__}: {exc})")
+
+
 def run_job(settings) -> int:
     from lora_gym_entrypoint import weights
 
@@ -284,6 +297,7 @@ def run_job(settings) -> int:
             status = "succeeded" if code == 0 else "stopped" if stop.signal else "failed"
             run.manifest.finish(status, code)
             progress.end(status)
+            write_report(Path(plan.run_dir))
             log(f"run {status}; manifest: {run.manifest.path}")
         finally:
             run.lock.release()

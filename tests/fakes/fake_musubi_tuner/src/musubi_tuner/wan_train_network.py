@@ -103,7 +103,7 @@ def main():
                 with open(lr_log, "a") as handle:
                     handle.write(json.dumps({"output_name": name, "lr": scheduler.optimizer_lr}) + "\n")
             scheduler.step()
-            bar.step(0.05 + 0.2 / (1 + 0.05 * scheduler.last_epoch))
+            bar.step(0.05 + 0.2 / (1 + 500 * lr * scheduler.last_epoch))  # falls faster with a higher lr
         stop = stop_after(name) == epoch
         if every and epoch % every == 0 and epoch < epochs:
             (out / f"{name}-{epoch:06d}.safetensors").write_bytes(f"fake lora epoch {epoch}".encode())
