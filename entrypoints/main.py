@@ -27,8 +27,9 @@ from launcher.core.errors import INPUT_ERRORS, UserError, input_problem, report
 from launcher.core.inputs import creatable_dir
 from launcher.core.job import Job, prepare, read_lock
 from launcher.core.plan import Step
-from lora_gym_entrypoint import cachelock, env, oom, pod, resume, rundir
+from lora_gym_entrypoint import cachelock, env, oom, pod, resume, rundir, samples
 from lora_gym_entrypoint.manifest import Manifest, now
+from lora_gym_entrypoint.progress import ProgressFile
 from lora_gym_entrypoint.runner import format_argv, run_step
 
 TAG = "lora-gym"
@@ -79,17 +80,19 @@ def _done(step: Step) -> bool:
     return all(Path(m).is_file() for m in step.markers)
 
 
-def stage_steps(steps: Sequence[Step], stage: str) -> tuple[Step, ...]:
-    """The steps LORA_GYM_STAGE runs: all, the cache and merge steps (they have markers), or the trainings."""
+def stage_steps(steps: Sequence[Step], stage: str, optional: frozenset[str] = frozenset()) -> tuple[Step, ...]:
+    """The steps LORA_GYM_STAGE runs: all, the cache and merge steps (they have markers), or the trainings.
+
+    `optional` steps serve only the samples: the train stage runs them (skipped when cached) but needs none."""
     cached = [step for step in steps if step.markers]
     if stage == "cache":
         return tuple(cached)
     if stage == "train":
-        missing = [step.name for step in cached if not _done(step)]
+        missing = [step.name for step in cached if not _done(step) and step.name not in optional]
         if missing:
             raise UserError(f"LORA_GYM_STAGE=train needs the output of {', '.join(missing)}: run LORA_GYM_STAGE=cache "
                             "first with the same preset, expert, overrides, dataset and cache volume")
-        return tuple(step for step in steps if not step.markers)
+        return tuple(step for step in steps if not step.markers or step.name in optional)
     return tuple(steps)
 
 
@@ -110,6 +113,7 @@ class Context:
     owner: dict  # who holds our locks
     restart: bool
     child_env: dict
+    progress: ProgressFile | None = None
 
     def stopping(self) -> bool:
         return self.stop.signal is not None
@@ -131,15 +135,20 @@ class StepOutput:
         self.out.flush()
 
 
-def execute(ctx: Context, name: str, argv: Sequence[str], out=None) -> int:
+def execute(ctx: Context, name: str, argv: Sequence[str], out=None, optional: bool = False) -> int:
     """Runs one step and records it; its exit code, or 128+N when the run got signal N meanwhile."""
     log(f"{name}: {format_argv(argv)}")
-    started = now()
-    code = run_step(name, argv, env=ctx.child_env, on_signal=ctx.stop, out=out or sys.stdout)
+    started, out = now(), out or sys.stdout
+    if ctx.progress is not None:
+        ctx.progress.start(name)
+        out = ctx.progress.wrap(name, out)
+    code = run_step(name, argv, env=ctx.child_env, on_signal=ctx.stop, out=out)
     ctx.manifest.step(name, argv, "succeeded" if code == 0 else "failed", code, started)
     if code != 0 or ctx.stopping():
         code = code or 128 + ctx.stop.signal
-        log(f"{name} {'was stopped' if ctx.stopping() else 'failed'} (exit code {code}); stopping the run")
+        then = "the LoRAs are done; skipping the remaining samples" if optional and not ctx.stopping() \
+            else "stopping the run"
+        log(f"{name} {'was stopped' if ctx.stopping() else 'failed'} (exit code {code}); {then}")
     return code
 
 
@@ -211,17 +220,50 @@ def out_of_memory(ctx: Context, step: str) -> None:
     log(f"{step}: {hint}")
 
 
+def run_sample_step(ctx: Context, step: Step) -> int:
+    """One sampled epoch (or the merge only samples need); a failure is recorded, never the run's."""
+    record, plan = ctx.manifest.data["samples"], ctx.job.plan
+    if record["status"] == "failed":
+        return _skip(ctx, step, f"an earlier sample step ({record['failed_step']}) failed")
+    code = run_cache_step(ctx, step) if step.markers else execute(ctx, step.name, step.argv, optional=True)
+    epoch = samples.epoch_of(step.name)
+    if code == 0 and epoch is not None:
+        record["videos"] += samples.collect(plan.samples, epoch, Path(plan.run_dir))
+        samples.update_sheets(record, Path(plan.run_dir), log)
+    if code != 0 and not ctx.stopping():
+        record.update(status="failed", failed_step=step.name, exit_code=code)
+    elif code == 0 and step.name == plan.samples.steps[-1]:
+        record["status"] = "succeeded"
+    ctx.manifest.write()
+    return code if ctx.stopping() else 0
+
+
 def run_steps(ctx: Context, steps: Sequence[Step]) -> int:
+    optional = set(ctx.job.plan.samples.steps) if ctx.job.plan.samples else set()
     for step in steps:
         if ctx.stopping():
             return 128 + ctx.stop.signal
+        run = run_sample_step if step.name in optional else run_cache_step if step.markers else run_train_step
         try:
-            code = (run_cache_step if step.markers else run_train_step)(ctx, step)
+            code = run(ctx, step)
         except cachelock.Cancelled:
             code = 128 + ctx.stop.signal
         if code != 0:
             return code
     return 0
+
+
+def write_report(run_dir: Path) -> None:
+    """report.html when the image has matplotlib; the run's outcome never depends on it."""
+    if importlib.util.find_spec("matplotlib") is None:
+        log(f"report: matplotlib is not installed here; `launcher report {run_dir.name}` writes it after a pull")
+        return
+    from launcher import report
+
+    try:
+        log(f"report: {report.write(run_dir)}")
+    except Exception as exc:  # noqa: BLE001 - a report is a convenience: the LoRAs are done
+        log(f"report: not written ({type(exc).__name__}: {exc})")
 
 
 def run_job(settings) -> int:
@@ -244,7 +286,8 @@ def run_job(settings) -> int:
         log(f"weights: {report.downloaded} downloaded ({report.bytes / 1e9:.2f} GB), {report.present} present")
     weights.join_parts(job.plan.weights, layout, settings.paths.weights, settings.paths.cache, log)
     preflight(job, settings.paths)
-    steps = stage_steps(job.plan.steps, settings.stage)
+    optional = frozenset(job.plan.samples.steps if job.plan.samples else ())
+    steps = stage_steps(job.plan.steps, settings.stage, optional)
     # A training run needs no network: tokenizers come from the image's Hub cache.
     child_env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
     with Stop().listening() as stop:
@@ -255,13 +298,21 @@ def run_job(settings) -> int:
         try:
             plan = run.job.plan
             Path(plan.dataset_config_path).write_text(plan.dataset_config, encoding="utf-8")
+            samples.write_prompts(plan.samples)
+            if plan.samples is not None:
+                run.manifest.data["samples"] = samples.new_record(plan.samples)
             stage = "" if settings.stage == "all" else f" (stage {settings.stage})"
             log(f"run {plan.run_id}: {len(steps)} steps{stage}, output in {plan.run_dir}")
-            ctx = Context(run.job, run.manifest, stop, settings, run.owner, run.restart, child_env)
+            progress = ProgressFile(Path(plan.run_dir) / "progress.json", plan.run_id)
+            ctx = Context(run.job, run.manifest, stop, settings, run.owner, run.restart, child_env, progress)
             run.manifest.data.pop("failure", None)  # a restart's earlier out-of-memory is not this attempt's
             code = run_steps(ctx, steps)
+            if run.manifest.data.get("samples", {}).get("status") == "pending" and code != 0:
+                run.manifest.data["samples"]["status"] = "not run"
             status = "succeeded" if code == 0 else "stopped" if stop.signal else "failed"
             run.manifest.finish(status, code)
+            progress.end(status)
+            write_report(Path(plan.run_dir))
             failure = run.manifest.data.get("failure")
             # The last line is what a platform's status page shows: make it the fix when there is one.
             log(f"run {status}; manifest: {run.manifest.path}" + (f"; {failure['hint']}" if failure else ""))

@@ -71,7 +71,7 @@ def test_dry_run_json_has_steps_with_complete_argv_and_dataset_config(capsys):
     plan = json.loads(out)
     assert [s["name"] for s in plan["steps"]][:2] == ["cache-latents", "cache-text-encoder"]
     assert all(isinstance(s["argv"], list) and all(isinstance(a, str) for a in s["argv"]) for s in plan["steps"])
-    train = plan["steps"][-1]["argv"]
+    train = next(s["argv"] for s in plan["steps"] if s["name"] == "train-low")
     assert train[:2] == ["accelerate", "launch"] and train[train.index("--seed") + 1] == "7"
     config = tomllib.loads(plan["dataset_config"])
     assert config["general"]["caption_extension"] == ".txt" and len(config["datasets"]) == 3

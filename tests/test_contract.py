@@ -10,7 +10,21 @@ from launcher import contract
 def test_contract_is_the_pinned_release():
     assert contract.musubi_commit() == "30c658c4f4b0bf05038b3346eff9670259b10fc7"
     assert contract.load()["version"] == "0.3.4"
-    assert set(contract.scripts()) == {"wan_cache_latents", "wan_cache_text_encoder_outputs", "wan_train_network"}
+    assert set(contract.scripts()) == {"wan_cache_latents", "wan_cache_text_encoder_outputs", "wan_train_network",
+                                       "wan_generate_video"}
+
+
+@pytest.mark.parametrize("args, problem", [
+    (["--prompt", "p"], "required argument --save_path missing"),
+    (["--save_path", "o", "--video_size", "480"], "needs 2 value(s), got 1"),
+    (["--save_path", "o", "--attn_mode", "sage"], "expected one of flash"),
+    (["--save_path", "o", "--infer_steps", "4.5"], "expects int"),
+    (["--save_path", "o", "--fp8", "1"], "takes no value"),
+    (["--save_path", "o", "--lora_weight", "a", "b", "--lora_weight_high_noise", "c"], None),
+])
+def test_generate_script_is_in_the_contract(args, problem):
+    problems = contract.check_args("wan_generate_video", args)
+    assert any(problem in p for p in problems) if problem else problems == []
 
 
 def test_valid_arguments_pass():

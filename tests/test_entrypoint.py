@@ -93,7 +93,8 @@ def test_full_run_writes_lora_and_manifest(box):
     [run_dir] = box.runs()
     manifest = json.loads((run_dir / "run.json").read_text())
     assert manifest["status"] == "succeeded" and manifest["exit_code"] == 0
-    assert [s["name"] for s in manifest["steps"]] == ["cache-latents", "cache-text-encoder", "train"]
+    assert [s["name"] for s in manifest["steps"]] == ["cache-latents", "cache-text-encoder", "train", *(
+        f"samples-e{e:06d}" for e in (10, 20, 30, 40, 50))]  # samples after training (tests/test_samples.py)
     assert all(s["exit_code"] == 0 for s in manifest["steps"])
     outputs = {o["path"]: o for o in manifest["outputs"]}
     assert len(outputs["wan21-i2v-720p.safetensors"]["sha256"]) == 64
@@ -118,8 +119,9 @@ def test_second_run_reuses_caches_and_never_overwrites(box):
 
 def test_second_expert_reuses_first_experts_caches(box):
     box.stock_weights("wan22-t2v-vanilla", "both")
-    assert box.run(box.env("wan22-t2v-vanilla", "high")).returncode == 0
-    low = box.run(box.env("wan22-t2v-vanilla", "low"))
+    off = {"LORA_GYM_SET": "samples.enabled=false"}
+    assert box.run(box.env("wan22-t2v-vanilla", "high", **off)).returncode == 0
+    low = box.run(box.env("wan22-t2v-vanilla", "low", **off))
     assert low.returncode == 0, low.stderr
     assert [c["script"] for c in box.calls()] == [
         "wan_cache_latents", "wan_cache_text_encoder_outputs", "wan_train_network", "wan_train_network"]
@@ -160,7 +162,7 @@ def test_sigterm_is_forwarded_and_no_further_step_starts(box):
 
 def test_lightning_merge_runs_before_training_and_is_cached(box):
     box.stock_weights("wan22-t2v-lightning", "high")
-    env = box.env("wan22-t2v-lightning", "high")
+    env = box.env("wan22-t2v-lightning", "high", LORA_GYM_SET="samples.enabled=false")  # samples merge low too
     first = box.run(env)
     assert first.returncode == 0, first.stderr + first.stdout
     [merged] = list((box.cache / "lightning").glob("*/*.safetensors"))
@@ -255,9 +257,11 @@ def test_train_stage_needs_the_caches_then_runs_only_training(box):
     assert box.run(box.env("wan22-t2v-lightning", "both", LORA_GYM_STAGE="cache")).returncode == 0
     trained = box.run(box.env("wan22-t2v-lightning", "low", LORA_GYM_STAGE="train"))
     assert trained.returncode == 0, trained.stderr + trained.stdout
-    assert [c["script"] for c in box.calls()][2:] == ["wan_train_network"]
+    # The samples follow the training; the high expert's merge they need is already cached (stage cache).
+    assert [c["script"] for c in box.calls()][2:] == ["wan_train_network"] + ["wan_generate_video"] * 5
     manifest = json.loads((sorted(box.runs(), key=lambda p: p.stat().st_mtime)[-1] / "run.json").read_text())
-    assert [s["name"] for s in manifest["steps"]] == ["train-low"]
+    assert [s["name"] for s in manifest["steps"]][:2] == ["train-low", "merge-lightning-high"]
+    assert manifest["steps"][1]["status"] == "skipped" and manifest["samples"]["status"] == "succeeded"
 
 
 def test_two_containers_on_one_cache_volume_cache_once(box):

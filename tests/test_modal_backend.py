@@ -284,7 +284,33 @@ RECORD = {"run_id": "r1", "backend": "modal", "app_id": "ap-1", "call_id": "fc-1
           "gpus": 2, "usd_per_hour": 3.9492}
 
 
+class ProgressVolume:
+    """The outputs volume with one expert's progress.json: the other has not written one yet."""
+
+    files = {"r1/high/progress.json": json.dumps({
+        "stage": "train-high", "status": "running", "updated_at": "2026-11-29T01:00:00+00:00",
+        "current": {"epoch": 2, "epochs": 4, "step": 7, "steps": 12, "it_per_s": 0.5, "loss_avg": 0.09, "eta_s": 10}})}
+
+    def read_file(self, path):
+        from modal.exception import NotFoundError
+
+        if path not in self.files:
+            raise NotFoundError(f"{path} not found")
+        yield self.files[path].encode()
+
+
+def test_status_shows_each_experts_progress_from_the_volume(monkeypatch):
+    monkeypatch.setattr(modal.Volume, "from_name", lambda name: ProgressVolume())
+    monkeypatch.setattr(modal.FunctionCall, "from_id", lambda call_id: FakeCall(error=TimeoutError()))
+    rows = modal_backend.status(RECORD)
+    assert rows["progress high"].startswith("train-high: epoch 2/4, step 7/12 (58%), 2.00 s/it, loss 0.09, ETA 0:00:10")
+    assert "updated" in rows["progress high"] and "progress low" not in rows
+    single = modal_backend.progress_rows(RECORD | {"expert": "high", "run_id": "r1/high"})
+    assert list(single) == ["progress"]
+
+
 def test_status_logs_and_stop_use_the_sdk(monkeypatch, capsys):
+    monkeypatch.setattr(modal.Volume, "from_name", lambda name: ProgressVolume())
     monkeypatch.setattr(modal.App, "lookup", FakeApp)
     monkeypatch.setattr(modal.FunctionCall, "from_id", lambda call_id: FakeCall(error=TimeoutError()))
     rows = modal_backend.status(RECORD)

@@ -75,8 +75,9 @@ def test_tensorboard_only_where_installed():
 
 def test_both_experts_cache_once_then_train_twice():
     plan = plan_for("wan22-t2v-lightning", "both")
-    assert [s.name for s in plan.steps] == ["cache-latents", "cache-text-encoder", "merge-lightning-high",
-                                            "train-high", "merge-lightning-low", "train-low"]
+    assert [s.name for s in plan.steps][:6] == ["cache-latents", "cache-text-encoder", "merge-lightning-high",
+                                                "train-high", "merge-lightning-low", "train-low"]
+    assert all(s.name.startswith("samples-") for s in plan.steps[6:])  # tests/test_samples.py
     assert [o.rsplit("/", 1)[1] for o in plan.outputs] == ["wan22-t2v-lightning-high.safetensors",
                                                           "wan22-t2v-lightning-low.safetensors"]
 

@@ -206,6 +206,19 @@ def test_status_shows_rate_and_cost_so_far(dataset, volume, fake):
     assert float(rows["cost so far"].split()[0].lstrip("$")) > 0  # uptime (scaled to hours) x $/h
 
 
+def test_status_shows_each_pods_progress_from_the_volume(dataset, volume, fake):
+    assert launch(dataset, volume, "--expert", "both", preset="wan22-t2v-lightning") == 0
+    (record,) = runs.all_runs()
+    high = next(p for p in record["pods"] if p["expert"] == "high")
+    progress = {"stage": "train-high", "status": "running", "updated_at": "2026-11-29T01:00:00+00:00",
+                "current": {"epoch": 3, "epochs": 10, "step": 9, "steps": 30, "it_per_s": 2.5, "loss_avg": 0.1}}
+    s3().put_object(Bucket=volume, Key=f"lora-gym/output/{high['run_id']}/progress.json",
+                    Body=json.dumps(progress).encode())
+    rows = runpod.RunPodBackend().status(record)
+    assert rows["progress high"].startswith("train-high: epoch 3/10, step 9/30 (30%), 2.50 it/s, loss 0.1")
+    assert rows["progress low"] == "none yet"
+
+
 def test_expert_both_starts_two_pods_on_one_volume_and_stop_ends_both(dataset, volume, fake, capsys):
     assert launch(dataset, volume, "--expert", "both", preset="wan22-t2v-lightning") == 0
     assert [b["env"]["LORA_GYM_EXPERT"] for b in fake.created] == ["high", "low"]

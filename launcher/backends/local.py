@@ -303,9 +303,14 @@ def run_container(client, spec: ContainerSpec, device_requests: list[dict], out=
         container = client.containers.create(**run_kwargs(spec, device_requests))
     except APIError as exc:  # Podman resolves CDI devices at create time, Docker at start
         raise start_error(str(exc.explanation or exc)) from None
+    from launcher.backends.bars import ProgressBars, log_output
+
+    stream = out or log_output(sys.stdout)
     try:
-        return _follow(container, out or sys.stdout.buffer)
+        return _follow(container, stream)
     finally:
+        if isinstance(stream, ProgressBars):
+            stream.close()  # ends the last bar's line
         _remove(container)
 
 

@@ -228,6 +228,26 @@ def status(record: dict) -> dict:
     if record.get("expert") == "both":  # the orchestrator's children: the cache pass and the two experts
         for child in _children(modal.FunctionCall.from_id(record["call_id"]).get_call_graph()):
             rows[child.function_name] = f"{getattr(child.status, 'name', child.status)} ({child.function_call_id})"
+    return rows | progress_rows(record)
+
+
+def progress_rows(record: dict) -> dict:
+    """Each run folder's progress.json on the outputs volume (written by the entrypoint every few seconds)."""
+    import modal
+    from modal.exception import Error as ModalError
+
+    from launcher.core.progress import status_line
+
+    volume, run_id = modal.Volume.from_name(record.get("outputs_volume", OUTPUTS_VOLUME)), record["run_id"]
+    folders = {"progress high": f"{run_id}/high", "progress low": f"{run_id}/low"} \
+        if record.get("expert") == "both" else {"progress": run_id}
+    rows = {}
+    for label, folder in folders.items():
+        try:
+            data = json.loads(b"".join(volume.read_file(f"{folder}/progress.json")))
+        except (ModalError, ValueError, OSError):  # not written yet (still caching) or gone
+            continue
+        rows[label] = status_line(data, now())
     return rows
 
 

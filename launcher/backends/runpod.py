@@ -306,6 +306,20 @@ class RunPodBackend:
         runs.save(record)
         rows["cost so far"] = f"${total:.2f} (uptime x $/h; volume storage billed separately)"
         rows["limit"] = f"{record.get('max_hours', 0):.4g} h per pod, enforced by the pod"
+        return rows | self._progress_rows(record)
+
+    def _progress_rows(self, record: dict) -> dict:
+        """Each pod's progress.json on the volume (the entrypoint writes it every few seconds); needs the S3 keys."""
+        from launcher.backends import runpod_s3
+        from launcher.core.progress import status_line
+
+        if not runpod_s3.has_keys():
+            return {"progress": "set the RunPod S3 keys to see it (or `launcher logs`)"}
+        s3, rows = runpod_s3.client(record["volume"]["dataCenter"]), {}
+        for pod in record["pods"]:
+            data = runpod_s3.read_json(s3, record["volume"]["id"], f"{ROOT}/output/{pod['run_id']}/progress.json")
+            label = f"progress {pod['expert']}" if pod["expert"] else "progress"
+            rows[label] = status_line(data, datetime.now(UTC).isoformat(timespec="seconds")) if data else "none yet"
         return rows
 
     def _follow_pod(self, pod: dict, prefix: str, follow: bool) -> None:

@@ -13,6 +13,7 @@ COMMANDS = {
     "dataset": ("launcher.cli.dataset_cmd:dataset", "Check (and prepare) a dataset before renting a GPU."),
     "logs": ("launcher.cli.runs_cmd:logs", "Print a detached run's logs (--follow to stream them)."),
     "pull": ("launcher.cli.runs_cmd:pull", "Download a detached run's LoRAs and run.json."),
+    "report": ("launcher.cli.report_cmd:report", "Write a run folder's report.html (loss, samples, timings)."),
     "status": ("launcher.cli.runs_cmd:status", "State and cost of a detached run (Modal, RunPod)."),
     "stop": ("launcher.cli.runs_cmd:stop", "Stop a detached run now."),
     "presets": ("launcher.cli.presets_cmd:presets", "List, show and copy training presets."),

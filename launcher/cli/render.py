@@ -35,6 +35,15 @@ def as_json(job: Job) -> str:
     return json.dumps(plan_data(job), indent=2)
 
 
+def samples_lines(samples) -> list[str]:
+    if samples is None:
+        return ["Samples: off (samples.enabled=false)"]
+    epochs = ", ".join(str(e) for e in samples.epochs) or "none"
+    out = [f"Samples ({samples.folder}): epochs {epochs}; {samples.note}"]
+    return out + [f"  seed {p.seed:<6} {p.frames} frames  {p.text}" + (f"  [start frame {p.image}]" if p.image
+                                                                        else "") for p in samples.prompts]
+
+
 def as_text(job: Job) -> str:
     plan, counts = job.plan, job.layout.counts
     expert = f", expert {plan.expert}" if plan.expert else ""
@@ -48,7 +57,7 @@ def as_text(job: Job) -> str:
     out += [f"  {w.role:<16} {w.repo} : {w.path}" for w in plan.weights]
     out += ["", f"Dataset config ({plan.dataset_config_path}):"]
     out += ["  " + line for line in plan.dataset_config.splitlines()]
-    out += ["", "Steps:"]
+    out += ["", *samples_lines(plan.samples), "", "Steps:"]
     for number, step in enumerate(plan.steps, 1):
         skip = "  (skipped when its cache exists)" if step.markers else ""
         out.append(f"  {number}. {step.name}{skip}")

@@ -16,7 +16,8 @@ Examples:
   launcher run --preset wan21-t2v-1.3b --dataset ./my-dataset --set train.max_train_epochs=20 --dry-run
   launcher run --preset wan21-t2v-14b --dataset ./my-dataset --gpu-memory 24 --dry-run
   launcher run --preset ./my-preset.toml --expert both --dataset ./my-dataset --dry-run --format json
-  launcher run --preset wan21-t2v-1.3b --dataset ./my-dataset --output ./runs --backend local""")
+  launcher run --preset wan21-t2v-1.3b --dataset ./my-dataset --output ./runs --backend local
+  launcher run --preset wan21-t2v-1.3b --dataset ./my-dataset --samples prompts.txt --set samples.every=1 --dry-run""")
 @click.option("--preset", required=True, help="A preset name (see `launcher presets list`) or a .toml path.")
 @click.option("--expert", type=click.Choice(["high", "low", "both"]),
               help="Wan 2.2 only: which expert to train; `both` caches once and trains both.")
@@ -24,6 +25,9 @@ Examples:
               help="Folder of images/videos with a .txt caption beside each (or images/ and videos/).")
 @set_option
 @gpu_memory_option
+@click.option("--samples", "samples_file", type=click.Path(dir_okay=False),
+              help="Extra sample prompts, one per line: `text [--f FRAMES] [--d SEED] [--i IMAGE]` (IMAGE inside "
+                   "the dataset folder; I2V needs one).")
 @click.option("--backend", type=click.Choice(backend_names()),
               help="Where to run: local = this machine's Docker or Podman. With --dry-run: show how.")
 @click.option("--output", type=click.Path(file_okay=False),
@@ -44,14 +48,16 @@ Examples:
               help="Output format of --dry-run: json is one document (the plan, and with --backend what it sends).")
 @click.option("--no-check", is_flag=True,
               help="Skip the media check (files open, frames, fps) run before launching; --dry-run skips it too.")
-def run(preset, expert, dataset_dir, overrides, gpu_memory, backend, output, image, gpus, cache_volume, gpu_type,
-        follow, max_hours, max_cost, volume, dry_run, fmt, no_check):
+def run(preset, expert, dataset_dir, overrides, gpu_memory, samples_file, backend, output, image, gpus,
+        cache_volume, gpu_type, follow, max_hours, max_cost, volume, dry_run, fmt, no_check):
     """Plan a LoRA training run from PRESET on a dataset folder, and run it with --backend."""
     from launcher.backends import LaunchOptions, load_backend
     from launcher.cli import render
     from launcher.core.errors import UserError
     from launcher.core.job import prepare
 
+    if samples_file:  # as an override, so it reaches every backend's container in LORA_GYM_SET
+        overrides = (*overrides, samples_override(samples_file))
     # Bad input fails here, before any backend; --gpu-memory travels as an override, to the container too.
     job = prepare(preset, expert, with_gpu_memory(overrides, gpu_memory), dataset_dir)
     if backend is None:
@@ -84,6 +90,23 @@ def _note_hour_limit(job, max_hours: float | None) -> None:
     if max_hours is not None and max_hours > preset_hours:
         click.echo(f"note: --max-hours {max_hours:g} raises the preset's time limit of {preset_hours:g} h",
                    err=True)
+
+
+def samples_override(path: str) -> str:
+    import json
+    from pathlib import Path
+
+    from launcher.core.errors import UserError
+    from launcher.core.inputs import existing_file
+    from launcher.core.samples import parse_samples_file
+
+    existing_file(Path(path), "--samples file", "give a text file with one prompt per line")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"--samples {path}: cannot read it ({exc.__class__.__name__}): give a UTF-8 text file") \
+            from None
+    return "samples.prompts=" + json.dumps(parse_samples_file(text, path), separators=(",", ":"))
 
 
 def quote_run(backend, job, options, seconds: float | None) -> None:

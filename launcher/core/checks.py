@@ -82,6 +82,27 @@ def _expert_rules(preset: Preset, args: list[str]) -> list[str]:
     return problems
 
 
+def _sample_rules(preset: Preset, args: list[str], outputs) -> list[str]:
+    """wan_generate_video checks musubi makes only after loading models: catch them at --dry-run instead."""
+    info, problems = contract.task_info(preset.model.task), []
+    for flag in ("--task", "--dit", "--vae", "--t5", "--from_file", "--save_path"):
+        if _value(args, flag) is None:
+            problems.append(f"samples: {flag} must be set explicitly")
+    if info["needs_clip_features"] != ("--clip" in args):
+        problems.append(f"samples: --clip must be given exactly for Wan 2.1 I2V ({preset.model.task})")
+    if (info["wan_version"] == "2.2") != ("--dit_high_noise" in args):
+        problems.append("samples: Wan 2.2 samples through both experts (--dit_high_noise), Wan 2.1 has one DiT")
+    if "--fp8_scaled" in args and "--fp8" not in args:
+        problems.append("samples: --fp8_scaled goes with --fp8")
+    loras = [_value(args, f) for f in ("--lora_weight", "--lora_weight_high_noise") if f in args]
+    if not loras:
+        problems.append("samples: no LoRA to sample")
+    run_dirs = {o.rsplit("/", 1)[0] for o in outputs}
+    problems += [f"samples: {lora} is not a checkpoint of this run" for lora in loras
+                 if lora is None or lora.rsplit("/", 1)[0] not in run_dirs]
+    return problems
+
+
 def plan_problems(plan, preset: Preset) -> list[str]:
     problems = []
     for step in plan.steps:
@@ -93,6 +114,8 @@ def plan_problems(plan, preset: Preset) -> list[str]:
             problems += _latent_rules(preset, args)
         if script == "wan_train_network":
             problems += _train_rules(preset, launch, args)
+        if script == "wan_generate_video":
+            problems += _sample_rules(preset, args, plan.outputs)
     return problems
 
 

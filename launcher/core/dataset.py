@@ -33,6 +33,7 @@ class MediaDir:
     kind: str  # "image" or "video"
     files: tuple[str, ...]
     digest: str  # sha256 over every media file and caption in it: the cache key's content part
+    captions: tuple[str, ...] = ()  # one per file, whitespace-collapsed: the plan's default sample prompts
 
 
 @dataclass(frozen=True)
@@ -140,10 +141,12 @@ def _stem_clashes(media: list[Path], prefix: str) -> list[str]:
 
 
 def _media_dir(relpath: str, kind: str, media: list[Path], sha: dict[Path, str]) -> MediaDir:
-    digest = hashlib.sha256()
+    digest, captions = hashlib.sha256(), []
     for path in media:
-        digest.update(f"{path.name}\0{sha[path]}\0{sha[path.with_suffix(CAPTION_EXTENSION)]}\n".encode())
-    return MediaDir(relpath, kind, tuple(p.name for p in media), digest.hexdigest())
+        caption = path.with_suffix(CAPTION_EXTENSION)
+        digest.update(f"{path.name}\0{sha[path]}\0{sha[caption]}\n".encode())
+        captions.append(" ".join((caption_text(caption.read_bytes()) or "").split()))
+    return MediaDir(relpath, kind, tuple(p.name for p in media), digest.hexdigest(), tuple(captions))
 
 
 def _entry_problem(path: Path, shown: str, root: Path) -> str | None:

@@ -15,9 +15,10 @@ from dataclasses import asdict, dataclass, field
 import tomli_w
 
 from launcher import contract
-from launcher.core import fit, memory
+from launcher.core import fit, memory, samples
 from launcher.core.dataset import CAPTION_EXTENSION, DatasetLayout, MediaDir
 from launcher.core.errors import UserError
+from launcher.core.samples import SamplesPlan
 from launcher.core.schema import EXPERTS, Expert, Preset
 
 MUSUBI_SCRIPTS = "src/musubi_tuner"
@@ -81,6 +82,7 @@ class Plan:
     resources: Resources
     outputs: tuple[str, ...] = field(default=())
     memory: tuple[fit.Choice, ...] = field(default=())  # per training: the settings chosen to fit, and why
+    samples: SamplesPlan | None = None  # None with samples.enabled=false
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -288,6 +290,35 @@ def _fit_experts(preset: Preset, experts: list[str | None], layout: DatasetLayou
             for exp in sorted(experts, key=lambda e: -ranks[e])}
 
 
+def _sample_steps(preset: Preset, layout: DatasetLayout, paths: ContainerPaths, weights: _Weights,
+                  dits: dict, loras: dict, fitted: fit.Choice) -> tuple[list[Step], SamplesPlan | None]:
+    """The sample steps after training, and what they need; an expert not trained here samples from its base."""
+    if not preset.samples.enabled:
+        return [], None
+    trained, run_dir = list(loras), next(iter(loras.values()))[0]
+    folder = f"{run_dir}/{samples.SAMPLES_FOLDER}"
+    prompts, prompts_path = samples.sample_prompts(preset, layout, paths.dataset), f"{folder}/prompts.txt"
+    if not prompts:  # an I2V dataset of videos only has no start frame to sample from
+        return [], SamplesPlan(folder, prompts_path, "", (), (), (), "no sample prompt: an I2V sample needs a "
+                               "dataset image or a samples.prompts entry with an image")
+    steps = []
+    for other in EXPERTS if preset.experts else ():
+        settings = getattr(preset.experts, other)
+        if other not in dits and settings.lightning:  # merged after training, so it never delays the LoRAs
+            merge, dits[other] = _merge_step(other, settings, paths, weights)
+            steps.append(merge)
+        elif other not in dits:
+            dits[other] = weights.add(f"dit-{other}", settings.dit)
+    t = preset.train
+    epochs = samples.sampled_epochs(t.max_train_epochs, t.save_every_n_epochs, preset.samples.every)
+    for epoch in epochs:
+        files = (prompts_path, samples.epoch_folder(folder, epoch))
+        steps.append(Step(f"samples-e{epoch:06d}", samples.sample_argv(preset, paths, weights, loras, dits, epoch,
+                                                                        files, fitted)))
+    return steps, SamplesPlan(folder, prompts_path, samples.prompts_file(preset, prompts), prompts, tuple(epochs),
+                              tuple(step.name for step in steps), samples.note(preset, trained))
+
+
 def make_plan(preset: Preset, expert: str | None, layout: DatasetLayout, run_id: str,
               paths: ContainerPaths | None = None, lock: Mapping[str, Mapping] | None = None,
               locations: Mapping[str, str] | None = None) -> Plan:
@@ -303,7 +334,7 @@ def make_plan(preset: Preset, expert: str | None, layout: DatasetLayout, run_id:
     config_path = f"{run_dir}/dataset.toml"
     config_text, cache_dirs = _dataset_config(preset, layout, paths, _weights_for(preset, weights))
     steps = _cache_steps(preset, paths, config_path, cache_dirs, weights)
-    outputs = []
+    outputs, dits, loras = [], {}, {}
     base_name = preset.output_name or preset.name
     choices = _fit_experts(preset, experts, layout)
     for exp in experts:
@@ -318,10 +349,15 @@ def make_plan(preset: Preset, expert: str | None, layout: DatasetLayout, run_id:
         steps.append(_train_step(preset, settings, dit, f"train{suffix}", (run_dir, name), paths, config_path,
                                  choices[exp]))
         outputs.append(f"{run_dir}/{name}.safetensors")
+        dits[exp], loras[exp] = dit, (run_dir, name, preset.train.max_train_epochs)
+    # Sampling loads both Wan 2.2 experts: it takes the most frugal of the trainings' memory settings.
+    frugal = max(choices.values(), key=lambda c: (c.blocks_to_swap, c.fp8_base))
+    sample_steps, samples_plan = _sample_steps(preset, layout, paths, weights, dits, loras, frugal)
     host = memory.host_request_gb(max(c.estimated_host_gb for c in choices.values()))
     resources = Resources(preset.resources.gpu_memory_gb, 1, preset.resources.time_limit_hours, host)
-    plan = Plan(preset.name, expert, run_id, run_dir, config_path, config_text, tuple(steps),
-                tuple(weights.files.values()), resources, tuple(outputs), tuple(choices[e] for e in experts))
+    plan = Plan(preset.name, expert, run_id, run_dir, config_path, config_text, (*steps, *sample_steps),
+                tuple(weights.files.values()), resources, tuple(outputs), tuple(choices[e] for e in experts),
+                samples_plan)
     from launcher.core.checks import verify_plan  # local: checks imports this module
 
     verify_plan(plan, preset)

@@ -31,6 +31,13 @@ SUPPORTED_TASKS = ("t2v-A14B", "i2v-A14B", "t2v-14B", "t2v-1.3B", "i2v-14B")
 EXPERTS = ("high", "low")
 
 
+def _frames(n: int) -> int:
+    if n < 1 or (n - 1) % 4:
+        lower = max(1, (n - 1) // 4 * 4 + 1)
+        raise ValueError(f"{n} frames is not 4N+1 (the Wan VAE packs 4 frames per latent): use {lower}")
+    return n
+
+
 class Strict(BaseModel):
     # Every float must be finite: `inf` slips past gt/le checks and nan fails every comparison.
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -140,9 +147,7 @@ class VideoEntry(Strict):
     @classmethod
     def _four_n_plus_one(cls, frames: list[int]) -> list[int]:
         for n in frames:
-            if n < 1 or (n - 1) % 4:
-                lower = max(1, (n - 1) // 4 * 4 + 1)
-                raise ValueError(f"{n} frames is not 4N+1 (the Wan VAE packs 4 frames per latent): use {lower}")
+            _frames(n)
         return frames
 
 
@@ -164,6 +169,49 @@ class Dataset(Strict):
     videos: list[VideoEntry] = Field(default_factory=_default_videos, max_length=32)
 
 
+class SamplePrompt(Strict):
+    """One extra sample prompt (`--samples FILE` lines become these)."""
+
+    text: Annotated[str, Field(min_length=1, pattern=r"^[^\n]*$")]
+    frames: int | None = Field(None, gt=0, le=MAX_FRAMES)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    image: str | None = Field(None, description="I2V start frame, relative to the dataset folder")
+
+    @field_validator("text")
+    @classmethod
+    def _no_option_marker(cls, text: str) -> str:
+        # musubi's --from_file splits each line at " --": such a prompt would lose its tail.
+        if " --" in text or text.lstrip().startswith("#"):
+            raise ValueError("a prompt may not contain ' --' or start with '#' (musubi's prompt file syntax)")
+        return text
+
+    @field_validator("frames")
+    @classmethod
+    def _four_n_plus_one(cls, frames: int | None) -> int | None:
+        return None if frames is None else _frames(frames)
+
+
+class Samples(Strict):
+    """Sample videos of saved checkpoints, rendered with musubi's wan_generate_video after training."""
+
+    enabled: bool = True
+    captions: int = Field(2, ge=0, le=64, description="how many of the dataset's own captions to sample")
+    prompts: list[SamplePrompt] = Field(default_factory=list, max_length=64)
+    every: int = Field(2, gt=0, le=MAX_EPOCHS, description="every Nth saved checkpoint, plus the last")
+    width: Size = 832
+    height: Size = 480
+    frames: int = Field(33, gt=0, le=MAX_FRAMES)
+    steps: int | None = Field(None, gt=0, le=1000, description="empty: musubi's default for the task")
+    guidance: float | None = Field(None, gt=0, le=100, description="empty: musubi's default for the task")
+    flow_shift: float | None = Field(None, gt=0, le=100, description="empty: musubi's default for the task")
+    seed: int = Field(42, ge=0, le=MAX_SEED)
+
+    @field_validator("frames")
+    @classmethod
+    def _four_n_plus_one(cls, frames: int) -> int:
+        return _frames(frames)
+
+
 class Resources(Strict):
     gpu_memory_gb: int = Field(ge=8, le=1024, description="GPU memory the plan must fit, in GB (--gpu-memory)")
     time_limit_hours: float = Field(gt=0, le=24)
@@ -179,6 +227,7 @@ class Preset(Strict):
     train: Train
     cache: Cache = Cache()
     dataset: Dataset = Dataset()
+    samples: Samples = Samples()
     resources: Resources
 
     @model_validator(mode="after")

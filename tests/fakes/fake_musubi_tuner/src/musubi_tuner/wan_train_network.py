@@ -19,7 +19,7 @@ from pathlib import Path
 
 if not __package__:  # run as a file, like the real scripts: make the package importable
     import _script_path  # noqa: F401
-from musubi_tuner._fake_common import Scheduler, add_options, lr_lambda, progress, start, value
+from musubi_tuner._fake_common import Scheduler, add_options, lr_lambda, start, value
 
 
 def wan_setup_parser(parser):
@@ -54,6 +54,27 @@ def load_state(folder: Path, scheduler: Scheduler) -> None:
         scheduler.load(json.loads(archive.read("data.pkl")))
 
 
+class steps_bar:
+    """musubi's `tqdm(range(max_train_steps), smoothing=0, desc="steps")` with set_postfix(avr_loss=...), when
+    tqdm is installed (the dev environment); otherwise nothing, as with a disabled bar."""
+
+    def __init__(self, total: int):
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            tqdm = None
+        self.bar = tqdm(range(total), smoothing=0, desc="steps", mininterval=0) if tqdm else None
+
+    def step(self, loss: float) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(avr_loss=loss)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def stop_after(name: str) -> int | None:
     spec = os.environ.get("FAKE_MUSUBI_STOP_AFTER_EPOCH", "")
     target, _, epoch = spec.rpartition(":")
@@ -74,15 +95,19 @@ def main():
         load_state(Path(value(args, "--resume")), scheduler)
     lr_log = os.environ.get("FAKE_MUSUBI_LR_LOG")
     keep = int(value(args, "--save_last_n_epochs_state") or 0)
+    bar = steps_bar(total)
     for epoch in range(1, epochs + 1):
+        print(f"\nepoch {epoch}/{epochs}", flush=True)  # musubi's accelerator.print
         for _ in range(per_epoch):  # optimizer.step() at the current lr, then lr_scheduler.step()
             if lr_log:
                 with open(lr_log, "a") as handle:
                     handle.write(json.dumps({"output_name": name, "lr": scheduler.optimizer_lr}) + "\n")
             scheduler.step()
+            bar.step(0.05 + 0.2 / (1 + 500 * lr * scheduler.last_epoch))  # falls faster with a higher lr
         stop = stop_after(name) == epoch
         if every and epoch % every == 0 and epoch < epochs:
-            (out / f"{name}-{epoch:06d}.safetensors").write_bytes(b"fake lora epoch")
+            (out / f"{name}-{epoch:06d}.safetensors").write_bytes(f"fake lora epoch {epoch}".encode())
+            print(f"\nsaving checkpoint: {out / f'{name}-{epoch:06d}.safetensors'}", flush=True)
             if "--save_state" in args:
                 save_state(out / f"{name}-{epoch:06d}-state", scheduler, stop and bool(os.environ.get(
                     "FAKE_MUSUBI_TORN_STATE")))
@@ -90,7 +115,7 @@ def main():
                     shutil.rmtree(out / f"{name}-{epoch - every * keep:06d}-state", ignore_errors=True)
         if stop:
             os.kill(os.getpid(), signal.SIGKILL)
-    progress("steps")
+    bar.close()
     if "--save_state" in args:
         save_state(out / f"{name}-state", scheduler, False)
     write_safetensors(out / f"{name}.safetensors", "fake lora " + value(args, "--dit"))
