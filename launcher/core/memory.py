@@ -101,16 +101,20 @@ class Estimate:
     gpu_gb_per_token: float  # activations, the part a smaller dataset entry shrinks
 
 
+def dit_gb(shape: Shape, fp8: bool, blocks_to_swap: int = 0) -> float:
+    """A loaded DiT's weights on the GPU, in GiB (all of it with blocks_to_swap=0: what the host holds)."""
+    block = shape.block_linear_params() * (1 if fp8 else 2) + shape.block_other_params() * 2
+    return (shape.resident_params() * 2 + (shape.layers - blocks_to_swap) * block) / GB
+
+
 def estimate(shape: Shape, settings: Settings, rank: int, tokens: int, checkpointing: bool = True) -> Estimate:
     """Peak memory of one training step on `tokens` DiT tokens (the largest batch), in GiB."""
-    linear_bytes = 1 if settings.fp8 else 2
-    block = shape.block_linear_params() * linear_bytes + shape.block_other_params() * 2
-    weights = shape.resident_params() * 2 + (shape.layers - settings.blocks_to_swap) * block
+    weights = dit_gb(shape, settings.fp8, settings.blocks_to_swap) * GB
     fixed = (weights + shape.lora_params(rank) * LORA_BYTES) * FRAGMENTATION / GB + CUDA_CONTEXT_GB
     on_gpu, on_host = shape.bytes_per_token(checkpointing, settings.offload)
     per_token = on_gpu * FRAGMENTATION / GB
     # Block swap makes musubi load the whole DiT onto the CPU before moving the kept blocks to the GPU.
-    loaded = (shape.resident_params() * 2 + shape.layers * block) if settings.blocks_to_swap else 0
+    loaded = dit_gb(shape, settings.fp8) * GB if settings.blocks_to_swap else 0
     host = HOST_BASE_GB + (loaded + on_host * tokens) / GB
     return Estimate(round(fixed + per_token * tokens, 1), round(host, 1), fixed, per_token)
 

@@ -290,6 +290,15 @@ def _fit_experts(preset: Preset, experts: list[str | None], layout: DatasetLayou
             for exp in sorted(experts, key=lambda e: -ranks[e])}
 
 
+def _sampling_memory(preset: Preset, choices: dict[str | None, fit.Choice]) -> tuple[fit.Choice, float]:
+    """The trainings' most frugal memory settings, which sampling reuses, and the host RAM sampling adds: Wan 2.2
+    samples keep the inactive expert's DiT on the CPU (--offload_inactive_dit), which the training fit never held."""
+    frugal = max(choices.values(), key=lambda c: (c.blocks_to_swap, c.fp8_base))
+    if not (preset.experts and preset.samples.enabled):
+        return frugal, 0.0
+    return frugal, memory.dit_gb(memory.Shape.of(preset.model.task), frugal.fp8_base)
+
+
 def _sample_steps(preset: Preset, layout: DatasetLayout, paths: ContainerPaths, weights: _Weights,
                   dits: dict, loras: dict, fitted: fit.Choice) -> tuple[list[Step], SamplesPlan | None]:
     """The sample steps after training, and what they need; an expert not trained here samples from its base."""
@@ -350,10 +359,9 @@ def make_plan(preset: Preset, expert: str | None, layout: DatasetLayout, run_id:
                                  choices[exp]))
         outputs.append(f"{run_dir}/{name}.safetensors")
         dits[exp], loras[exp] = dit, (run_dir, name, preset.train.max_train_epochs)
-    # Sampling loads both Wan 2.2 experts: it takes the most frugal of the trainings' memory settings.
-    frugal = max(choices.values(), key=lambda c: (c.blocks_to_swap, c.fp8_base))
+    frugal, inactive_dit_gb = _sampling_memory(preset, choices)
     sample_steps, samples_plan = _sample_steps(preset, layout, paths, weights, dits, loras, frugal)
-    host = memory.host_request_gb(max(c.estimated_host_gb for c in choices.values()))
+    host = memory.host_request_gb(max(c.estimated_host_gb for c in choices.values()) + inactive_dit_gb)
     resources = Resources(preset.resources.gpu_memory_gb, 1, preset.resources.time_limit_hours, host)
     plan = Plan(preset.name, expert, run_id, run_dir, config_path, config_text, (*steps, *sample_steps),
                 tuple(weights.files.values()), resources, tuple(outputs), tuple(choices[e] for e in experts),

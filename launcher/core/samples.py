@@ -160,7 +160,8 @@ def sample_argv(preset: Preset, paths, weights, loras: dict, dits: dict, epoch: 
                 fitted):
     """`python wan_generate_video.py ...` for one epoch; files = (prompts file, output folder)."""
     script = f"{paths.musubi}/src/musubi_tuner/wan_generate_video.py"
-    return (paths.python, script, *_model_args(preset, paths, weights, fitted), *_lora_args(preset, loras, dits, epoch),
+    model = _model_args(preset, paths, weights, fitted)
+    return (paths.python, script, *model, *_lora_args(preset, loras, dits, epoch),
             *_sampling_args(preset), "--seed", str(preset.samples.seed), "--from_file", files[0],
             "--save_path", files[1], "--output_type", "video")
 
