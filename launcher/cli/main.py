@@ -17,6 +17,7 @@ COMMANDS = {
     "stop": ("launcher.cli.runs_cmd:stop", "Stop a detached run now."),
     "presets": ("launcher.cli.presets_cmd:presets", "List, show and copy training presets."),
     "run": ("launcher.cli.run_cmd:run", "Plan a training run; run it locally, on Modal or on RunPod."),
+    "sweep": ("launcher.cli.sweep_cmd:sweep", "One run per combination of a grid of overrides, one cache pass."),
 }
 
 
