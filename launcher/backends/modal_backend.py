@@ -72,6 +72,7 @@ class ModalSpec:
     registry_secret: str | None = None
     app_name: str = APP_NAME
     memory_mib: int | None = None  # host RAM for the GPU stages: block swap and activation offload live there
+    orchestrator: str = "both"  # the CPU function over several calls (modal_app.ORCHESTRATORS): both, sweep
     sizes: dict[str, int] = field(default_factory=dict, repr=False)  # sha256 -> bytes, for the upload only
 
 
