@@ -49,6 +49,10 @@ COMMANDS = [
      "--backend", "modal", "--image", "ghcr.io/you/lora-gym-wan22:0.1.0"],
     ["run", "--preset", "wan22-t2v-lightning", "--expert", "both", "--dataset", str(EXAMPLE_DATASET), "--dry-run",
      "--backend", "runpod", "--max-cost", "20"],
+    ["sweep", "--help"],
+    *(["sweep", "--preset", "wan22-t2v-lightning", "--expert", "low", "--dataset", str(EXAMPLE_DATASET), "--grid",
+       "experts.low.learning_rate=5e-5,1e-4", "--dry-run", "--backend", backend, "--image",
+       "ghcr.io/you/lora-gym-wan22:0.1.0", "--output", "out"] for backend in ("local", "modal", "runpod")),
 ]
 
 

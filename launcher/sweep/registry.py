@@ -57,7 +57,7 @@ def rows(record: dict, read: Reader, usd_per_hour: float | None) -> list[tuple[s
     entries = [{"run_id": c, "grid": ["(cache pass)"]} for c in record.get("caches", [])] + record["runs"]
     for entry in entries:
         manifest = read(entry["run_id"]) or {}
-        state = manifest.get("status") or "not started"
+        state = manifest.get("status") or (f"exit code {manifest.get('exit_code')}" if manifest else "not started")
         spent = "-" if usd_per_hour is None or not manifest else f"${hours(manifest) * usd_per_hour:.2f}"
         # musubi-tuner prints its loss to the console and TensorBoard only; run.json has none to show
         found.append((entry["run_id"], " ".join(entry["grid"]), state, epoch(manifest), "-", spent))
