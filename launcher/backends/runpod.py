@@ -121,7 +121,8 @@ def pod_body(job: Job, options: LaunchOptions, expert: str | None, gpu: str, vol
              hours: float) -> dict:
     """The CreatePodRequest of RunPod's REST API v2, as sent."""
     body = {"name": f"lora-gym-{pod_run_id(job, expert)}"[:120], "image": image_of(job, options),
-            "gpu": {"id": gpu, "count": 1}, "cloud": CLOUD, "disk": container_disk_gb(job, image_of(job, options)),
+            "gpu": {"id": gpu, "count": job.plan.resources.gpu_count}, "cloud": CLOUD,
+            "disk": container_disk_gb(job, image_of(job, options)),
             "mounts": {"network": [{"volumeId": volume, "path": MOUNT}]},
             "env": pod_env(job, options, expert, hours)}
     if datacenter:  # a network volume is attached only to pods in its own datacenter
@@ -160,7 +161,7 @@ class RunPodBackend:
     def quote(self, job: Job, options: LaunchOptions) -> cost.Quote:
         gpu = choose_gpu(self.catalog(), options.gpu_type, job.loaded.preset.resources.gpu_memory_gb)
         usd, source = price_of(gpu)
-        return cost.Quote(gpu["id"], usd, gpus=len(experts(job)), source=source)
+        return cost.Quote(gpu["id"], usd, gpus=len(experts(job)) * job.plan.resources.gpu_count, source=source)
 
     def _hours(self, job: Job, options: LaunchOptions, quote: cost.Quote) -> float:
         return cost.hour_limit(options.max_hours, job.loaded.preset.resources.time_limit_hours, options.max_cost,
@@ -234,7 +235,8 @@ class RunPodBackend:
         refused, last = [], None
         for gpu in ranked:
             usd, _ = price_of(gpu)
-            hours = self._hours(job, options, cost.Quote(gpu["id"], usd, gpus=len(experts(job))))
+            hours = self._hours(job, options, cost.Quote(gpu["id"], usd,
+                                                         gpus=len(experts(job)) * job.plan.resources.gpu_count))
             body = pod_body(job, options, expert, gpu["id"], volume["id"], volume["dataCenter"], hours)
             body["env"] |= env or {}
             try:

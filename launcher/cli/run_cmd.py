@@ -7,7 +7,14 @@ import json
 import click
 
 from launcher.backends import backend_names
-from launcher.cli.options import Finite, gpu_memory_option, set_option, with_gpu_memory
+from launcher.cli.options import (
+    Finite,
+    gpu_memory_option,
+    gpus_per_run_option,
+    set_option,
+    with_gpu_memory,
+    with_gpus_per_run,
+)
 
 
 @click.command(epilog="""\b
@@ -15,6 +22,7 @@ Examples:
   launcher run --preset wan22-t2v-lightning --expert high --dataset ./my-dataset --dry-run
   launcher run --preset wan21-t2v-1.3b --dataset ./my-dataset --set train.max_train_epochs=20 --dry-run
   launcher run --preset wan21-t2v-14b --dataset ./my-dataset --gpu-memory 24 --dry-run
+  launcher run --preset wan21-t2v-14b --dataset ./my-dataset --gpus-per-run 2 --dry-run
   launcher run --preset ./my-preset.toml --expert both --dataset ./my-dataset --dry-run --format json
   launcher run --preset wan21-t2v-1.3b --dataset ./my-dataset --output ./runs --backend local""")
 @click.option("--preset", required=True, help="A preset name (see `launcher presets list`) or a .toml path.")
@@ -24,6 +32,7 @@ Examples:
               help="Folder of images/videos with a .txt caption beside each (or images/ and videos/).")
 @set_option
 @gpu_memory_option
+@gpus_per_run_option
 @click.option("--backend", type=click.Choice(backend_names()),
               help="Where to run: local = this machine's Docker or Podman. With --dry-run: show how.")
 @click.option("--output", type=click.Path(file_okay=False),
@@ -44,8 +53,8 @@ Examples:
               help="Output format of --dry-run: json is one document (the plan, and with --backend what it sends).")
 @click.option("--no-check", is_flag=True,
               help="Skip the media check (files open, frames, fps) run before launching; --dry-run skips it too.")
-def run(preset, expert, dataset_dir, overrides, gpu_memory, backend, output, image, gpus, cache_volume, gpu_type,
-        follow, max_hours, max_cost, volume, dry_run, fmt, no_check):
+def run(preset, expert, dataset_dir, overrides, gpu_memory, gpus_per_run, backend, output, image, gpus, cache_volume,
+        gpu_type, follow, max_hours, max_cost, volume, dry_run, fmt, no_check):
     """Plan a LoRA training run from PRESET on a dataset folder, and run it with --backend."""
     from launcher.backends import LaunchOptions, load_backend
     from launcher.cli import render
@@ -53,7 +62,7 @@ def run(preset, expert, dataset_dir, overrides, gpu_memory, backend, output, ima
     from launcher.core.job import prepare
 
     # Bad input fails here, before any backend; --gpu-memory travels as an override, to the container too.
-    job = prepare(preset, expert, with_gpu_memory(overrides, gpu_memory), dataset_dir)
+    job = prepare(preset, expert, with_gpus_per_run(with_gpu_memory(overrides, gpu_memory), gpus_per_run), dataset_dir)
     if backend is None:
         if not dry_run:
             raise UserError("running needs a backend: add --backend local (Docker or Podman on this machine), "

@@ -5,7 +5,14 @@ from __future__ import annotations
 import click
 
 from launcher.backends import backend_names
-from launcher.cli.options import Finite, gpu_memory_option, set_option, with_gpu_memory
+from launcher.cli.options import (
+    Finite,
+    gpu_memory_option,
+    gpus_per_run_option,
+    set_option,
+    with_gpu_memory,
+    with_gpus_per_run,
+)
 
 
 @click.command(epilog="""\b
@@ -28,6 +35,7 @@ Examples:
 @click.option("--yes", is_flag=True, help="Allow a grid of more than 64 runs.")
 @set_option
 @gpu_memory_option
+@gpus_per_run_option
 @click.option("--backend", type=click.Choice(backend_names()), help="Where the runs go (as for `launcher run`).")
 @click.option("--output", type=click.Path(file_okay=False), help="local: folder for the run folders.")
 @click.option("--image", help="The image tag or digest [default: lora-gym-<family>:<version>].")
@@ -41,8 +49,8 @@ Examples:
 @click.option("--volume", help="runpod: network volume id (default: the family's volume).")
 @click.option("--dry-run", is_flag=True, help="Print the runs, the cache passes and what the backend would start.")
 @click.option("--no-check", is_flag=True, help="Skip the media check (and so the cost estimate) before launching.")
-def sweep(preset, expert, dataset_dir, grid_options, grid_file, yes, overrides, gpu_memory, backend, output, image,
-          gpus, cache_volume, gpu_type, max_hours, max_cost, volume, dry_run, no_check):
+def sweep(preset, expert, dataset_dir, grid_options, grid_file, yes, overrides, gpu_memory, gpus_per_run, backend,
+          output, image, gpus, cache_volume, gpu_type, max_hours, max_cost, volume, dry_run, no_check):
     """Train one LoRA per combination of the --grid values: the caches once, then every run."""
     from launcher.backends import LaunchOptions
     from launcher.core.errors import UserError
@@ -52,7 +60,8 @@ def sweep(preset, expert, dataset_dir, grid_options, grid_file, yes, overrides, 
     if backend is None and not dry_run:
         raise UserError("a sweep needs a backend: add --backend local, modal or runpod, or --dry-run to see it")
     axes = grid.combine(grid_options, grid_file)
-    planned = prepare_sweep(preset, expert, with_gpu_memory(overrides, gpu_memory), dataset_dir, axes, yes)
+    base = with_gpus_per_run(with_gpu_memory(overrides, gpu_memory), gpus_per_run)
+    planned = prepare_sweep(preset, expert, base, dataset_dir, axes, yes)
     click.echo("\n".join(describe(planned)))
     if backend is None:
         return 0

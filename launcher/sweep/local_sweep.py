@@ -34,16 +34,22 @@ def stage_spec(job: Job, options: LaunchOptions, run_id: str, stage: str, gpus: 
     return dataclasses.replace(spec, env=spec.env | {"LORA_GYM_STAGE": stage})
 
 
-def slots(gpus: str) -> list[str]:
-    """What each parallel worker gets: one GPU id each when ids are listed, else one worker with all of them."""
+def slots(gpus: str, per_run: int = 1) -> list[str]:
+    """What each parallel worker gets: `per_run` of the listed GPU ids each (one run per group), else one
+    worker with all of them."""
     ids = [g.strip() for g in gpus.split(",")] if gpus.strip() not in ("all", "none") else []
-    return ids if len(ids) > 1 else [gpus]
+    groups = [",".join(ids[i:i + per_run]) for i in range(0, len(ids) - per_run + 1, per_run)]
+    return groups if len(groups) > 1 else [gpus]
+
+
+def _per_run(sweep: Sweep) -> int:
+    return sweep.trainings[0].job.plan.resources.gpu_count
 
 
 def containers(sweep: Sweep, options: LaunchOptions) -> list[tuple[str, ContainerSpec]]:
     """(run id, spec) of every container in order: the cache passes (on the first GPU slot), then the runs
     (their GPU slot assigned round-robin, which `launch` replaces by whichever slot is free first)."""
-    workers = slots(options.gpus)
+    workers = slots(options.gpus, _per_run(sweep))
     found = [(c.run_id, stage_spec(c.job, options, c.run_id, "cache", workers[0])) for c in sweep.caches]
     for n, training in enumerate(sweep.trainings):
         found.append((training.run_id, stage_spec(training.job, options, training.run_id, "train",
@@ -55,7 +61,7 @@ def dry_run(sweep: Sweep, options: LaunchOptions) -> str:
     lines = []
     for run_id, spec in containers(sweep, options):
         lines += [f"# {run_id}", render_command(docker_run_argv(spec))]
-    workers = slots(options.gpus)
+    workers = slots(options.gpus, _per_run(sweep))
     how = f"one per GPU ({', '.join(workers)})" if len(workers) > 1 else "one after another"
     return "\n".join(lines + [f"# the cache pass{'es' if len(sweep.caches) > 1 else ''} first, then the runs {how}"])
 
@@ -115,7 +121,7 @@ def launch(sweep: Sweep, options: LaunchOptions, execute: Execute | None = None)
         if code != 0:
             print(f"launcher: cache pass {run_id} failed (exit code {code}); no training started", file=sys.stderr)
             return code
-    codes = _fan_out(everything[len(caches):], slots(options.gpus), execute)
+    codes = _fan_out(everything[len(caches):], slots(options.gpus, _per_run(sweep)), execute)
     failed = [run_id for run_id, _ in everything[len(caches):] if codes.get(run_id, 1) != 0]
     print(f"launcher: sweep {sweep.sweep_id}: {len(codes) - len(failed)} of {len(sweep.trainings)} runs succeeded"
           + (f"; failed: {', '.join(failed)}" if failed else ""), file=sys.stderr)
