@@ -47,14 +47,16 @@ Examples:
                    "the preset's limit raises it (the launcher says so).")
 @click.option("--max-cost", type=Finite(0, 100_000, "usd"),
               help="modal/runpod: USD; refuse to start if the estimate is higher, stop when it is reached.")
-@click.option("--volume", help="runpod: network volume id to use (default: create one in the datacenter).")
+@click.option("--volume", help="runpod: network volume id to use (default: create one in the datacenter); "
+                                "skypilot: the bucket for outputs and caches [default: lora-gym-<family>-store].")
+@click.option("--spot", is_flag=True, help="skypilot: spot instances; a preempted run resumes elsewhere.")
 @click.option("--dry-run", is_flag=True, help="Print the plan (or with --backend, its command) and exit.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="Output format of --dry-run: json is one document (the plan, and with --backend what it sends).")
 @click.option("--no-check", is_flag=True,
               help="Skip the media check (files open, frames, fps) run before launching; --dry-run skips it too.")
 def run(preset, expert, dataset_dir, overrides, gpu_memory, gpus_per_run, backend, output, image, gpus, cache_volume,
-        gpu_type, follow, max_hours, max_cost, volume, dry_run, fmt, no_check):
+        gpu_type, follow, max_hours, max_cost, volume, spot, dry_run, fmt, no_check):
     """Plan a LoRA training run from PRESET on a dataset folder, and run it with --backend."""
     from launcher.backends import LaunchOptions, load_backend
     from launcher.cli import render
@@ -70,7 +72,8 @@ def run(preset, expert, dataset_dir, overrides, gpu_memory, gpus_per_run, backen
         click.echo(render.as_json(job) if fmt == "json" else render.as_text(job))
         return 0
     options = LaunchOptions(dataset=dataset_dir, output=output, image=image, gpus=gpus, cache_volume=cache_volume,
-                            gpu_type=gpu_type, follow=follow, max_hours=max_hours, max_cost=max_cost, volume=volume)
+                            gpu_type=gpu_type, follow=follow, max_hours=max_hours, max_cost=max_cost, volume=volume,
+                            spot=spot)
     chosen = load_backend(backend)
     _note_hour_limit(job, max_hours)
     if dry_run and fmt == "json":
