@@ -131,3 +131,68 @@ def test_skypilot_refusals_are_one_line(monkeypatch, capsys, error, expected):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0] and "Traceback" not in err[0]
     assert runs.all_runs() == []
+
+
+# --- a real SkyPilot API server on this machine, with no cloud enabled -------------------------------------
+
+@pytest.fixture
+def api_server(tmp_path):
+    """`sky api start --foreground` in a private home (its own ~/.sky, no credentials) on a free port, in its
+    own process group, which is ended after the test (`sky api stop` only stops the default-port server)."""
+    import os
+    import shutil
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    from conftest import FAKES, clean_env
+
+    pytest.importorskip("sky")
+    home = tmp_path / "home"
+    catalog = home / ".sky" / "catalogs" / "v8" / "common"
+    catalog.mkdir(parents=True)
+    shutil.copy(FAKES / "sky_catalog" / "accelerators.csv", catalog / "accelerators.csv")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    endpoint = f"http://127.0.0.1:{port}"
+    env = clean_env(HOME=str(home), SKYPILOT_API_SERVER_ENDPOINT=endpoint)
+    server = subprocess.Popen([str(Path(sys.executable).parent / "sky"), "api", "start", "--foreground", "--port",
+                               str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{endpoint}/api/health", timeout=2):
+                    break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "the SkyPilot API server did not start"
+                time.sleep(0.5)
+        yield env
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(10)
+
+
+def test_a_submission_reaches_skypilot_and_its_no_cloud_answer_becomes_one_line(api_server):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    launcher = Path(sys.executable).parent / "launcher"
+    result = subprocess.run([str(launcher), "run", "--preset", "wan21-t2v-1.3b", "--dataset", DS, "--backend",
+                             "skypilot", "--no-check"], env=api_server, capture_output=True, text=True, timeout=300)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert lines[-1].startswith("error: SkyPilot has no enabled cloud") and "`sky check`" in lines[-1]
+    assert "no cloud storage is available" in lines[-1]  # SkyPilot's own answer, from its server
+    assert sum(line.startswith("error:") for line in lines) == 1 and "Traceback" not in result.stderr

@@ -95,6 +95,8 @@ def save_state_note(job: Job, options: LaunchOptions) -> str | None:
 
 # --- the platform (sky imported only here) -----------------------------------------------------------------
 
+# SkyPilot's answers when nothing is enabled: the optimizer's NoCloudAccessError, or (for a task with bucket
+# mounts, checked first) "Cloud-based file_mounts are specified, but no cloud storage is available".
 NO_CLOUD = ("no cloud", "no enabled cloud", "nocloudaccess")
 
 
@@ -102,8 +104,8 @@ def _one_line(exc: BaseException) -> UserError:
     text = " ".join(str(exc).split())
     kind = type(exc).__name__
     if any(word in (text + kind).lower() for word in NO_CLOUD):
-        return UserError(f"SkyPilot has no enabled cloud or Kubernetes cluster ({kind}): run `sky check` to set "
-                         "up credentials for one, then launch again")
+        return UserError(f"SkyPilot has no enabled cloud or Kubernetes cluster ({kind}: {text[:200]}): run "
+                         "`sky check` to set up credentials for one, then launch again")
     if "ApiServer" in kind or "api server" in text.lower():
         return UserError(f"SkyPilot's API server did not answer ({kind}): start it with `sky api start`, or point "
                          "SKYPILOT_API_SERVER_ENDPOINT at yours")
