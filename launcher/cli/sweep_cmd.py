@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from launcher.backends import backend_names
 from launcher.cli.options import (
     Finite,
     gpu_memory_option,
@@ -13,6 +12,8 @@ from launcher.cli.options import (
     with_gpu_memory,
     with_gpus_per_run,
 )
+
+SWEEP_BACKENDS = ["local", "modal", "runpod"]  # each has a launcher/sweep/<name>_sweep.py
 
 
 @click.command(epilog="""\b
@@ -36,7 +37,7 @@ Examples:
 @set_option
 @gpu_memory_option
 @gpus_per_run_option
-@click.option("--backend", type=click.Choice(backend_names()), help="Where the runs go (as for `launcher run`).")
+@click.option("--backend", type=click.Choice(SWEEP_BACKENDS), help="Where the runs go (as for `launcher run`).")
 @click.option("--output", type=click.Path(file_okay=False), help="local: folder for the run folders.")
 @click.option("--image", help="The image tag or digest [default: lora-gym-<family>:<version>].")
 @click.option("--gpus", default="all", show_default=True,
