@@ -95,12 +95,21 @@ def _fan_out(trainings: list[tuple[str, ContainerSpec]], workers: list[str], exe
             codes[run_id] = execute(dataclasses.replace(spec, gpus=parse_gpus(gpus)))
             print(f"launcher: {run_id} ended with exit code {codes[run_id]}", file=sys.stderr, flush=True)
 
+    if len(workers) == 1:  # in this thread, so Ctrl-C stops the running container as `launcher run` does
+        work(workers[0])
+        return codes
     threads = [threading.Thread(target=work, args=(slot,), daemon=True) for slot in workers]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        while thread.is_alive():
-            thread.join(0.5)  # short joins, so Ctrl-C reaches this thread
+    try:
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.5)  # short joins, so Ctrl-C reaches this thread
+    except KeyboardInterrupt:
+        # The containers run on in the engine: say how to stop them rather than leave them unnoticed.
+        print("launcher: stopped waiting; the running trainings go on: stop them with `docker stop $(docker ps -q "
+              f"--filter label={labels.LAUNCHED_BY}=launcher)`", file=sys.stderr)
+        raise
     return codes
 
 
