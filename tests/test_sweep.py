@@ -211,6 +211,14 @@ def test_local_sweep_with_two_gpu_ids_runs_one_training_per_gpu(engine, dataset)
     assert sorted(gpus) == [("0",), ("0",), ("1",), ("1",)]
 
 
+def test_an_unreachable_engine_is_one_line_and_writes_nothing(dataset, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-such.sock")
+    assert main(local_sweep_cli(dataset, tmp_path / "runs")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: cannot reach Docker or Podman")
+    assert not (tmp_path / "runs").exists() and not [r for r in runs.all_runs() if r.get("kind") == "sweep"]
+
+
 def test_a_failed_cache_pass_starts_no_training(engine, dataset, monkeypatch):
     real = engine.__class__.__call__
     monkeypatch.setattr(engine.__class__, "__call__",

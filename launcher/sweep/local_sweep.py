@@ -119,9 +119,9 @@ def launch(sweep: Sweep, options: LaunchOptions, execute: Execute | None = None)
     the others."""
     from launcher.sweep import registry
 
-    everything = containers(sweep, options)
-    Path(output_dir(options)).mkdir(parents=True, exist_ok=True)
+    everything = containers(sweep, options)  # bad options fail before the engine is touched
     execute = execute or docker_execute(sweep, options)
+    Path(output_dir(options)).mkdir(parents=True, exist_ok=True)  # only now: a refused sweep writes nothing
     registry.save_sweep(sweep, "local", {"output": output_dir(options)})
     caches = everything[:len(sweep.caches)]
     for run_id, spec in caches:
