@@ -138,3 +138,27 @@ def test_launch_records_the_sweep_and_status_reads_each_run_json(monkeypatch, ca
     done = next(r for r in rows if r.startswith(first + " "))
     assert "succeeded" in done and "50/50" in done and "$7.90" in done  # 2 h on one H100
     assert sum("not started" in r for r in rows) == 6  # the cache pass and five runs have no run.json yet
+
+
+def test_pull_fetches_every_run_of_the_sweep_and_says_which_has_nothing(tmp_path, monkeypatch, capsys):
+    from modal.volume import FileEntryType
+
+    record = {"run_id": "sw", "kind": "sweep", "backend": "modal", "outputs_volume": "lora-gym-outputs",
+              "caches": ["sw-cache1"], "runs": [{"run_id": "sw-01", "grid": []}, {"run_id": "sw-02", "grid": []}]}
+    files = {"sw-01/lora.safetensors": b"one", "sw-01/run.json": b"{}"}
+
+    class Outputs:
+        def listdir(self, path, recursive=False):
+            return [SimpleNamespace(path=p, type=FileEntryType.FILE, size=len(b)) for p, b in files.items()
+                    if p.startswith(path + "/")]
+
+        def read_file_into_fileobj(self, path, handle):
+            handle.write(files[path])
+
+    monkeypatch.setattr(modal.Volume, "from_name", lambda name: Outputs())
+    runs.save(record)
+    assert main(["pull", "sw", str(tmp_path)]) == 1  # sw-02 has no outputs yet
+    assert (tmp_path / "sw-01" / "lora.safetensors").read_bytes() == b"one"
+    assert "error: run sw-02 has no outputs yet" in capsys.readouterr().err
+    files["sw-02/lora.safetensors"] = b"two"
+    assert main(["pull", "sw", str(tmp_path)]) == 0 and (tmp_path / "sw-02" / "lora.safetensors").is_file()

@@ -85,6 +85,12 @@ def test_sweep_caches_in_one_pod_then_starts_a_pod_per_run_on_one_volume(dataset
     assert len(rows) == 1 + 1 + 3 and sum("not started" in r for r in rows) == 2
     running = next(r for r in rows if r.startswith(first + " "))
     assert "running" in running and f"${record['usd_per_hour']:.2f}" in running  # one hour at the pod's price
+    # logs: every pod's lines, prefixed by its run id
+    for pod in record["pods"]:
+        fake.log(pod["id"], f"[train] hello from {pod['label']}")
+    assert main(["logs", record["run_id"]]) == 0
+    out = capsys.readouterr().out
+    assert all(f"[{p['label']}] [train] hello from {p['label']}" in out for p in record["pods"])
     # stop ends every pod of the sweep
     assert main(["stop", record["run_id"]]) == 0
     assert all(fake.pods[p["id"]]["status"] == "TERMINATED" for p in record["pods"])
