@@ -40,6 +40,7 @@ TOTAL_STEPS = re.compile(r"override steps\. steps for (\d+) epochs is .*: (\d+)\
 SEGMENT = re.compile(r"^resume-e(\d{6})$")
 # What accelerate 1.6.0 writes for musubi (the network's weights only, via musubi's save hook), in this order;
 # random_states_0.pkl comes last. scaler.pt joins them with fp16 mixed precision and is checked when present.
+# With N data-parallel processes each writes its own random_states_<rank>.pkl.
 REQUIRED_STATE_FILES = ("model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl")
 # musubi's --lr_scheduler name -> the transformers function its get_lr_scheduler calls for it. Only these
 # depend on the total step count; constant schedules continue from the restored last_epoch as they are.
@@ -95,9 +96,10 @@ def file_whole(path: Path) -> bool:
     return _zip_whole(path) if path.suffix in (".bin", ".pt", ".pkl") else path.is_file()
 
 
-def state_complete(folder: Path) -> bool:
+def state_complete(folder: Path, processes: int = 1) -> bool:
     """Every file accelerate writes is there and whole (a save cut short by a kill leaves one missing or cut)."""
-    if not folder.is_dir() or not all((folder / name).is_file() for name in REQUIRED_STATE_FILES):
+    required = REQUIRED_STATE_FILES + tuple(f"random_states_{rank}.pkl" for rank in range(1, processes))
+    if not folder.is_dir() or not all((folder / name).is_file() for name in required):
         return False
     return all(file_whole(p) for p in folder.iterdir() if p.is_file())
 
@@ -130,13 +132,13 @@ def _absolute_name(file_name: str, name: str, offset: int, epochs: int) -> tuple
     return f"{name}-{epoch:06d}{match[2]}", epoch
 
 
-def saved_states(output_dir: str | Path, name: str, epochs: int) -> list[SavedState]:
+def saved_states(output_dir: str | Path, name: str, epochs: int, processes: int = 1) -> list[SavedState]:
     """Every complete state of the step named `name`, oldest first (later resume folders win ties)."""
     found = []
     for folder, offset in segments(output_dir):
         for child in folder.iterdir():
             named = _absolute_name(child.name, name, offset, epochs)
-            if named and child.is_dir() and state_complete(child):
+            if named and child.is_dir() and state_complete(child, processes):
                 found.append((named[1], offset, SavedState(child, named[1])))
     return [state for *_, state in sorted(found, key=lambda item: item[:2])]
 
@@ -211,7 +213,8 @@ def plan_start(argv: Sequence[str], total_steps: int | None, attempted: bool) ->
     name, out = _value(argv, "--output_name"), _value(argv, "--output_dir")
     if not attempted:
         return Start(tuple(argv), None, "starting")
-    state = next(reversed(saved_states(out, name, int(_value(argv, "--max_train_epochs")))), None)
+    processes = int(_value(argv, "--num_processes") or 1)
+    state = next(reversed(saved_states(out, name, int(_value(argv, "--max_train_epochs")), processes)), None)
     if state is None:
         why = "it saved no complete state" if "--save_state" in argv else "train.save_state is off"
         return Start(tuple(argv), None, f"restarting from scratch: {why}")

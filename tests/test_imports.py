@@ -14,7 +14,7 @@ import pytest
 from conftest import EXAMPLE_DATASET, clean_env
 
 HEAVY = ("modal", "docker", "httpx", "google.genai", "replicate", "boto3", "botocore", "torch", "safetensors",
-         "numpy", "PIL", "av", "requests", "huggingface_hub")
+         "numpy", "PIL", "av", "requests", "huggingface_hub", "sky")
 
 DRIVER = """
 import importlib.abc, json, sys
@@ -49,6 +49,12 @@ COMMANDS = [
      "--backend", "modal", "--image", "ghcr.io/you/lora-gym-wan22:0.1.0"],
     ["run", "--preset", "wan22-t2v-lightning", "--expert", "both", "--dataset", str(EXAMPLE_DATASET), "--dry-run",
      "--backend", "runpod", "--max-cost", "20"],
+    ["run", "--preset", "wan22-t2v-lightning", "--expert", "high", "--dataset", str(EXAMPLE_DATASET), "--dry-run",
+     "--backend", "skypilot", "--spot", "--gpus-per-run", "2"],
+    ["sweep", "--help"],
+    *(["sweep", "--preset", "wan22-t2v-lightning", "--expert", "low", "--dataset", str(EXAMPLE_DATASET), "--grid",
+       "experts.low.learning_rate=5e-5,1e-4", "--dry-run", "--backend", backend, "--image",
+       "ghcr.io/you/lora-gym-wan22:0.1.0", "--output", "out"] for backend in ("local", "modal", "runpod")),
 ]
 
 

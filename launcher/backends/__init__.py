@@ -19,6 +19,7 @@ BACKENDS = {
     "local": "launcher.backends.local:LocalBackend",
     "modal": "launcher.backends.modal_backend:ModalBackend",
     "runpod": "launcher.backends.runpod:RunPodBackend",
+    "skypilot": "launcher.backends.skypilot_backend:SkyPilotBackend",
 }
 
 
@@ -44,7 +45,8 @@ class LaunchOptions:
     follow: bool = False  # stream the logs to the end instead of detaching after the first lines
     max_hours: float | None = None  # None: the preset's resources.time_limit_hours
     max_cost: float | None = None  # USD; refuse to start (or stop) past it
-    volume: str | None = None  # RunPod: network volume id to use (else one is created)
+    volume: str | None = None  # RunPod: network volume id to use (else one is created); SkyPilot: the bucket
+    spot: bool = False  # SkyPilot: preemptible instances, recovered by the managed job
 
 
 class Backend(Protocol):

@@ -123,8 +123,13 @@ def container_spec(job: Job, options: LaunchOptions, user: str | None = None) ->
               Mount(output_dir(options), paths.output),
               Mount(cache_volume(options, family), paths.cache)]
     mounts += [preset_mount] if preset_mount else []
+    gpus = parse_gpus(options.gpus)
+    need = job.plan.resources.gpu_count
+    if need > 1 and (gpus is None or (gpus != "all" and len(gpus) < need)):
+        raise UserError(f"the run trains on {need} GPUs (resources.gpus) and --gpus {options.gpus} gives "
+                        f"{0 if gpus is None else len(gpus)}: pass --gpus all or {need} GPU ids")
     return ContainerSpec(image=options.image or labels.default_image(family), env=env, mounts=tuple(mounts),
-                         user=user if user is not None else _user(), gpus=parse_gpus(options.gpus),
+                         user=user if user is not None else _user(), gpus=gpus,
                          labels={labels.LAUNCHED_BY: "launcher"})
 
 

@@ -109,6 +109,28 @@ def both(calls: list, dataset: dict, preset_toml: str | None = None) -> list:
     return results + list(modal.FunctionCall.gather(*spawned))
 
 
+def sweep(calls: list, dataset: dict, preset_toml: str | None = None) -> list:
+    """`launcher sweep`: every cache pass (LORA_GYM_STAGE=cache) at once, then every training at once. A failed
+    cache pass stops the sweep; a failed training does not stop the others, and fails the sweep at the end."""
+    caches = [(fn, env) for fn, env in calls if env.get("LORA_GYM_STAGE") == "cache"]
+    trainings = [(fn, env) for fn, env in calls if env.get("LORA_GYM_STAGE") != "cache"]
+    results = [call.get() for call in [fn.spawn(env, dataset, preset_toml) for fn, env in caches]]
+    spawned = [(env.get("LORA_GYM_RUN_ID", ""), fn.spawn(env, dataset, preset_toml)) for fn, env in trainings]
+    failed = []
+    for run_id, call in spawned:
+        try:
+            results.append(call.get())
+        except StageFailed as exc:
+            failed.append(exc.exit_code)
+            print(f"sweep: {run_id} failed ({exc})", flush=True)
+    if failed:
+        raise StageFailed(f"{len(failed)} of {len(spawned)} sweep runs", failed[0])
+    return results
+
+
+ORCHESTRATORS = {"both": both, "sweep": sweep}
+
+
 # --- on the launcher's machine ---------------------------------------------------------------------------
 
 def image(spec):
@@ -133,16 +155,17 @@ def build(spec):
                                                 **common)(
             STAGE_FUNCTIONS[call.function])
     if len(spec.calls) > 1:
-        functions["both"] = app.function(cpu=ORCHESTRATOR_CPU, timeout=MAX_TIMEOUT_S, **common)(both)
+        name = spec.orchestrator
+        functions[name] = app.function(cpu=ORCHESTRATOR_CPU, timeout=MAX_TIMEOUT_S, **common)(ORCHESTRATORS[name])
     return app, functions
 
 
 def spawn(spec, functions: dict):
-    """The run's one top-level call: the stage itself, or the `both` orchestrator over the stages."""
+    """The run's one top-level call: the stage itself, or the orchestrator (`both`, `sweep`) over the stages."""
     if len(spec.calls) == 1:
         return functions[spec.calls[0].function].spawn(spec.calls[0].env, spec.dataset, spec.preset_toml)
     pairs = [(functions[c.function], c.env) for c in spec.calls]
-    return functions["both"].spawn(pairs, spec.dataset, spec.preset_toml)
+    return functions[spec.orchestrator].spawn(pairs, spec.dataset, spec.preset_toml)
 
 
 def _progress(total: int):

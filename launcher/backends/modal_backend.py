@@ -72,6 +72,7 @@ class ModalSpec:
     registry_secret: str | None = None
     app_name: str = APP_NAME
     memory_mib: int | None = None  # host RAM for the GPU stages: block swap and activation offload live there
+    orchestrator: str = "both"  # the CPU function over several calls (modal_app.ORCHESTRATORS): both, sweep
     sizes: dict[str, int] = field(default_factory=dict, repr=False)  # sha256 -> bytes, for the upload only
 
 
@@ -96,7 +97,14 @@ def choose_gpu(job: Job, options: LaunchOptions) -> str:
 
 
 def gpu_count(job: Job) -> int:
-    return 2 if job.plan.expert == "both" else 1  # the two experts train at the same time
+    # the two experts of `both` train at the same time, each on the run's resources.gpus
+    return (2 if job.plan.expert == "both" else 1) * job.plan.resources.gpu_count
+
+
+def gpu_request(job: Job, options: LaunchOptions) -> str:
+    """Modal's gpu argument: `H100`, or `H100:2` for a data-parallel run on 2 GPUs of one container."""
+    count = job.plan.resources.gpu_count
+    return choose_gpu(job, options) + (f":{count}" if count > 1 else "")
 
 
 def quote(job: Job, options: LaunchOptions) -> cost.Quote:
@@ -160,7 +168,7 @@ def modal_spec(job: Job, options: LaunchOptions) -> ModalSpec:
     files = dataset_files(options.dataset, job)
     volumes = {DATASETS_MOUNT: DATASETS_VOLUME, CACHE_MOUNT: options.cache_volume or f"lora-gym-cache-{family}",
                OUTPUTS_MOUNT: OUTPUTS_VOLUME}
-    return ModalSpec(run_id=run_id, image=image_ref(job, options), gpu=choose_gpu(job, options),
+    return ModalSpec(run_id=run_id, image=image_ref(job, options), gpu=gpu_request(job, options),
                      memory_mib=job.plan.resources.host_memory_gb * 1024 or None,
                      timeout_s=timeout_s(job, options), volumes=volumes, secrets=secret_names(),
                      calls=stage_calls(job, run_id, preset), dataset={rel: sha for rel, (sha, _) in files.items()},

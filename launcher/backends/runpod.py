@@ -131,7 +131,8 @@ def pod_body(job: Job, options: LaunchOptions, expert: str | None, gpu: str, vol
              hours: float) -> dict:
     """The CreatePodRequest of RunPod's REST API v2, as sent."""
     body = {"name": f"lora-gym-{pod_run_id(job, expert)}"[:120], "image": image_of(job, options),
-            "gpu": {"id": gpu, "count": 1}, "cloud": CLOUD, "disk": container_disk_gb(job, image_of(job, options)),
+            "gpu": {"id": gpu, "count": job.plan.resources.gpu_count}, "cloud": CLOUD,
+            "disk": container_disk_gb(job, image_of(job, options)),
             "mounts": {"network": [{"volumeId": volume, "path": MOUNT}]},
             "env": pod_env(job, options, expert, hours)}
     if datacenter:  # a network volume is attached only to pods in its own datacenter
@@ -170,7 +171,7 @@ class RunPodBackend:
     def quote(self, job: Job, options: LaunchOptions) -> cost.Quote:
         gpu = choose_gpu(self.catalog(), options.gpu_type, job.loaded.preset.resources.gpu_memory_gb)
         usd, source = price_of(gpu)
-        return cost.Quote(gpu["id"], usd, gpus=len(experts(job)), source=source)
+        return cost.Quote(gpu["id"], usd, gpus=len(experts(job)) * job.plan.resources.gpu_count, source=source)
 
     def _hours(self, job: Job, options: LaunchOptions, quote: cost.Quote) -> float:
         return cost.hour_limit(options.max_hours, job.loaded.preset.resources.time_limit_hours, options.max_cost,
@@ -234,16 +235,20 @@ class RunPodBackend:
             sent += runpod_s3.upload_files(s3, volume["id"], [(Path(job.loaded.origin), preset_key(job))], "preset")
         print(f"launcher: dataset on volume {volume['id']} ({sent / 1e6:.1f} MB sent)", file=sys.stderr)
 
-    def _place(self, job: Job, options: LaunchOptions, expert: str | None, volume: dict) -> dict:
-        """Create the pod on the first GPU RunPod places, trying the candidates in order; its record entry."""
+    def _place(self, job: Job, options: LaunchOptions, expert: str | None, volume: dict,
+               env: dict[str, str] | None = None) -> dict:
+        """Create the pod on the first GPU RunPod places, trying the candidates in order; its record entry.
+        `env` adds to the pod's contract (a sweep's LORA_GYM_STAGE and run id)."""
         from launcher.backends.runpod_api import NotPlaced
 
         ranked = ranked_gpus(self.catalog(), options.gpu_type, job.loaded.preset.resources.gpu_memory_gb)
         refused, last = [], None
         for gpu in ranked:
             usd, _ = price_of(gpu)
-            hours = self._hours(job, options, cost.Quote(gpu["id"], usd, gpus=len(experts(job))))
+            hours = self._hours(job, options, cost.Quote(gpu["id"], usd,
+                                                         gpus=len(experts(job)) * job.plan.resources.gpu_count))
             body = pod_body(job, options, expert, gpu["id"], volume["id"], volume["dataCenter"], hours)
+            body["env"] |= env or {}
             try:
                 pod = self.api().create_pod(body)
             except NotPlaced as exc:
@@ -252,7 +257,7 @@ class RunPodBackend:
                       + ("; trying the next GPU" if gpu is not ranked[-1] else ""), file=sys.stderr)
                 last = exc
                 continue
-            return {"id": pod["id"], "expert": expert, "run_id": pod_run_id(job, expert), "gpu": gpu["id"],
+            return {"id": pod["id"], "expert": expert, "run_id": body["env"]["LORA_GYM_RUN_ID"], "gpu": gpu["id"],
                     "usd_per_hour": usd, "max_hours": hours}
         raise UserError(f"RunPod placed none of {', '.join(refused)} in {volume['dataCenter']} (last: {last}): "
                         "try again later, pick another --gpu, or use a volume in another datacenter (--volume)")
@@ -348,8 +353,10 @@ class RunPodBackend:
 
     def logs(self, record: dict, follow: bool) -> int:
         pods = record["pods"]
-        threads = [threading.Thread(target=self._follow_pod, args=(p, f"[{p['expert']}] " if len(pods) > 1 else "",
-                                                                  follow), daemon=True) for p in pods]
+        # each pod's lines prefixed by its expert, or by its run id in a sweep (`label`)
+        prefixes = [f"[{p.get('label') or p['expert']}] " if len(pods) > 1 else "" for p in pods]
+        threads = [threading.Thread(target=self._follow_pod, args=(p, prefix, follow), daemon=True)
+                   for p, prefix in zip(pods, prefixes, strict=True)]
         for thread in threads:
             thread.start()
         for thread in threads:

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import click
 
-from launcher.cli.options import gpu_memory_option, set_option, with_gpu_memory
+from launcher.cli.options import (
+    gpu_memory_option,
+    gpus_per_run_option,
+    set_option,
+    with_gpu_memory,
+    with_gpus_per_run,
+)
 
 
 @click.group(epilog="""\b
@@ -35,10 +41,11 @@ def trainings_for(preset, expert: str | None) -> int:
               help="Wan 2.2 only: `both` counts both trainings; without it the figures are per expert.")
 @set_option
 @gpu_memory_option
+@gpus_per_run_option
 @click.option("--details", is_flag=True, help="Also list every image's bucket and the frames each entry takes.")
 @click.option("--headers-only", is_flag=True,
               help="Read headers only, decode no pixels: fast, but a truncated or corrupt file passes.")
-def check(directory, preset, expert, overrides, gpu_memory, details, headers_only):
+def check(directory, preset, expert, overrides, gpu_memory, gpus_per_run, details, headers_only):
     """Check every file of DIRECTORY against PRESET: it opens, captions, frames, fps, buckets, steps, time, and
     whether the largest bucket fits the GPU memory (with the block swap the plan would choose).
 
@@ -49,7 +56,7 @@ def check(directory, preset, expert, overrides, gpu_memory, details, headers_onl
     from launcher.media import require
     from launcher.media.check import check_dataset, render
 
-    loaded = load_preset(preset, with_gpu_memory(overrides, gpu_memory))
+    loaded = load_preset(preset, with_gpus_per_run(with_gpu_memory(overrides, gpu_memory), gpus_per_run))
     trainings = trainings_for(loaded.preset, expert)
     require()
     report = check_dataset(directory, loaded.preset, trainings, decode=not headers_only)

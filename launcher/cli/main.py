@@ -14,10 +14,11 @@ COMMANDS = {
     "logs": ("launcher.cli.runs_cmd:logs", "Print a detached run's logs (--follow to stream them)."),
     "pull": ("launcher.cli.runs_cmd:pull", "Download a detached run's LoRAs and run.json."),
     "report": ("launcher.cli.report_cmd:report", "Write a run folder's report.html (loss, samples, timings)."),
-    "status": ("launcher.cli.runs_cmd:status", "State and cost of a detached run (Modal, RunPod)."),
+    "status": ("launcher.cli.runs_cmd:status", "State and cost of a detached run or sweep (one row per run)."),
     "stop": ("launcher.cli.runs_cmd:stop", "Stop a detached run now."),
     "presets": ("launcher.cli.presets_cmd:presets", "List, show and copy training presets."),
-    "run": ("launcher.cli.run_cmd:run", "Plan a training run; run it locally, on Modal or on RunPod."),
+    "run": ("launcher.cli.run_cmd:run", "Plan a training run; run it locally, on Modal, RunPod or SkyPilot."),
+    "sweep": ("launcher.cli.sweep_cmd:sweep", "One run per combination of a grid of overrides, one cache pass."),
 }
 
 

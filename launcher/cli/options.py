@@ -39,6 +39,17 @@ gpu_memory_option = click.option(
          "the plan picks fp8, block swap and activation offload to fit.")
 
 
+gpus_per_run_option = click.option(
+    "--gpus-per-run", "gpus_per_run", type=click.IntRange(1, 8), metavar="N",
+    help="GPUs for each training, data-parallel (accelerate --multi_gpu) [default: the preset's resources.gpus, 1]; "
+         "each GPU holds the whole model and trains its share of every epoch's batches.")
+
+
+def with_gpus_per_run(overrides, gpus: int | None) -> tuple[str, ...]:
+    """--gpus-per-run is the override resources.gpus, so the container plans the same accelerate launch."""
+    return (*overrides, f"resources.gpus={gpus}") if gpus else tuple(overrides)
+
+
 def with_gpu_memory(overrides, gpu_memory: int | None) -> tuple[str, ...]:
     """--gpu-memory is the override resources.gpu_memory_gb, so it travels to the container with the others."""
     return (*overrides, f"resources.gpu_memory_gb={gpu_memory}") if gpu_memory else tuple(overrides)

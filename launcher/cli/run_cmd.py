@@ -7,7 +7,14 @@ import json
 import click
 
 from launcher.backends import backend_names
-from launcher.cli.options import Finite, gpu_memory_option, set_option, with_gpu_memory
+from launcher.cli.options import (
+    Finite,
+    gpu_memory_option,
+    gpus_per_run_option,
+    set_option,
+    with_gpu_memory,
+    with_gpus_per_run,
+)
 
 
 @click.command(epilog="""\b
@@ -15,6 +22,7 @@ Examples:
   launcher run --preset wan22-t2v-lightning --expert high --dataset ./my-dataset --dry-run
   launcher run --preset wan21-t2v-1.3b --dataset ./my-dataset --set train.max_train_epochs=20 --dry-run
   launcher run --preset wan21-t2v-14b --dataset ./my-dataset --gpu-memory 24 --dry-run
+  launcher run --preset wan21-t2v-14b --dataset ./my-dataset --gpus-per-run 2 --dry-run
   launcher run --preset ./my-preset.toml --expert both --dataset ./my-dataset --dry-run --format json
   launcher run --preset wan21-t2v-1.3b --dataset ./my-dataset --output ./runs --backend local
   launcher run --preset wan21-t2v-1.3b --dataset ./my-dataset --samples prompts.txt --set samples.every=1 --dry-run""")
@@ -28,6 +36,7 @@ Examples:
 @click.option("--samples", "samples_file", type=click.Path(dir_okay=False),
               help="Extra sample prompts, one per line: `text [--f FRAMES] [--d SEED] [--i IMAGE]` (IMAGE inside "
                    "the dataset folder; I2V needs one).")
+@gpus_per_run_option
 @click.option("--backend", type=click.Choice(backend_names()),
               help="Where to run: local = this machine's Docker or Podman. With --dry-run: show how.")
 @click.option("--output", type=click.Path(file_okay=False),
@@ -42,14 +51,16 @@ Examples:
                    "the preset's limit raises it (the launcher says so).")
 @click.option("--max-cost", type=Finite(0, 100_000, "usd"),
               help="modal/runpod: USD; refuse to start if the estimate is higher, stop when it is reached.")
-@click.option("--volume", help="runpod: network volume id to use (default: create one in the datacenter).")
+@click.option("--volume", help="runpod: network volume id to use (default: create one in the datacenter); "
+                                "skypilot: the bucket for outputs and caches [default: lora-gym-<family>-store].")
+@click.option("--spot", is_flag=True, help="skypilot: spot instances; a preempted run resumes elsewhere.")
 @click.option("--dry-run", is_flag=True, help="Print the plan (or with --backend, its command) and exit.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="Output format of --dry-run: json is one document (the plan, and with --backend what it sends).")
 @click.option("--no-check", is_flag=True,
               help="Skip the media check (files open, frames, fps) run before launching; --dry-run skips it too.")
-def run(preset, expert, dataset_dir, overrides, gpu_memory, samples_file, backend, output, image, gpus,
-        cache_volume, gpu_type, follow, max_hours, max_cost, volume, dry_run, fmt, no_check):
+def run(preset, expert, dataset_dir, overrides, gpu_memory, gpus_per_run, samples_file, backend, output, image,
+        gpus, cache_volume, gpu_type, follow, max_hours, max_cost, volume, spot, dry_run, fmt, no_check):
     """Plan a LoRA training run from PRESET on a dataset folder, and run it with --backend."""
     from launcher.backends import LaunchOptions, load_backend
     from launcher.cli import render
@@ -59,7 +70,7 @@ def run(preset, expert, dataset_dir, overrides, gpu_memory, samples_file, backen
     if samples_file:  # as an override, so it reaches every backend's container in LORA_GYM_SET
         overrides = (*overrides, samples_override(samples_file))
     # Bad input fails here, before any backend; --gpu-memory travels as an override, to the container too.
-    job = prepare(preset, expert, with_gpu_memory(overrides, gpu_memory), dataset_dir)
+    job = prepare(preset, expert, with_gpus_per_run(with_gpu_memory(overrides, gpu_memory), gpus_per_run), dataset_dir)
     if backend is None:
         if not dry_run:
             raise UserError("running needs a backend: add --backend local (Docker or Podman on this machine), "
@@ -67,7 +78,8 @@ def run(preset, expert, dataset_dir, overrides, gpu_memory, samples_file, backen
         click.echo(render.as_json(job) if fmt == "json" else render.as_text(job))
         return 0
     options = LaunchOptions(dataset=dataset_dir, output=output, image=image, gpus=gpus, cache_volume=cache_volume,
-                            gpu_type=gpu_type, follow=follow, max_hours=max_hours, max_cost=max_cost, volume=volume)
+                            gpu_type=gpu_type, follow=follow, max_hours=max_hours, max_cost=max_cost, volume=volume,
+                            spot=spot)
     chosen = load_backend(backend)
     _note_hour_limit(job, max_hours)
     if dry_run and fmt == "json":

@@ -8,18 +8,32 @@ import click
 def _backend_for(run_id: str):
     from launcher import runs
     from launcher.backends import load_backend
+    from launcher.core.errors import UserError
 
     record = runs.load(run_id)
+    if record.get("kind") == "sweep" and record["backend"] == "local":
+        raise UserError(f"{run_id} is a local sweep: its logs went to the terminal that ran it and it stops with "
+                        f"Ctrl-C there; `launcher status {run_id}` shows its runs")
     return record, load_backend(record["backend"])
+
+
+def _sweep_module(record: dict):
+    """A sweep's backend module (launcher/sweep/<backend>_sweep.py), or None for a single run."""
+    import importlib
+
+    if record.get("kind") != "sweep":
+        return None
+    return importlib.import_module(f"launcher.sweep.{record['backend']}_sweep")
 
 
 @click.command(epilog="""\b
 Examples:
   launcher status
-  launcher status wan22-t2v-lightning-high-20261124-101500""")
+  launcher status wan22-t2v-lightning-high-20261124-101500
+  launcher status wan21-t2v-1.3b-sweep-20261129-011902""")
 @click.argument("run_id", required=False)
 def status(run_id):
-    """Show a run's state, $/h and cost so far; without RUN_ID, list the runs this machine started."""
+    """Show a run's state, $/h and cost so far (a sweep: one row per run); without RUN_ID, list the runs."""
     from launcher import runs
 
     if run_id is None:
@@ -29,6 +43,13 @@ def status(run_id):
                        f"{record.get('created_at', '')}")
         if not rows:
             click.echo(f"no runs recorded in {runs.home() / 'runs'}")
+        return 0
+    from launcher import runs
+    from launcher.sweep.registry import table
+
+    record = runs.load(run_id)
+    if (module := _sweep_module(record)) is not None:  # one row per run of the sweep
+        click.echo(table(module.status_rows(record)))
         return 0
     record, backend = _backend_for(run_id)
     for key, value in backend.status(record).items():
@@ -57,6 +78,11 @@ def stop(run_id):
 @click.argument("run_id")
 @click.argument("dest", required=False, default=".", type=click.Path(file_okay=False))
 def pull(run_id, dest):
-    """Download a run's outputs (LoRAs, run.json, logs) into DEST (default: the current folder)."""
+    """Download a run's outputs (LoRAs, run.json, logs) into DEST (default: the current folder); for a sweep,
+    every run's."""
+    from launcher import runs
+
+    if (module := _sweep_module(runs.load(run_id))) is not None:
+        return module.pull(runs.load(run_id), dest)
     record, backend = _backend_for(run_id)
     return backend.pull(record, dest)

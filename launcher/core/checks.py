@@ -44,6 +44,9 @@ def _train_rules(preset: Preset, launch: list[str], args: list[str]) -> list[str
     problems, dtype = [], preset.model.dtype
     if _value(launch, "--mixed_precision") != dtype or _value(args, "--mixed_precision") != dtype:
         problems.append(f"train: --mixed_precision {dtype} must be on both accelerate and the script")
+    gpus = preset.resources.gpus
+    if _value(launch, "--num_processes") != str(gpus) or ("--multi_gpu" in launch) != (gpus > 1):
+        problems.append(f"train: accelerate needs --num_processes {gpus}" + (" and --multi_gpu" if gpus > 1 else ""))
     attention = [flag for flag in ATTENTION_FLAGS if flag in args]
     if len(attention) != 1 or "--sage_attn" in attention:
         problems.append(f"train: exactly one attention flag other than --sage_attn is needed, got {attention}")

@@ -253,8 +253,9 @@ def _memory_args(preset: Preset, choice: fit.Choice) -> list[str]:
 def _train_step(preset: Preset, s: Expert, dit: str, name: str, out: tuple[str, str], paths: ContainerPaths,
                 config: str, choice: fit.Choice) -> Step:
     t, dtype = preset.train, preset.model.dtype
-    argv = ["accelerate", "launch", "--num_processes", "1", "--num_machines", "1", "--dynamo_backend", "no",
-            "--num_cpu_threads_per_process", "1", "--mixed_precision", dtype,
+    gpus = preset.resources.gpus  # data parallel: one process per GPU, each with its own batches
+    argv = ["accelerate", "launch", "--num_processes", str(gpus), *["--multi_gpu"] * (gpus > 1), "--num_machines",
+            "1", "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1", "--mixed_precision", dtype,
             _script(paths, "wan_train_network"), "--task", preset.model.task, "--dit", dit,
             "--dataset_config", config, "--mixed_precision", dtype, *_memory_args(preset, choice),
             "--network_module", t.network_module, "--network_dim", str(s.network_dim),
@@ -361,8 +362,11 @@ def make_plan(preset: Preset, expert: str | None, layout: DatasetLayout, run_id:
         dits[exp], loras[exp] = dit, (run_dir, name, preset.train.max_train_epochs)
     frugal, inactive_dit_gb = _sampling_memory(preset, choices)
     sample_steps, samples_plan = _sample_steps(preset, layout, paths, weights, dits, loras, frugal)
-    host = memory.host_request_gb(max(c.estimated_host_gb for c in choices.values()) + inactive_dit_gb)
-    resources = Resources(preset.resources.gpu_memory_gb, 1, preset.resources.time_limit_hours, host)
+    # Each data-parallel process keeps its own swapped blocks and offloaded activations in host RAM; sampling
+    # (one process, after training) holds the inactive Wan 2.2 expert there instead.
+    gpus, trained_host = preset.resources.gpus, max(c.estimated_host_gb for c in choices.values())
+    host = memory.host_request_gb(max(trained_host * gpus, trained_host + inactive_dit_gb))
+    resources = Resources(preset.resources.gpu_memory_gb, gpus, preset.resources.time_limit_hours, host)
     plan = Plan(preset.name, expert, run_id, run_dir, config_path, config_text, (*steps, *sample_steps),
                 tuple(weights.files.values()), resources, tuple(outputs), tuple(choices[e] for e in experts),
                 samples_plan)

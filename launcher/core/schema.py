@@ -215,6 +215,9 @@ class Samples(Strict):
 class Resources(Strict):
     gpu_memory_gb: int = Field(ge=8, le=1024, description="GPU memory the plan must fit, in GB (--gpu-memory)")
     time_limit_hours: float = Field(gt=0, le=24)
+    # Data-parallel processes on one machine (accelerate --multi_gpu); 8 is the most one machine offers on
+    # Modal and RunPod. Each process holds the whole model, so every GPU needs gpu_memory_gb.
+    gpus: int = Field(default=1, ge=1, le=8, description="GPUs per run, data-parallel (--gpus-per-run)")
 
 
 class Preset(Strict):

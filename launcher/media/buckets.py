@@ -124,9 +124,11 @@ def batches(items_per_bucket: Mapping[object, int], num_repeats: int, batch_size
     return sum(math.ceil(count * num_repeats / batch_size) for count in items_per_bucket.values() if count)
 
 
-def steps_per_epoch(batches_per_entry: Iterable[int], gradient_accumulation_steps: int) -> int:
-    """Optimizer steps per epoch: musubi concatenates the entries' batches, accelerate accumulates them."""
-    return math.ceil(sum(batches_per_entry) / gradient_accumulation_steps)
+def steps_per_epoch(batches_per_entry: Iterable[int], gradient_accumulation_steps: int, processes: int = 1) -> int:
+    """Optimizer steps per epoch: musubi concatenates the entries' batches, accelerate deals them out to the
+    data-parallel processes and accumulates them: trainer_base.py's ceil(len(dataloader) / num_processes /
+    gradient_accumulation_steps)."""
+    return math.ceil(sum(batches_per_entry) / processes / gradient_accumulation_steps)
 
 
 # Seconds per training step (one item, batch 1) at the presets' settings (fp8 base weights, gradient

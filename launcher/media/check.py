@@ -208,7 +208,16 @@ def _estimate(preset: Preset, entries: list[Entry], trainings: int) -> float:
     for entry in entries:
         for (w, h, frames), count in entry.items.items():
             per_epoch += count * entry.num_repeats * musubi.step_seconds(size, musubi.latent_tokens(w, h, frames), gpu)
-    return per_epoch * preset.train.max_train_epochs * trainings
+    # Data parallel: each GPU trains its share of the items at the same time (ideal scaling, an estimate).
+    return per_epoch * preset.train.max_train_epochs * trainings / preset.resources.gpus
+
+
+def _gpu_share_problems(preset: Preset, entries: list[Entry]) -> list[Problem]:
+    batches, gpus = sum(e.batches for e in entries), preset.resources.gpus
+    if gpus > 1 and batches and batches < gpus:  # accelerate repeats batches so every process gets one
+        return [Problem("warning", f"{batches} batches per epoch for {gpus} GPUs: some GPUs train repeated "
+                                   f"batches; use fewer GPUs (--gpus-per-run {batches}) or more data")]
+    return []
 
 
 # --- GPU memory ----------------------------------------------------------------------------------------
@@ -262,7 +271,8 @@ def check_dataset(root: str | Path, preset: Preset, trainings: int = 1,
         report.problems.append(Problem("warning", "the videos are not trained: the preset has no dataset.videos "
                                                   "entries; add one, or move the videos out"))
     report.steps_per_epoch = musubi.steps_per_epoch([e.batches for e in report.entries],
-                                                    preset.train.gradient_accumulation_steps)
+                                                    preset.train.gradient_accumulation_steps, preset.resources.gpus)
+    report.problems += _gpu_share_problems(preset, report.entries)
     report.seconds = _estimate(preset, report.entries, trainings)
     report.memory, problems = _memory(preset, report.entries)
     report.problems += problems
@@ -342,8 +352,8 @@ def _summary(report: Report) -> list[str]:
                         for name, found in (("error", report.errors), ("warning", report.warnings)) if found)
     rows = [("media", f"{counts['image']} images, {counts['video']} videos"),
             ("items", f"{items} per epoch in {buckets} bucket{'s' if buckets != 1 else ''}"),
-            ("steps per epoch", f"{report.steps_per_epoch} (batch size {p.dataset.batch_size}, gradient "
-                                f"accumulation {p.train.gradient_accumulation_steps})"),
+            ("steps per epoch", f"{report.steps_per_epoch} ({_batch(p)}, gradient accumulation "
+                                f"{p.train.gradient_accumulation_steps})"),
             ("total steps", total),
             ("estimated time", f"~{_duration(report.seconds)} on the {p.resources.gpu_memory_gb} GB GPU class "
                                "(rough estimate, +-50%; without caching and model loading)"),
@@ -351,6 +361,11 @@ def _summary(report: Report) -> list[str]:
             *([("GPU memory", report.memory)] if report.memory else []),
             ("result", verdict or "ready to train")]
     return ["summary", *(f"  {name:<17}{value}" for name, value in rows)]
+
+
+def _batch(p) -> str:
+    size, gpus = p.dataset.batch_size, p.resources.gpus
+    return f"batch size {size}" if gpus == 1 else f"{gpus} GPUs at batch size {size} each, {size * gpus} per step"
 
 
 def _decoded(report: Report) -> str:

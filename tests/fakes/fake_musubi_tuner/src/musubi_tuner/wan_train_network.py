@@ -6,6 +6,9 @@ _fake_common), saves `<name>-<epoch:06d>.safetensors` (and with --save_state `<n
 pruned to --save_last_n_epochs_state) every --save_every_n_epochs epochs but the last, then `<name>-state/`
 and `<name>.safetensors`. `--resume` restores the scheduler as accelerate does and restarts the counters at 0.
 Each optimizer step's lr is appended to $FAKE_MUSUBI_LR_LOG as {"output_name", "lr"}.
+With WORLD_SIZE=N (accelerate's data-parallel launch) it does what musubi's rank 0 does: ceil(batches / N)
+steps per epoch, a schedule of max_train_steps x N steps (musubi's get_lr_scheduler) stepped N times per
+optimizer step (accelerate's AcceleratedScheduler), and one random_states_<rank>.pkl per process in a state.
 FAKE_MUSUBI_STOP_AFTER_EPOCH=[<output_name>:]<n> kills the process (SIGKILL, like a preemption) after epoch
 n's saves; FAKE_MUSUBI_TORN_STATE=1 makes that epoch's state save stop halfway instead.
 """
@@ -46,7 +49,8 @@ def save_state(folder: Path, scheduler: Scheduler, torn: bool) -> None:
         (folder / "scheduler.bin").write_bytes(data[: len(data) // 2])
         os.kill(os.getpid(), signal.SIGKILL)
     write_zip(folder / "scheduler.bin", scheduler.state())
-    write_zip(folder / "random_states_0.pkl", {"step": scheduler.last_epoch})
+    for rank in range(world_size()):  # accelerate: every process saves its own random state
+        write_zip(folder / f"random_states_{rank}.pkl", {"step": scheduler.last_epoch})
 
 
 def load_state(folder: Path, scheduler: Scheduler) -> None:
@@ -75,6 +79,10 @@ class steps_bar:
             self.bar.close()
 
 
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def stop_after(name: str) -> int | None:
     spec = os.environ.get("FAKE_MUSUBI_STOP_AFTER_EPOCH", "")
     target, _, epoch = spec.rpartition(":")
@@ -87,10 +95,11 @@ def main():
     out, name = Path(value(args, "--output_dir")), value(args, "--output_name")
     out.mkdir(parents=True, exist_ok=True)
     epochs, every = int(value(args, "--max_train_epochs")), int(value(args, "--save_every_n_epochs") or 0)
-    per_epoch = int(os.environ.get("FAKE_MUSUBI_STEPS_PER_EPOCH", "3"))
+    batches, processes = int(os.environ.get("FAKE_MUSUBI_STEPS_PER_EPOCH", "3")), world_size()
+    per_epoch = -(-batches // processes)  # musubi: ceil(len(dataloader) / num_processes / accumulation)
     total, lr = epochs * per_epoch, float(value(args, "--learning_rate"))
     print(f"override steps. steps for {epochs} epochs is / 指定エポックまでのステップ数: {total}", flush=True)
-    scheduler = Scheduler(lr_lambda(args, total, lr), lr)
+    scheduler = Scheduler(lr_lambda(args, total * processes, lr), lr)
     if value(args, "--resume"):
         load_state(Path(value(args, "--resume")), scheduler)
     lr_log = os.environ.get("FAKE_MUSUBI_LR_LOG")
@@ -102,7 +111,8 @@ def main():
             if lr_log:
                 with open(lr_log, "a") as handle:
                     handle.write(json.dumps({"output_name": name, "lr": scheduler.optimizer_lr}) + "\n")
-            scheduler.step()
+            for _ in range(processes):
+                scheduler.step()
             bar.step(0.05 + 0.2 / (1 + 500 * lr * scheduler.last_epoch))  # falls faster with a higher lr
         stop = stop_after(name) == epoch
         if every and epoch % every == 0 and epoch < epochs:

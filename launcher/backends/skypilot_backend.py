@@ -1,0 +1,187 @@
+"""The SkyPilot backend: the same pinned image on any cloud, Kubernetes cluster or GPU marketplace SkyPilot
+reaches, as a managed job that SkyPilot restarts elsewhere after a spot preemption.
+
+The task is plain data first (task_config): `--dry-run` prints it as YAML without importing `sky` or holding a
+secret (HF_TOKEN is a SkyPilot secret *reference*, `HF_TOKEN: null`, filled at launch from this environment
+and never printed or stored). The run id is fixed in the task, so a recovered job names the same run folder
+in the mounted store and the entrypoint resumes it from its newest saved state (README: Resuming a run).
+`sky` is imported only to launch and to look a run up (pip install 'lora-gym[skypilot]').
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from launcher.backends import Capabilities, LaunchOptions, labels
+from launcher.core.errors import UserError
+from launcher.core.job import Job
+
+MOUNT = "/lora-gym"  # in the container: the dataset (uploaded by SkyPilot) and the persistent store
+# SkyPilot accelerator names per preset GPU class (resources.gpu_memory_gb): the smallest class that fits.
+DEFAULT_ACCELERATOR = ((24, "L4"), (48, "L40S"), (80, "H100"), (141, "H200"))
+ENTRYPOINT = "lora-gym-entrypoint"
+SECRETS = ("HF_TOKEN",)  # passed by reference; a slim image downloads (possibly gated) weights with it
+# Store mode: MOUNT_CACHED writes through a local cache and uploads asynchronously, SkyPilot's advice for
+# checkpoints (a plain MOUNT rewrites whole objects on every append).
+STORE_MODE = "MOUNT_CACHED"
+
+
+def accelerator(job: Job, options: LaunchOptions) -> str:
+    if options.gpu_type:
+        return options.gpu_type  # any SkyPilot accelerator name; SkyPilot's optimizer checks it at launch
+    need = job.plan.resources.gpu_memory_gb
+    fits = [name for memory, name in DEFAULT_ACCELERATOR if memory >= need]
+    if not fits:
+        raise UserError(f"the preset needs {need} GB of GPU memory, more than any default here: pick one with --gpu")
+    return fits[0]
+
+
+def store_name(job: Job, options: LaunchOptions) -> str:
+    return options.volume or f"lora-gym-{job.loaded.preset.family}-store"
+
+
+def preset_file(job: Job) -> str | None:
+    """Where a user's preset file lands in the container (registry names need none)."""
+    origin = job.loaded.origin
+    return f"{MOUNT}/preset/{Path(origin).stem}.toml" if Path(origin).is_file() else None
+
+
+def task_env(job: Job, run_id: str, hours: float | None) -> dict[str, str]:
+    env = {"LORA_GYM_PRESET": preset_file(job) or job.loaded.origin}
+    if job.plan.expert:
+        env["LORA_GYM_EXPERT"] = job.plan.expert
+    if job.loaded.overrides:
+        env["LORA_GYM_SET"] = shlex.join(job.loaded.overrides)
+    env |= {"LORA_GYM_RUN_ID": run_id, "LORA_GYM_DATASET_DIR": f"{MOUNT}/dataset",
+            "LORA_GYM_OUTPUT_DIR": f"{MOUNT}/store/output", "LORA_GYM_CACHE_DIR": f"{MOUNT}/store/cache"}
+    if hours:
+        env["LORA_GYM_MAX_HOURS"] = f"{hours:.4g}"
+    return env
+
+
+def task_config(job: Job, options: LaunchOptions) -> dict:
+    """The SkyPilot task as the dict its YAML holds (sky.Task.from_yaml_config reads exactly this)."""
+    image = options.image or labels.default_image(job.loaded.preset.family)
+    resources = {"image_id": f"docker:{image}",
+                 "accelerators": {accelerator(job, options): job.plan.resources.gpu_count},
+                 "memory": f"{max(job.plan.resources.host_memory_gb, 32)}+"}
+    if options.spot:  # opt-in: cheaper, preemptible; the managed job is recovered on another instance
+        resources |= {"use_spot": True, "job_recovery": {"strategy": "FAILOVER", "max_restarts_on_errors": 1}}
+    mounts: dict = {f"{MOUNT}/dataset": os.path.abspath(options.dataset),
+                    f"{MOUNT}/store": {"name": store_name(job, options), "mode": STORE_MODE}}
+    if preset_file(job):  # a user's preset file travels with the task
+        mounts[preset_file(job)] = os.path.abspath(job.loaded.origin)
+    return {"name": f"lora-gym-{options.run_id or job.plan.run_id}"[:63], "resources": resources,
+            "envs": task_env(job, options.run_id or job.plan.run_id, options.max_hours),
+            "secrets": dict.fromkeys(SECRETS), "file_mounts": mounts, "run": ENTRYPOINT}
+
+
+def render(config: dict) -> str:
+    import yaml  # PyYAML comes with huggingface_hub, a dependency of LoRA Gym
+
+    return yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
+
+
+def save_state_note(job: Job, options: LaunchOptions) -> str | None:
+    if options.spot and not job.loaded.preset.train.save_state:
+        return ("note: with --spot, add --set train.save_state=true: a preempted run then resumes from its last "
+                "saved epoch instead of starting its training again")
+    return None
+
+
+# --- the platform (sky imported only here) -----------------------------------------------------------------
+
+# SkyPilot's answers when nothing is enabled: the optimizer's NoCloudAccessError, or (for a task with bucket
+# mounts, checked first) "Cloud-based file_mounts are specified, but no cloud storage is available".
+NO_CLOUD = ("no cloud", "no enabled cloud", "nocloudaccess")
+
+
+def _one_line(exc: BaseException) -> UserError:
+    text = " ".join(str(exc).split())
+    kind = type(exc).__name__
+    if any(word in (text + kind).lower() for word in NO_CLOUD):
+        return UserError(f"SkyPilot has no enabled cloud or Kubernetes cluster ({kind}: {text[:200]}): run "
+                         "`sky check` to set up credentials for one, then launch again")
+    if "ApiServer" in kind or "api server" in text.lower():
+        return UserError(f"SkyPilot's API server did not answer ({kind}): start it with `sky api start`, or point "
+                         "SKYPILOT_API_SERVER_ENDPOINT at yours")
+    return UserError(f"SkyPilot refused the job ({kind}: {text[:300]}): see `sky check` and `sky show-gpus`")
+
+
+def sky_task(config: dict):
+    import sky
+
+    secrets = [(name, os.environ[name]) for name in SECRETS if os.environ.get(name)]
+    return sky.Task.from_yaml_config(dict(config), secrets_overrides=secrets or None)
+
+
+def submit(config: dict) -> int:
+    """The managed job's id; SkyPilot's refusals (no cloud, no capacity, no server) become one UserError."""
+    import sky
+
+    try:
+        job_ids, _ = sky.stream_and_get(sky.jobs.launch(sky_task(config), name=config["name"]))
+    except (Exception, SystemExit) as exc:
+        if isinstance(exc, UserError):
+            raise
+        raise _one_line(exc) from None
+    return job_ids[0]
+
+
+class SkyPilotBackend:
+    capabilities = Capabilities(name="skypilot", max_runtime_hours=None, detach=True)
+
+    def dry_run_data(self, job: Job, options: LaunchOptions) -> dict:
+        return {"task": task_config(job, options), "submit": "sky.jobs.launch(task) (a managed job)"}
+
+    def dry_run(self, job: Job, options: LaunchOptions) -> str:
+        note = save_state_note(job, options)
+        return render(task_config(job, options)) + (f"# {note[6:]}\n" if note else "")
+
+    # No `quote`: SkyPilot's optimizer picks the cloud, and so the price, at launch.
+
+    def launch(self, job: Job, options: LaunchOptions) -> int:
+        from launcher import runs
+
+        if options.max_cost is not None:
+            raise UserError("SkyPilot picks the cloud and its price at launch, so --max-cost cannot be checked "
+                            "before: drop it, and see `sky show-gpus` for prices")
+        config = task_config(job, options)
+        if note := save_state_note(job, options):
+            print(note, file=sys.stderr)
+        job_id = submit(config)
+        runs.save({"run_id": job.plan.run_id, "backend": "skypilot", "preset": job.plan.preset,
+                   "expert": job.plan.expert, "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                   "job_id": job_id, "store": store_name(job, options), "spot": options.spot})
+        print(f"run {job.plan.run_id} submitted to SkyPilot as managed job {job_id}: `launcher status "
+              f"{job.plan.run_id}`, `launcher logs {job.plan.run_id} --follow`", file=sys.stderr)
+        return self.logs(runs.load(job.plan.run_id), follow=True) if options.follow else 0
+
+    def status(self, record: dict) -> dict:
+        import sky
+
+        jobs = sky.get(sky.jobs.queue(refresh=False, job_ids=[record["job_id"]]))
+        job = jobs[0] if jobs else {}
+        state = job.get("status") if isinstance(job, dict) else getattr(job, "status", None)
+        return {"run": record["run_id"], "managed job": record["job_id"], "state": str(state or "unknown"),
+                "store": record["store"], "spot": record.get("spot", False)}
+
+    def logs(self, record: dict, follow: bool) -> int:
+        import sky
+
+        return sky.jobs.tail_logs(job_id=record["job_id"], follow=follow) or 0
+
+    def stop(self, record: dict) -> int:
+        import sky
+
+        sky.get(sky.jobs.cancel(job_ids=[record["job_id"]]))
+        print(f"cancelled managed job {record['job_id']} ({record['run_id']})", file=sys.stderr)
+        return 0
+
+    def pull(self, record: dict, dest: str) -> int:
+        raise UserError(f"the outputs are in the bucket {record['store']} under output/{record['run_id']}/: copy "
+                        "them with your cloud's CLI (e.g. `aws s3 cp --recursive` or `gcloud storage cp -r`)")

@@ -1,0 +1,103 @@
+"""`launcher sweep`: one run per combination of a grid of overrides, sharing one cache pass."""
+
+from __future__ import annotations
+
+import click
+
+from launcher.cli.options import (
+    Finite,
+    gpu_memory_option,
+    gpus_per_run_option,
+    set_option,
+    with_gpu_memory,
+    with_gpus_per_run,
+)
+
+SWEEP_BACKENDS = ["local", "modal", "runpod"]  # each has a launcher/sweep/<name>_sweep.py
+
+
+@click.command(epilog="""\b
+Examples:
+  launcher sweep --preset wan21-t2v-1.3b --dataset ./my-dataset --grid train.learning_rate=5e-5,1e-4 --dry-run
+  launcher sweep --preset wan22-t2v-lightning --expert low --dataset ./my-dataset \\
+      --grid train.learning_rate=5e-5,8e-5,1e-4 --grid experts.low.network_dim=32,42 --backend modal
+  launcher sweep --preset wan21-t2v-1.3b --dataset ./my-dataset --grid-file grid.toml --backend local \\
+      --output ./runs --gpus 0,1
+  launcher status SWEEP_ID
+  launcher pull SWEEP_ID ./runs""")
+@click.option("--preset", required=True, help="A preset name (see `launcher presets list`) or a .toml path.")
+@click.option("--expert", type=click.Choice(["high", "low", "both"]),
+              help="Wan 2.2 only: which expert each run trains; `both`: two runs per combination, one cache pass.")
+@click.option("--dataset", "dataset_dir", required=True, type=click.Path(), help="The dataset folder, as for run.")
+@click.option("--grid", "grid_options", multiple=True, metavar="KEY=V1,V2,...",
+              help="A preset key and its values (repeatable); one run per combination of all of them.")
+@click.option("--grid-file", type=click.Path(dir_okay=False),
+              help="A TOML file: [grid] with KEY = [values] (dotted keys or nested tables).")
+@click.option("--yes", is_flag=True, help="Allow a grid of more than 64 runs.")
+@set_option
+@gpu_memory_option
+@gpus_per_run_option
+@click.option("--backend", type=click.Choice(SWEEP_BACKENDS), help="Where the runs go (as for `launcher run`).")
+@click.option("--output", type=click.Path(file_okay=False), help="local: folder for the run folders.")
+@click.option("--image", help="The image tag or digest [default: lora-gym-<family>:<version>].")
+@click.option("--gpus", default="all", show_default=True,
+              help="local: all, none, or GPU ids; several ids run one training per GPU at a time.")
+@click.option("--cache-volume", help="local/modal: the cache volume [default: lora-gym-cache-<family>].")
+@click.option("--gpu", "gpu_type", help="modal/runpod: the platform's GPU type [default: from the preset].")
+@click.option("--max-hours", type=Finite(0, 720, "hours"), help="modal/runpod: each run's time limit.")
+@click.option("--max-cost", type=Finite(0, 100_000, "usd"),
+              help="modal/runpod: USD for the whole sweep; refuse to start if the estimate is higher.")
+@click.option("--volume", help="runpod: network volume id (default: the family's volume).")
+@click.option("--dry-run", is_flag=True, help="Print the runs, the cache passes and what the backend would start.")
+@click.option("--no-check", is_flag=True, help="Skip the media check (and so the cost estimate) before launching.")
+def sweep(preset, expert, dataset_dir, grid_options, grid_file, yes, overrides, gpu_memory, gpus_per_run, backend,
+          output, image, gpus, cache_volume, gpu_type, max_hours, max_cost, volume, dry_run, no_check):
+    """Train one LoRA per combination of the --grid values: the caches once, then every run."""
+    from launcher.backends import LaunchOptions
+    from launcher.core.errors import UserError
+    from launcher.sweep import grid
+    from launcher.sweep.prepare import describe, prepare_sweep
+
+    if backend is None and not dry_run:
+        raise UserError("a sweep needs a backend: add --backend local, modal or runpod, or --dry-run to see it")
+    axes = grid.combine(grid_options, grid_file)
+    base = with_gpus_per_run(with_gpu_memory(overrides, gpu_memory), gpus_per_run)
+    planned = prepare_sweep(preset, expert, base, dataset_dir, axes, yes)
+    click.echo("\n".join(describe(planned)))
+    if backend is None:
+        return 0
+    options = LaunchOptions(dataset=dataset_dir, output=output, image=image, gpus=gpus, cache_volume=cache_volume,
+                            gpu_type=gpu_type, max_hours=max_hours, max_cost=max_cost, volume=volume)
+    module = _module(backend)
+    if dry_run:
+        click.echo(module.dry_run(planned, options))
+        return 0
+    if hasattr(module, "quotes"):
+        options = _budget(module, planned, options, dataset_dir, no_check)
+    return module.launch(planned, options)
+
+
+def _module(backend: str):
+    import importlib
+
+    return importlib.import_module(f"launcher.sweep.{backend}_sweep")
+
+
+def _budget(module, planned, options, dataset_dir: str, no_check: bool):
+    """Print the whole sweep's estimate and refuse it over --max-cost; returns the options each run gets."""
+    from launcher.core.errors import UserError
+    from launcher.sweep import budget
+
+    if no_check:
+        if options.max_cost is not None:
+            raise UserError("--max-cost needs the time estimate of the media check: drop --no-check")
+        click.echo("estimate: none (the media check was skipped with --no-check)", err=True)
+        return options
+    warnings, seconds = budget.seconds_per_run(planned, dataset_dir)
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
+    quotes, cache_quote = module.quotes(planned, options)
+    est = budget.estimate(planned, quotes, seconds, cache_quote)
+    click.echo(est.line(), err=True)
+    budget.check_budget(est, options.max_cost)
+    return options
