@@ -115,7 +115,16 @@ def test_default_prompts_are_two_captions_of_both_kinds_chosen_the_same_way_each
     caption = (EXAMPLE_DATASET / sources[1].removeprefix("caption:")).with_suffix(".txt").read_text().strip()
     assert first.prompts[1].text == " ".join(caption.split())
     assert [p.seed for p in first.prompts] == [42, 43]
-    assert plan_of("wan21-t2v-14b", None, "samples.captions=0").samples.steps == ()
+
+
+def test_an_i2v_dataset_without_images_plans_no_sample_and_says_why(tmp_path):
+    import shutil
+
+    shutil.copytree(EXAMPLE_DATASET / "videos", tmp_path / "videos")
+    plan = plan_of("wan21-i2v-480p", None, dataset=tmp_path)
+    assert sample_steps(plan) == [] and "the dataset has none" in plan.samples.note
+    with_image = plan_of("wan21-t2v-1.3b", None, "samples.captions=0")
+    assert sample_steps(with_image) == [] and "samples.captions=0" in with_image.samples.note
 
 
 def test_given_prompts_add_to_the_captions_with_their_own_frames_and_seed():

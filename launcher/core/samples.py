@@ -80,7 +80,8 @@ def _given_prompts(preset: Preset, layout: DatasetLayout, dataset: str, i2v: boo
             raise UserError(f"{where}.image: {p.image!r} is not an image of the dataset: give its path inside the "
                             f"dataset folder, one of {', '.join(sorted(images)) or '(none)'}")
         if i2v and p.image is None:
-            raise UserError(f"{where}: {preset.model.task} starts every video from an image: add one (image=...)")
+            raise UserError(f"{where}: {preset.model.task} starts every video from an image: add one (`--i IMAGE` "
+                            "in a --samples file, image=... in a preset)")
         if not i2v and p.image is not None:
             raise UserError(f"{where}.image: {preset.model.task} is text-to-video and takes no start image: drop it")
         result.append((p.text, p.seed, p.frames, p.image and f"{dataset}/{p.image}", where))
@@ -141,6 +142,13 @@ def _lora_args(preset: Preset, loras: dict, dits: dict, epoch: int) -> list[str]
     args += ["--dit_high_noise", dits["high"]] + (["--lora_weight_high_noise", lora("high")] if "high" in loras else [])
     # Only one 14B expert on the GPU at a time: the other waits in CPU memory.
     return args + ["--offload_inactive_dit"]
+
+
+def no_prompt_note(preset: Preset) -> str:
+    if preset.samples.captions and contract.task_info(preset.model.task)["needs_i2v_latent_cache"]:
+        return ("no sample: an I2V video starts from an image, and the dataset has none; add samples.prompts with "
+                "an image (--samples FILE)")
+    return "no sample: samples.captions=0 and no samples.prompts"
 
 
 def note(preset: Preset, trained: list) -> str:
