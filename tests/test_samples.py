@@ -235,3 +235,24 @@ def test_a_failing_sample_step_is_reported_but_the_loras_count_as_done(tmp_path,
     statuses = [s["status"] for s in manifest["steps"] if s["name"].startswith("samples-")]
     assert statuses == ["failed"] + ["skipped"] * 4
     assert [c["script"] for c in box.calls()].count("wan_generate_video") == 1
+
+
+def test_a_stop_during_the_samples_leaves_a_succeeded_run(tmp_path, dataset):
+    import signal
+    import time
+
+    box = Container(tmp_path, dataset)
+    box.stock_weights("wan21-t2v-14b")
+    env = box.env("wan21-t2v-14b", FAKE_MUSUBI_HANG="wan_generate_video")
+    proc = subprocess.Popen([sys.executable, "-m", "lora_gym_entrypoint"], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not proc.stdout.readline().strip().endswith("ready"):
+        pass
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, rest
+    manifest = json.loads((box.runs()[0] / "run.json").read_text())
+    assert manifest["status"] == "succeeded" and manifest["samples"]["status"] == "stopped"
+    assert [c["script"] for c in box.calls()].count("wan_generate_video") == 1  # no further sample started
+    assert "the run counts as succeeded" in rest
