@@ -213,8 +213,15 @@ def run_sample_step(ctx: Context, step: Step) -> int:
     record, plan = ctx.manifest.data["samples"], ctx.job.plan
     if record["status"] == "failed":
         return _skip(ctx, step, f"an earlier sample step ({record['failed_step']}) failed")
-    code = run_cache_step(ctx, step) if step.markers else execute(ctx, step.name, step.argv, optional=True)
     epoch = samples.epoch_of(step.name)
+    if ctx.restart and epoch is not None:  # a continued run keeps the epochs an earlier attempt sampled
+        done = samples.collect(plan.samples, epoch, Path(plan.run_dir))
+        if samples.missing(plan.samples, done) == 0:
+            record["videos"] += done
+            samples.update_sheets(record, Path(plan.run_dir), log)
+            record["status"] = "succeeded" if step.name == plan.samples.steps[-1] else record["status"]
+            return _skip(ctx, step, "an earlier attempt of this run sampled this epoch")
+    code = run_cache_step(ctx, step) if step.markers else execute(ctx, step.name, step.argv, optional=True)
     if code == 0 and epoch is not None:
         record["videos"] += samples.collect(plan.samples, epoch, Path(plan.run_dir))
         samples.update_sheets(record, Path(plan.run_dir), log)

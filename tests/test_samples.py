@@ -256,3 +256,20 @@ def test_a_stop_during_the_samples_leaves_a_succeeded_run(tmp_path, dataset):
     assert manifest["status"] == "succeeded" and manifest["samples"]["status"] == "stopped"
     assert [c["script"] for c in box.calls()].count("wan_generate_video") == 1  # no further sample started
     assert "the run counts as succeeded" in rest
+
+
+def test_a_continued_run_does_not_sample_an_epoch_twice(tmp_path, dataset):
+    box = Container(tmp_path, dataset)
+    box.stock_weights("wan21-t2v-1.3b")
+    env = box.env("wan21-t2v-1.3b", LORA_GYM_RUN_ID="r", LORA_GYM_SET="train.max_train_epochs=20")
+    assert box.run(env | {"FAKE_MUSUBI_FAIL": "wan_generate_video"}).returncode == 0  # samples failed
+    run_json = box.output / "r" / "run.json"
+    run_json.write_text(json.dumps(json.loads(run_json.read_text()) | {"status": "running"}))  # as if cut short
+    assert box.run(env).returncode == 0
+    first = [c["script"] for c in box.calls()].count("wan_generate_video")
+    run_json.write_text(json.dumps(json.loads(run_json.read_text()) | {"status": "running"}))
+    third = box.run(env)
+    assert third.returncode == 0 and "an earlier attempt of this run sampled this epoch" in third.stdout
+    assert [c["script"] for c in box.calls()].count("wan_generate_video") == first == 3  # 1 failed + 2 epochs
+    record = json.loads(run_json.read_text())["samples"]
+    assert record["status"] == "succeeded" and len(record["videos"]) == 4 and len(record["sheets"]) == 2
