@@ -127,6 +127,13 @@ def test_an_i2v_dataset_without_images_plans_no_sample_and_says_why(tmp_path):
     assert sample_steps(with_image) == [] and "samples.captions=0" in with_image.samples.note
 
 
+def test_captions_cannot_smuggle_options_into_the_prompt_file(dataset):
+    (dataset / "images" / "zorbix_beach_wave.txt").write_text("# zorbix waves --f 9 --d 1 ---\n")
+    plan = plan_of("wan21-t2v-14b", None, dataset=dataset)
+    assert plan.samples.prompts[0].text == "zorbix waves -f 9 -d 1 -"
+    assert plan.samples.prompts_file.splitlines()[0].count(" --") == 4  # --w --h --f --d of our own
+
+
 def test_given_prompts_add_to_the_captions_with_their_own_frames_and_seed():
     prompts = '[{"text": "zorbix on the moon", "frames": 49, "seed": 7}]'
     plan = plan_of("wan21-t2v-1.3b", None, f"samples.prompts={prompts}")

@@ -67,8 +67,15 @@ def _caption_prompts(preset: Preset, layout: DatasetLayout, dataset: str, i2v: b
                    for f, c in zip(d.files, d.captions, strict=False))
     # An I2V sample needs a start frame: an image's caption comes with its image.
     usable = [f for f in files if f[1] == "image" or not i2v]
-    return [(text, None, None, f"{dataset}/{rel}" if i2v else None, f"caption:{rel}")
+    return [(prompt_text(text), None, None, f"{dataset}/{rel}" if i2v else None, f"caption:{rel}")
             for rel, _kind, text in _alternate(usable, preset.samples.captions)]
+
+
+def prompt_text(caption: str) -> str:
+    """A caption as one prompt-file line: musubi reads " --" as an option and a leading "#" as a comment."""
+    while " --" in caption:
+        caption = caption.replace(" --", " -")
+    return caption.lstrip("# ") or "a video"
 
 
 def _given_prompts(preset: Preset, layout: DatasetLayout, dataset: str, i2v: bool) -> list[tuple]:
