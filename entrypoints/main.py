@@ -225,8 +225,15 @@ def run_sample_step(ctx: Context, step: Step) -> int:
     record, plan = ctx.manifest.data["samples"], ctx.job.plan
     if record["status"] == "failed":
         return _skip(ctx, step, f"an earlier sample step ({record['failed_step']}) failed")
-    code = run_cache_step(ctx, step) if step.markers else execute(ctx, step.name, step.argv, optional=True)
     epoch = samples.epoch_of(step.name)
+    if ctx.restart and epoch is not None:  # a continued run keeps the epochs an earlier attempt sampled
+        done = samples.collect(plan.samples, epoch, Path(plan.run_dir))
+        if samples.missing(plan.samples, done) == 0:
+            record["videos"] += done
+            samples.update_sheets(record, Path(plan.run_dir), log)
+            record["status"] = "succeeded" if step.name == plan.samples.steps[-1] else record["status"]
+            return _skip(ctx, step, "an earlier attempt of this run sampled this epoch")
+    code = run_cache_step(ctx, step) if step.markers else execute(ctx, step.name, step.argv, optional=True)
     if code == 0 and epoch is not None:
         record["videos"] += samples.collect(plan.samples, epoch, Path(plan.run_dir))
         samples.update_sheets(record, Path(plan.run_dir), log)
@@ -238,18 +245,31 @@ def run_sample_step(ctx: Context, step: Step) -> int:
     return code if ctx.stopping() else 0
 
 
+def samples_stopped(ctx: Context) -> int:
+    """A stop (Ctrl-C, `launcher stop`, the time limit) during the samples: the LoRAs are done, so is the run."""
+    ctx.manifest.data["samples"]["status"] = "stopped"
+    ctx.manifest.write()
+    log("stopped during the samples: the LoRAs are complete, so the run counts as succeeded")
+    return 0
+
+
 def run_steps(ctx: Context, steps: Sequence[Step]) -> int:
     optional = set(ctx.job.plan.samples.steps) if ctx.job.plan.samples else set()
+    after_training = ctx.settings.stage != "cache"  # optional steps come after every training step
+
+    def outcome(step: Step, code: int) -> int:
+        return samples_stopped(ctx) if step.name in optional and after_training and ctx.stopping() else code
+
     for step in steps:
         if ctx.stopping():
-            return 128 + ctx.stop.signal
+            return outcome(step, 128 + ctx.stop.signal)
         run = run_sample_step if step.name in optional else run_cache_step if step.markers else run_train_step
         try:
             code = run(ctx, step)
         except cachelock.Cancelled:
             code = 128 + ctx.stop.signal
         if code != 0:
-            return code
+            return outcome(step, code)
     return 0
 
 

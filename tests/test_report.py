@@ -99,3 +99,26 @@ def test_screenshot_shows_both_loss_curves_and_the_sheet(run_dir, tmp_path):
     sheet = Image.open(run_dir / "samples" / "prompt-1.png").convert("RGB")
     cell = sheet.getpixel((sheet.width - 40, sheet.height - 20))  # inside the last epoch's last frame
     assert any(max(abs(a - b) for a, b in zip(c, cell, strict=True)) <= 6 for c in seen)
+
+
+@needs_chromium
+def test_the_page_check_catches_a_broken_image_and_a_script_error(run_dir, tmp_path):
+    broken = (run_dir / "report.html").read_text(encoding="utf-8").replace(
+        "</body>", '<img alt="x" src="data:image/png;base64,AAAA"><script>nosuchfunction()</script></body>')
+    page = tmp_path / "broken.html"
+    page.write_text(broken, encoding="utf-8")
+    shown = chromium("--virtual-time-budget=5000", "--dump-dom", page.as_uri())
+    check = json.loads(html.unescape(re.search(r'data-check="([^"]*)"', shown.stdout)[1]))
+    assert check["broken"] == 1 and any("nosuchfunction" in e for e in check["errors"])
+
+
+def test_a_pull_writes_the_report_of_every_run_folder_it_brought(run_dir, tmp_path):
+    from launcher.cli.report_cmd import after_pull
+
+    for expert in ("high", "low"):  # Modal's layout for --expert both: <run id>/<expert>/
+        shutil.copytree(run_dir, tmp_path / "r1" / expert)
+        (tmp_path / "r1" / expert / "report.html").unlink()
+    shutil.copytree(run_dir, tmp_path / "other")
+    written = after_pull("r1", str(tmp_path))
+    assert written == [tmp_path / "r1" / "high" / "report.html", tmp_path / "r1" / "low" / "report.html"]
+    assert all(path.is_file() for path in written)

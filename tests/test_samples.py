@@ -115,7 +115,23 @@ def test_default_prompts_are_two_captions_of_both_kinds_chosen_the_same_way_each
     caption = (EXAMPLE_DATASET / sources[1].removeprefix("caption:")).with_suffix(".txt").read_text().strip()
     assert first.prompts[1].text == " ".join(caption.split())
     assert [p.seed for p in first.prompts] == [42, 43]
-    assert plan_of("wan21-t2v-14b", None, "samples.captions=0").samples.steps == ()
+
+
+def test_an_i2v_dataset_without_images_plans_no_sample_and_says_why(tmp_path):
+    import shutil
+
+    shutil.copytree(EXAMPLE_DATASET / "videos", tmp_path / "videos")
+    plan = plan_of("wan21-i2v-480p", None, dataset=tmp_path)
+    assert sample_steps(plan) == [] and "the dataset has none" in plan.samples.note
+    with_image = plan_of("wan21-t2v-1.3b", None, "samples.captions=0")
+    assert sample_steps(with_image) == [] and "samples.captions=0" in with_image.samples.note
+
+
+def test_captions_cannot_smuggle_options_into_the_prompt_file(dataset):
+    (dataset / "images" / "zorbix_beach_wave.txt").write_text("# zorbix waves --f 9 --d 1 ---\n")
+    plan = plan_of("wan21-t2v-14b", None, dataset=dataset)
+    assert plan.samples.prompts[0].text == "zorbix waves -f 9 -d 1 -"
+    assert plan.samples.prompts_file.splitlines()[0].count(" --") == 4  # --w --h --f --d of our own
 
 
 def test_given_prompts_add_to_the_captions_with_their_own_frames_and_seed():
@@ -227,3 +243,41 @@ def test_a_failing_sample_step_is_reported_but_the_loras_count_as_done(tmp_path,
     statuses = [s["status"] for s in manifest["steps"] if s["name"].startswith("samples-")]
     assert statuses == ["failed"] + ["skipped"] * 4
     assert [c["script"] for c in box.calls()].count("wan_generate_video") == 1
+
+
+def test_a_stop_during_the_samples_leaves_a_succeeded_run(tmp_path, dataset):
+    import signal
+    import time
+
+    box = Container(tmp_path, dataset)
+    box.stock_weights("wan21-t2v-14b")
+    env = box.env("wan21-t2v-14b", FAKE_MUSUBI_HANG="wan_generate_video")
+    proc = subprocess.Popen([sys.executable, "-m", "lora_gym_entrypoint"], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not proc.stdout.readline().strip().endswith("ready"):
+        pass
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, rest
+    manifest = json.loads((box.runs()[0] / "run.json").read_text())
+    assert manifest["status"] == "succeeded" and manifest["samples"]["status"] == "stopped"
+    assert [c["script"] for c in box.calls()].count("wan_generate_video") == 1  # no further sample started
+    assert "the run counts as succeeded" in rest
+
+
+def test_a_continued_run_does_not_sample_an_epoch_twice(tmp_path, dataset):
+    box = Container(tmp_path, dataset)
+    box.stock_weights("wan21-t2v-1.3b")
+    env = box.env("wan21-t2v-1.3b", LORA_GYM_RUN_ID="r", LORA_GYM_SET="train.max_train_epochs=20")
+    assert box.run(env | {"FAKE_MUSUBI_FAIL": "wan_generate_video"}).returncode == 0  # samples failed
+    run_json = box.output / "r" / "run.json"
+    run_json.write_text(json.dumps(json.loads(run_json.read_text()) | {"status": "running"}))  # as if cut short
+    assert box.run(env).returncode == 0
+    first = [c["script"] for c in box.calls()].count("wan_generate_video")
+    run_json.write_text(json.dumps(json.loads(run_json.read_text()) | {"status": "running"}))
+    third = box.run(env)
+    assert third.returncode == 0 and "an earlier attempt of this run sampled this epoch" in third.stdout
+    assert [c["script"] for c in box.calls()].count("wan_generate_video") == first == 3  # 1 failed + 2 epochs
+    record = json.loads(run_json.read_text())["samples"]
+    assert record["status"] == "succeeded" and len(record["videos"]) == 4 and len(record["sheets"]) == 2

@@ -7,6 +7,21 @@ import importlib.util
 import click
 
 
+def after_pull(run_id: str, dest: str) -> list:
+    """Write report.html in each run folder a pull brought (Modal's both-experts run has one per expert)."""
+    from pathlib import Path
+
+    from launcher import report as reports
+
+    folders = sorted({p.parent for pattern in (f"{run_id}*/run.json", f"{run_id}*/*/run.json")
+                      for p in Path(dest).glob(pattern)})
+    if importlib.util.find_spec("matplotlib") is None:
+        if folders:
+            click.echo(f"no report.html: pip install 'lora-gym[report]', then `launcher report {folders[0]}`", err=True)
+        return []
+    return [reports.write(folder) for folder in folders]
+
+
 @click.command(epilog="""\b
 Examples:
   launcher pull wan22-t2v-lightning-high-20261124-101500 ./runs

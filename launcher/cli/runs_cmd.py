@@ -78,11 +78,15 @@ def stop(run_id):
 @click.argument("run_id")
 @click.argument("dest", required=False, default=".", type=click.Path(file_okay=False))
 def pull(run_id, dest):
-    """Download a run's outputs (LoRAs, run.json, logs) into DEST (default: the current folder); for a sweep,
-    every run's."""
+    """Download a run's outputs (LoRAs, run.json, samples) into DEST (default: the current folder) and write each
+    run folder's report.html; for a sweep, every run's."""
     from launcher import runs
+    from launcher.cli.report_cmd import after_pull
 
     if (module := _sweep_module(runs.load(run_id))) is not None:
         return module.pull(runs.load(run_id), dest)
     record, backend = _backend_for(run_id)
-    return backend.pull(record, dest)
+    code = backend.pull(record, dest)
+    for written in after_pull(record["run_id"], dest) if code == 0 else []:
+        click.echo(f"report: {written}", err=True)
+    return code

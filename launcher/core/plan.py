@@ -308,9 +308,8 @@ def _sample_steps(preset: Preset, layout: DatasetLayout, paths: ContainerPaths, 
     trained, run_dir = list(loras), next(iter(loras.values()))[0]
     folder = f"{run_dir}/{samples.SAMPLES_FOLDER}"
     prompts, prompts_path = samples.sample_prompts(preset, layout, paths.dataset), f"{folder}/prompts.txt"
-    if not prompts:  # an I2V dataset of videos only has no start frame to sample from
-        return [], SamplesPlan(folder, prompts_path, "", (), (), (), "no sample prompt: an I2V sample needs a "
-                               "dataset image or a samples.prompts entry with an image")
+    if not prompts:
+        return [], SamplesPlan(folder, prompts_path, "", (), (), (), samples.no_prompt_note(preset))
     steps = []
     for other in EXPERTS if preset.experts else ():
         settings = getattr(preset.experts, other)

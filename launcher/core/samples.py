@@ -67,8 +67,15 @@ def _caption_prompts(preset: Preset, layout: DatasetLayout, dataset: str, i2v: b
                    for f, c in zip(d.files, d.captions, strict=False))
     # An I2V sample needs a start frame: an image's caption comes with its image.
     usable = [f for f in files if f[1] == "image" or not i2v]
-    return [(text, None, None, f"{dataset}/{rel}" if i2v else None, f"caption:{rel}")
+    return [(prompt_text(text), None, None, f"{dataset}/{rel}" if i2v else None, f"caption:{rel}")
             for rel, _kind, text in _alternate(usable, preset.samples.captions)]
+
+
+def prompt_text(caption: str) -> str:
+    """A caption as one prompt-file line: musubi reads " --" as an option and a leading "#" as a comment."""
+    while " --" in caption:
+        caption = caption.replace(" --", " -")
+    return caption.lstrip("# ") or "a video"
 
 
 def _given_prompts(preset: Preset, layout: DatasetLayout, dataset: str, i2v: bool) -> list[tuple]:
@@ -80,7 +87,8 @@ def _given_prompts(preset: Preset, layout: DatasetLayout, dataset: str, i2v: boo
             raise UserError(f"{where}.image: {p.image!r} is not an image of the dataset: give its path inside the "
                             f"dataset folder, one of {', '.join(sorted(images)) or '(none)'}")
         if i2v and p.image is None:
-            raise UserError(f"{where}: {preset.model.task} starts every video from an image: add one (image=...)")
+            raise UserError(f"{where}: {preset.model.task} starts every video from an image: add one (`--i IMAGE` "
+                            "in a --samples file, image=... in a preset)")
         if not i2v and p.image is not None:
             raise UserError(f"{where}.image: {preset.model.task} is text-to-video and takes no start image: drop it")
         result.append((p.text, p.seed, p.frames, p.image and f"{dataset}/{p.image}", where))
@@ -144,6 +152,13 @@ def _lora_args(preset: Preset, loras: dict, dits: dict, epoch: int) -> list[str]
     args += ["--dit_high_noise", dits["high"]] + (["--lora_weight_high_noise", lora("high")] if "high" in loras else [])
     # Only one 14B expert on the GPU at a time: the other waits in CPU memory.
     return args + ["--offload_inactive_dit"]
+
+
+def no_prompt_note(preset: Preset) -> str:
+    if preset.samples.captions and contract.task_info(preset.model.task)["needs_i2v_latent_cache"]:
+        return ("no sample: an I2V video starts from an image, and the dataset has none; add samples.prompts with "
+                "an image (--samples FILE)")
+    return "no sample: samples.captions=0 and no samples.prompts"
 
 
 def note(preset: Preset, trained: list) -> str:
