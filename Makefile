@@ -60,4 +60,4 @@ lock-weights: install          ## resolve images/$(FAMILY)/weights.lock.json fro
 	$(BIN)/python -m launcher.weights lock --family $(FAMILY) --out images/$(FAMILY)/weights.lock.json
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-skypilot build *.egg-info .pytest_cache .ruff_cache
