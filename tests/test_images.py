@@ -119,9 +119,11 @@ def manifest(output: Path) -> dict:
 def test_launcher_local_runs_the_image_end_to_end(full_image, build, docker_host, volume, tmp_path):
     result = local_run(full_image, tmp_path / "out", volume, docker_host)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    assert "[train] steps: 3/3" in result.stdout
+    assert "[cache-latents] caching latents: 3/3" in result.stdout  # a \r-drawn bar, shown once, prefixed
     run = manifest(tmp_path / "out")
     assert run["status"] == "succeeded" and [o["path"] for o in run["outputs"]] == [f"{PRESET}.safetensors"]
+    [report] = (tmp_path / "out").glob("*/report.html")  # the image has matplotlib: the report is written there
+    assert "<img" in report.read_text()
     assert run["image_labels"]["ai.loragym.flavor"] == "full" and run["image_labels"]["ai.loragym.tasks"] == "t2v"
     lock = lockfile.read(build.lock_dir / "weights.lock.json")
     assert run["image_labels"]["ai.loragym.weights-lock"] == lockfile.digest(lock)
