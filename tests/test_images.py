@@ -132,6 +132,24 @@ def test_launcher_local_runs_the_image_end_to_end(full_image, build, docker_host
     assert len(list((tmp_path / "out").glob("*/run.json"))) == 2
 
 
+def test_a_local_sweep_on_the_image_caches_once_and_trains_every_combination(full_image, docker_host, volume,
+                                                                              tmp_path):
+    out = tmp_path / "out"
+    result = launcher("sweep", "--backend", "local", "--preset", PRESET, "--dataset", str(EXAMPLE_DATASET),
+                      "--grid", "train.learning_rate=5e-5,1e-4", "--grid", "train.network_dim=16,32", "--output",
+                      str(out), "--gpus", "none", "--image", full_image, "--cache-volume", volume,
+                      "--set", "train.max_train_epochs=1", "--set", "samples.enabled=false", docker_host=docker_host)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    runs = [json.loads(p.read_text()) for p in sorted(out.glob("*/run.json"))]
+    trainings = [r for r in runs if r["stage"] == "train"]
+    assert len(trainings) == 4 and all(r["status"] == "succeeded" for r in runs)
+    cached = [s for r in runs for s in r["steps"] if s["name"].startswith("cache-") and s["status"] == "succeeded"]
+    assert sorted(s["name"] for s in cached) == ["cache-latents", "cache-text-encoder"]  # once for all four
+    grid = {(s["argv"][s["argv"].index("--learning_rate") + 1], s["argv"][s["argv"].index("--network_dim") + 1])
+            for r in trainings for s in r["steps"] if s["name"] == "train"}
+    assert grid == {("5e-05", "16"), ("5e-05", "32"), ("0.0001", "16"), ("0.0001", "32")}
+
+
 def _plain_command(full_image: str, output: Path, volume: str, docker_host: str) -> list[str]:
     dry = local_run(full_image, output, volume, docker_host, "--dry-run")
     assert dry.returncode == 0, dry.stderr
