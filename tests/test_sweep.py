@@ -205,6 +205,8 @@ def test_local_sweep_caches_once_and_trains_every_combination(engine, dataset, t
     assert table[0].split() == ["run", "grid", "state", "epoch", "loss", "cost"]
     assert len(table) == 1 + 1 + 4 and all("succeeded" in row for row in table[1:])
     assert sum("2/2" in row for row in table) == 4  # every run reached its last epoch
+    losses = [row.split()[-2] for row in table[2:]]  # from each run's progress.json: the fake's falling loss
+    assert all(0 < float(loss) < 1 for loss in losses) and len(set(losses)) > 1, table
 
 
 def test_local_sweep_with_two_gpu_ids_runs_one_training_per_gpu(engine, dataset):

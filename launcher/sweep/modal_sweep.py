@@ -86,9 +86,9 @@ def reader(record: dict) -> registry.Reader:
 
     volume = modal.Volume.from_name(record.get("outputs_volume", modal_backend.OUTPUTS_VOLUME))
 
-    def read(run_id: str) -> dict | None:
+    def read(run_id: str, name: str) -> dict | None:
         try:
-            return json.loads(b"".join(volume.read_file(f"{run_id}/run.json")))
+            return json.loads(b"".join(volume.read_file(f"{run_id}/{name}")))
         except Exception as exc:  # modal's NotFoundError: the run has not started yet
             if type(exc).__name__ not in ("NotFoundError", "FileNotFoundError", "JSONDecodeError"):
                 raise

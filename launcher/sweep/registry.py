@@ -14,7 +14,8 @@ from pathlib import Path
 from launcher import runs
 from launcher.sweep.prepare import Sweep
 
-Reader = Callable[[str], "dict | None"]  # run id -> its run.json, or None when there is none yet
+# (run id, file name in its run folder) -> that JSON file (run.json, progress.json), or None when there is none yet
+Reader = Callable[[str, str], "dict | None"]
 CHECKPOINT = re.compile(r"-(\d{6})\.safetensors$")  # musubi's per-epoch file names: <name>-000005.safetensors
 
 
@@ -56,12 +57,20 @@ def rows(record: dict, read: Reader, usd_per_hour: float | None) -> list[tuple[s
     found = [("run", "grid", "state", "epoch", "loss", "cost")]
     entries = [{"run_id": c, "grid": ["(cache pass)"]} for c in record.get("caches", [])] + record["runs"]
     for entry in entries:
-        manifest = read(entry["run_id"]) or {}
+        manifest = read(entry["run_id"], "run.json") or {}
         state = manifest.get("status") or (f"exit code {manifest.get('exit_code')}" if manifest else "not started")
         spent = "-" if usd_per_hour is None or not manifest else f"${hours(manifest) * usd_per_hour:.2f}"
-        # musubi-tuner prints its loss to the console and TensorBoard only; run.json has none to show
-        found.append((entry["run_id"], " ".join(entry["grid"]), state, epoch(manifest), "-", spent))
+        loss = last_loss(read(entry["run_id"], "progress.json")) if manifest else "-"
+        found.append((entry["run_id"], " ".join(entry["grid"]), state, epoch(manifest), loss, spent))
     return found
+
+
+def last_loss(progress: dict | None) -> str:
+    """The moving-average loss musubi showed last, from the entrypoint's progress.json (one training per run)."""
+    trainings = (progress or {}).get("trainings") or {}
+    losses = [t.get("loss_avg") for t in trainings.values() if isinstance(t, dict)]
+    value = next((v for v in reversed(losses) if isinstance(v, int | float)), None)
+    return f"{value:.4g}" if value is not None else "-"
 
 
 def table(lines: list[tuple[str, ...]]) -> str:
@@ -70,8 +79,8 @@ def table(lines: list[tuple[str, ...]]) -> str:
 
 
 def local_reader(record: dict) -> Reader:
-    def read(run_id: str) -> dict | None:
-        path = Path(record["output"]) / run_id / "run.json"
+    def read(run_id: str, name: str) -> dict | None:
+        path = Path(record["output"]) / run_id / name
         try:
             return json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):

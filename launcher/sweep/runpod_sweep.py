@@ -119,8 +119,8 @@ def status_rows(record: dict) -> list[tuple[str, ...]]:
 
     s3 = runpod_s3.client(record["volume"]["dataCenter"])
 
-    def read(run_id: str) -> dict | None:
-        return runpod_s3.read_json(s3, record["volume"]["id"], f"{runpod.ROOT}/output/{run_id}/run.json")
+    def read(run_id: str, name: str) -> dict | None:
+        return runpod_s3.read_json(s3, record["volume"]["id"], f"{runpod.ROOT}/output/{run_id}/{name}")
     return registry.rows(record, read, record.get("usd_per_hour"))
 
 
