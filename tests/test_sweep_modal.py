@@ -162,3 +162,4 @@ def test_pull_fetches_every_run_of_the_sweep_and_says_which_has_nothing(tmp_path
     assert "error: run sw-02 has no outputs yet" in capsys.readouterr().err
     files["sw-02/lora.safetensors"] = b"two"
     assert main(["pull", "sw", str(tmp_path)]) == 0 and (tmp_path / "sw-02" / "lora.safetensors").is_file()
+    assert (tmp_path / "sw-01" / "report.html").is_file()  # every pulled run folder gets its report

@@ -84,9 +84,12 @@ def pull(run_id, dest):
     from launcher.cli.report_cmd import after_pull
 
     if (module := _sweep_module(runs.load(run_id))) is not None:
-        return module.pull(runs.load(run_id), dest)
-    record, backend = _backend_for(run_id)
-    code = backend.pull(record, dest)
+        record = runs.load(run_id)
+        code = module.pull(record, dest)
+    else:
+        record, backend = _backend_for(run_id)
+        code = backend.pull(record, dest)
+    # A sweep's runs are named <sweep id>-NN: every run folder the pull brought gets its report.
     for written in after_pull(record["run_id"], dest) if code == 0 else []:
         click.echo(f"report: {written}", err=True)
     return code
