@@ -65,22 +65,14 @@ def existing_file(path: Path, what: str, fix: str) -> Path:
     return path
 
 
-def _usable_dir(folder: Path, what: str) -> None:
+def writable_dir(folder: Path, what: str) -> Path:
+    """An existing folder we may write into."""
     if not folder.exists():
         raise UserError(f"{what} {folder} does not exist: create it first")
     if not folder.is_dir():
         raise UserError(f"{what} {folder} is a file, not a folder: give a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UserError(f"{what} {folder} is not writable: fix its permissions or choose another folder")
-
-
-def writable_dir(folder: Path, what: str, create: bool = False) -> Path:
-    """A folder we may write into. With `create`, a missing one is made when its parent is usable."""
-    if create and not os.path.lexists(folder):
-        _usable_dir(folder.parent, f"the parent of {what}")
-        folder.mkdir()
-        return folder
-    _usable_dir(folder, what)
     return folder
 
 
@@ -91,7 +83,7 @@ def creatable_dir(folder: Path, what: str) -> Path:
     ancestor = folder.parent
     while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
         ancestor = ancestor.parent
-    _usable_dir(ancestor, f"{what} cannot be created in")
+    writable_dir(ancestor, f"{what} cannot be created in")
     return folder
 
 
@@ -103,7 +95,7 @@ def new_file(target: Path, what: str, force: bool = False) -> Path:
         kind = "a symlink" if target.is_symlink() else "a file"
         raise UserError(f"{target} is already {kind}: choose another path, or add --force to replace it "
                         "(nothing was overwritten)")
-    _usable_dir(target.parent, "folder")
+    writable_dir(target.parent, "folder")
     return target
 
 
@@ -111,5 +103,5 @@ def new_dir(target: Path, what: str) -> Path:
     """A folder to create that must not exist yet (nothing of the user's is merged into or replaced)."""
     if os.path.lexists(target):
         raise UserError(f"{what} {target} already exists: choose a new folder (nothing was changed)")
-    _usable_dir(target.parent, f"the parent of {what}")
+    writable_dir(target.parent, f"the parent of {what}")
     return target
