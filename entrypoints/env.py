@@ -9,7 +9,7 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from launcher.core.errors import UserError
+from launcher.core.errors import UserError, debugging
 from launcher.core.inputs import finite_number, safe_name
 from launcher.core.plan import ContainerPaths
 
@@ -109,8 +109,8 @@ def _run_id(value: str) -> str | None:
 
 
 def debug(environ: Mapping[str, str]) -> bool:
-    """LORA_GYM_DEBUG, read at the error boundary: never an error itself, whatever its value."""
-    return environ.get("LORA_GYM_DEBUG", DEFAULTS["LORA_GYM_DEBUG"]).strip().lower() in TRUE_WORDS
+    """LORA_GYM_DEBUG, read at the error boundary (parsed as the launcher parses it)."""
+    return debugging(environ.get("LORA_GYM_DEBUG", DEFAULTS["LORA_GYM_DEBUG"]))
 
 
 def terminate_pod(environ: Mapping[str, str]) -> bool:

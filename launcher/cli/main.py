@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except INPUT_ERRORS as exc:  # a path or file the checks did not foresee; a bug is any other exception
-        if _debug_flag[0] or debugging():
+        if _debug_flag[0] or debugging(os.environ.get("LORA_GYM_DEBUG", "")):
             raise
         return _fail([input_problem(exc, "launcher --debug ...")])
     except (click.Abort, KeyboardInterrupt):

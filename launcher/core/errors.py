@@ -36,11 +36,9 @@ def closest(word: str, candidates) -> str:
 INPUT_ERRORS = (OSError, ValueError)
 
 
-def debugging(environ=None) -> bool:
-    import os
-
-    return (environ if environ is not None else os.environ).get("LORA_GYM_DEBUG", "").strip().lower() in (
-        "1", "true", "yes", "on")
+def debugging(value: str) -> bool:
+    """Whether a LORA_GYM_DEBUG value asks for tracebacks; never an error itself, whatever the value."""
+    return value.strip().lower() in ("1", "true", "yes", "on")
 
 
 def input_problem(exc: BaseException, debug_hint: str) -> str:
