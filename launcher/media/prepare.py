@@ -101,7 +101,7 @@ def _video(source: Path, target_dir: Path, probed: Probe) -> str:
     return f"{probed.frames} frames at {probed.fps or 0:g} fps -> {len(picks)} frames at {TRAIN_FPS} fps"
 
 
-def _converted(path: Path, relpath: Path, target_dir: Path, probed: Probe, destination: Path) -> str:
+def _converted(path: Path, relpath: Path, target_dir: Path, probed: Probe) -> str:
     try:
         return _video(path, target_dir, probed)
     except Exception as exc:  # a stream that breaks mid-file: name it; the partial copy is removed
@@ -168,7 +168,7 @@ def prepare_dataset(source: str | Path, destination: str | Path) -> str:
                 shutil.copy2(path, target_dir / path.name)
                 note = "copied"
             else:
-                note = _converted(path, relpath, target_dir, probes[path], destination)
+                note = _converted(path, relpath, target_dir, probes[path])
                 converted += not note.startswith("copied")
             progress.step(relpath.as_posix(), note)
         if destination.is_dir():
