@@ -119,6 +119,12 @@ def pod_env(job: Job, options: LaunchOptions, expert: str | None, hours: float) 
     return env
 
 
+def quote_for(job: Job, gpu: dict) -> cost.Quote:
+    """The price of this GPU type for the whole run: every pod (two with `--expert both`) x its GPUs."""
+    usd, source = price_of(gpu)
+    return cost.Quote(gpu["id"], usd, gpus=len(experts(job)) * job.plan.resources.gpu_count, source=source)
+
+
 def volume_id(options: LaunchOptions) -> str | None:
     """--volume, checked: it goes into API paths and is the S3 bucket name, so only an id's characters pass."""
     if options.volume is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", options.volume):
@@ -169,9 +175,7 @@ class RunPodBackend:
         return self._catalog
 
     def quote(self, job: Job, options: LaunchOptions) -> cost.Quote:
-        gpu = choose_gpu(self.catalog(), options.gpu_type, job.loaded.preset.resources.gpu_memory_gb)
-        usd, source = price_of(gpu)
-        return cost.Quote(gpu["id"], usd, gpus=len(experts(job)) * job.plan.resources.gpu_count, source=source)
+        return quote_for(job, choose_gpu(self.catalog(), options.gpu_type, job.loaded.preset.resources.gpu_memory_gb))
 
     def _hours(self, job: Job, options: LaunchOptions, quote: cost.Quote) -> float:
         return cost.hour_limit(options.max_hours, job.loaded.preset.resources.time_limit_hours, options.max_cost,
@@ -244,9 +248,8 @@ class RunPodBackend:
         ranked = ranked_gpus(self.catalog(), options.gpu_type, job.loaded.preset.resources.gpu_memory_gb)
         refused, last = [], None
         for gpu in ranked:
-            usd, _ = price_of(gpu)
-            hours = self._hours(job, options, cost.Quote(gpu["id"], usd,
-                                                         gpus=len(experts(job)) * job.plan.resources.gpu_count))
+            quote = quote_for(job, gpu)
+            hours = self._hours(job, options, quote)
             body = pod_body(job, options, expert, gpu["id"], volume["id"], volume["dataCenter"], hours)
             body["env"] |= env or {}
             try:
@@ -258,7 +261,7 @@ class RunPodBackend:
                 last = exc
                 continue
             return {"id": pod["id"], "expert": expert, "run_id": body["env"]["LORA_GYM_RUN_ID"], "gpu": gpu["id"],
-                    "usd_per_hour": usd, "max_hours": hours}
+                    "usd_per_hour": quote.usd_per_hour, "max_hours": hours}
         raise UserError(f"RunPod placed none of {', '.join(refused)} in {volume['dataCenter']} (last: {last}): "
                         "try again later, pick another --gpu, or use a volume in another datacenter (--volume)")
 
