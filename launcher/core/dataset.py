@@ -175,8 +175,9 @@ def _scan_folder(folder: Path, relpath: str, problems: list[str], root: Path) ->
     return [(relpath, kind, files) for kind, files in by_kind.items() if files]
 
 
-def scan_dataset(root: str | Path) -> DatasetLayout:
-    """The layout of a dataset folder, or UserError listing every problem found in it."""
+def check_structure(root: str | Path) -> list[tuple[str, str, list[Path]]]:
+    """Every (folder, kind, media files) of a sound dataset folder, or UserError listing every problem in it:
+    captions, stem clashes, stray files, links. Reads the captions; hashes nothing."""
     root = Path(root)
     if not root.exists():
         raise UserError(f"dataset folder {root} not found: pass --dataset with a folder of images/videos "
@@ -194,6 +195,13 @@ def scan_dataset(root: str | Path) -> DatasetLayout:
     if problems:
         extra = len(problems) - MAX_LISTED
         raise UserError(*problems[:MAX_LISTED], *([f"... and {extra} more problems"] if extra > 0 else []))
+    return dirs
+
+
+def scan_dataset(root: str | Path) -> DatasetLayout:
+    """The layout of a dataset folder, with the content digests that name its caches, or UserError listing
+    every problem found in it."""
+    dirs = check_structure(root)
     # Hash only a sound dataset: every caption exists and is readable by now.
     files = [f for _, _, media in dirs for path in media for f in (path, path.with_suffix(CAPTION_EXTENSION))]
     sha = sha256_files(files)

@@ -1,6 +1,6 @@
 """`launcher dataset check`: every problem of a dataset against a preset, found at once, before renting a GPU.
 
-The structural checks (captions, stem clashes, stray files) are `scan_dataset`'s; this adds what needs the
+The structural checks (captions, stem clashes, stray files) are `check_structure`'s; this adds what needs the
 media: every file opens and decodes (what training reads of it; `decode=False` reads headers only), each video's
 frames, fps and duration against the preset's video
 entries, the bucket each item lands in, musubi's steps, and a rough training time. Every problem is collected
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from launcher.core import fit
-from launcher.core.dataset import SUBFOLDERS, DatasetLayout, media_kind, scan_dataset
+from launcher.core.dataset import SUBFOLDERS, DatasetLayout, check_structure, media_kind
 from launcher.core.errors import UserError
 from launcher.core.memory import Load
 from launcher.core.schema import EXPERTS, Preset, VideoEntry
@@ -89,7 +89,7 @@ def media_files(root: Path) -> list[tuple[str, str, Path]]:
 
 def _structural_problems(root: Path) -> list[Problem]:
     try:
-        scan_dataset(root)
+        check_structure(root)  # the check needs no content digests: nothing is hashed
     except UserError as exc:
         return [Problem("error", message) for message in exc.problems]
     return []
@@ -257,7 +257,7 @@ def check_dataset(root: str | Path, preset: Preset, trainings: int = 1,
     `decode=False` trusts the headers (fast, but a truncated file passes)."""
     root = Path(root)
     if not root.is_dir():
-        scan_dataset(root)  # raises the one-line "not found" / "not a folder" UserError
+        check_structure(root)  # raises the one-line "not found" / "not a folder" UserError
     problems = [] if layout else _structural_problems(root)
     media, found = _probe_all(root)
     report = Report(str(root), preset, trainings, problems + found, media, [], {})
