@@ -36,6 +36,36 @@ def default_image(family: str, env: Mapping[str, str] | None = None) -> str:
     return f"{registry}/{name}" if registry else name
 
 
+# Hosts that only this machine can reach: a cloud machine pulling `localhost:5000/x` asks itself.
+_LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+
+
+def registry_of(ref: str) -> str | None:
+    """The registry host a reference names, or None for a bare name (`lora-gym-wan22:0.1.0`, which a cloud
+    reads as Docker Hub's `library/lora-gym-wan22`). Docker's reference grammar: the first component names
+    a registry when it holds a `.` or `:` or is `localhost`; `user/name` is a Docker Hub repository."""
+    name = ref.split("@", 1)[0]
+    if "/" not in name:
+        return None
+    first = name.split("/", 1)[0]
+    if "." in first or ":" in first or first == "localhost":
+        return first
+    return "docker.io"
+
+
+def cloud_image(ref: str | None, family: str, platform: str, env: Mapping[str, str] | None = None) -> str:
+    """The image a cloud platform pulls: --image or the family's default, refused when only this machine has
+    it (no registry, or a loopback one). Every cloud backend calls this before it prints or sends anything."""
+    ref = ref or default_image(family, env)
+    registry = registry_of(ref)
+    if registry is None or registry.rsplit(":", 1)[0] in _LOCAL_HOSTS:
+        where = "names no registry" if registry is None else f"is in {registry}, a registry only this machine reaches"
+        raise UserError(f"{platform} pulls the image from a registry, and {ref} {where}: push it with "
+                        f"`make push-{family} REGISTRY=ghcr.io/you` and set {REGISTRY_ENV}=ghcr.io/you "
+                        "(or pass --image REGISTRY/NAME:TAG)")
+    return ref
+
+
 def make_command(family: str, tasks_all: bool = False) -> str:
     return f"make image-{family}" + (" TASKS=all" if tasks_all else "")
 

@@ -122,12 +122,7 @@ def timeout_s(job: Job, options: LaunchOptions) -> int:
 
 
 def image_ref(job: Job, options: LaunchOptions) -> str:
-    ref = options.image or labels.default_image(job.loaded.preset.family)
-    if "/" not in ref:  # a bare local tag: Modal can only pull from a registry
-        family = job.loaded.preset.family
-        raise UserError(f"Modal pulls the image from a registry, and {ref} has none: push it with `make push-{family} "
-                        f"REGISTRY=ghcr.io/you` and set {labels.REGISTRY_ENV}=ghcr.io/you (or pass --image)")
-    return ref
+    return labels.cloud_image(options.image, job.loaded.preset.family, "Modal")
 
 
 def dataset_files(root: str | Path, job: Job) -> dict[str, tuple[str, int]]:
