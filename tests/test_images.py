@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shlex
 import shutil
 import subprocess
@@ -20,64 +19,20 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLE_DATASET, FAKES, ROOT, clean_env
-from container_support import ensure_base_image, podman_service, remove_named, require_podman, run_name
-from fakes.fake_hub import FakeHub
+from conftest import EXAMPLE_DATASET, ROOT, clean_env
+from container_support import podman_service, remove_named, require_podman, run_name
+from image_support import TOKEN, image_builder
 
-from launcher.imagebuild import image_tag
 from launcher.weights import lockfile
 
-TOKEN = "hf_BuildTimeSecret_" + uuid.uuid4().hex[:12]
 PREFIX = run_name("images")  # every image, volume and container below holds it; removed at the module's end
-REGISTRY = f"localhost/{PREFIX}"
 PRESET = "wan21-t2v-1.3b"
-
-
-def tiny_repos(family: str) -> dict[str, dict[str, bytes]]:
-    """Every file the family's lock needs, a few KB of random bytes each, at its real repo and path."""
-    rnd, repos = random.Random(0), {}
-    for entry in lockfile.skeleton(family):
-        files = repos.setdefault(entry["repo"], {})
-        if entry["kind"] == "weight":
-            files[entry["path"]] = rnd.randbytes(2048)
-        else:
-            for name in ("tokenizer.json", "tokenizer_config.json", "spiece.model"):
-                files[f"{entry['subfolder']}/{name}"] = rnd.randbytes(64)
-    return repos
-
-
-class Build:
-    def __init__(self, hub: FakeHub, lock_dir: Path, base: str):
-        self.hub, self.lock_dir, self.base = hub, lock_dir, base
-
-    def __call__(self, flavor: str = "full", context: Path = ROOT) -> str:
-        argv = [sys.executable, "-m", "launcher.imagebuild", "build", "--family", "wan21", "--tasks", "t2v",
-                "--flavor", flavor, "--engine", "podman", "--registry", REGISTRY, "--base-image", self.base,
-                "--musubi-dir", str(FAKES / "fake_musubi_tuner"), "--lock-dir", str(self.lock_dir),
-                "--network", "host", "--build-arg", "TRAINING_STACK=0", "--context", str(context)]
-        if Path("/etc/ssl/certs/ca-certificates.crt").exists():  # pip behind this machine's TLS proxy
-            argv += ["--ca-file", "/etc/ssl/certs/ca-certificates.crt"]
-        env = clean_env(HF_ENDPOINT=self.hub.url, HF_TOKEN=TOKEN)
-        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1200)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        self.log = done.stdout + done.stderr
-        return image_tag("wan21", flavor, "t2v", REGISTRY)
 
 
 @pytest.fixture(scope="module")
 def build(tmp_path_factory):
-    """Builds images under REGISTRY; they (and any container or volume of this module a failed test left)
-    are removed afterwards, after a failed setup or build too."""
-    require_podman()
-    tmp = tmp_path_factory.mktemp("images")
-    hub = FakeHub(tiny_repos("wan21"), token=TOKEN).start()  # the build must present the token
-    try:
-        base = ensure_base_image(tmp)
-        lockfile.write(tmp / "weights.lock.json", lockfile.resolve("wan21", endpoint=hub.url, token=TOKEN))
-        yield Build(hub, tmp, base)
-    finally:
-        hub.stop()
-        remove_named(PREFIX)
+    with image_builder(tmp_path_factory.mktemp("images"), PREFIX) as builder:
+        yield builder
 
 
 @pytest.fixture(scope="module")
