@@ -22,7 +22,7 @@ from launcher.core.job import prepare
 
 RUNPOD_OPS = {("get", "/v2/catalog/gpus"), ("get", "/v2/network-volumes"), ("post", "/v2/network-volumes"),
               ("get", "/v2/network-volumes/{id}"), ("post", "/v2/pods"), ("get", "/v2/pods/{id}"),
-              ("delete", "/v2/pods/{id}"), ("get", "/v2/pods/{id}/logs")}
+              ("delete", "/v2/pods/{id}"), ("get", "/v2/pods/{id}/logs"), ("post", "/v2/pods/{id}/action")}
 REPLICATE_OPS = {("post", "/files"), ("delete", "/files/{file_id}"), ("post", "/predictions"),
                  ("post", "/models/{model_owner}/{model_name}/predictions"), ("get", "/predictions/{prediction_id}"),
                  ("post", "/predictions/{prediction_id}/cancel")}
@@ -31,8 +31,9 @@ JSON, PROBLEM = "application/json", "application/problem+json"
 
 def pod_body(expert=None, preset="wan21-t2v-1.3b") -> dict:
     job = prepare(preset, expert, [], EXAMPLE_DATASET, run_id="r1")
-    return runpod.pod_body(job, LaunchOptions(dataset=str(EXAMPLE_DATASET)), expert, GPUS[0]["id"], "vol1",
-                           "US-KS-2", 5.0)
+    image = f"ghcr.io/you/lora-gym-{job.loaded.preset.family}:0.1.0"  # RunPod refuses to send a bare local tag
+    return runpod.pod_body(job, LaunchOptions(dataset=str(EXAMPLE_DATASET), image=image), expert, GPUS[0]["id"],
+                           "vol1", "US-KS-2", 5.0)
 
 
 def prediction(**changes) -> dict:
@@ -59,9 +60,14 @@ def test_each_document_names_its_source_and_holds_exactly_our_operations_whole(c
     assert closure(doc, doc["paths"]) | schemes == components  # nothing dangling, nothing extra
 
 
-@pytest.mark.parametrize(("expert", "preset"), [(None, "wan21-t2v-1.3b"), ("high", "wan22-t2v-lightning")])
-def test_the_backends_pod_bodies_are_valid_create_pod_requests(expert, preset):
-    assert openapi.runpod().request_problems("POST", "/v2/pods", pod_body(expert, preset)) == []
+@pytest.mark.parametrize(("expert", "preset", "registry"), [(None, "wan21-t2v-1.3b", None),
+                                                         ("high", "wan22-t2v-lightning", "6n2k8v4d")])
+def test_the_backends_pod_bodies_are_valid_create_pod_requests(expert, preset, registry, monkeypatch):
+    if registry:  # a private image: the id of a RunPod registry credential, in the body's `registry`
+        monkeypatch.setenv("RUNPOD_REGISTRY_AUTH_ID", registry)
+    body = pod_body(expert, preset)
+    assert body.get("registry") == registry
+    assert openapi.runpod().request_problems("POST", "/v2/pods", body) == []
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -72,6 +78,7 @@ def test_the_backends_pod_bodies_are_valid_create_pod_requests(expert, preset):
     (lambda b: b.update(cloud="CHEAP"), "'CHEAP' is not one of"),
     (lambda b: b.update(disk=b["disk"] + 0.5), "is not of type 'integer'"),
     (lambda b: b.pop("name"), "'name' is a required property"),
+    (lambda b: b.update(containerRegistryAuthId="6n2k8v4d"), "containerRegistryAuthId"),  # v1's name for `registry`
 ])
 def test_a_pod_body_the_api_would_refuse_is_caught(change, message):
     body = copy.deepcopy(pod_body())

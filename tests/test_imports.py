@@ -48,7 +48,7 @@ COMMANDS = [
     ["run", "--preset", "wan22-t2v-lightning", "--expert", "both", "--dataset", str(EXAMPLE_DATASET), "--dry-run",
      "--backend", "modal", "--image", "ghcr.io/you/lora-gym-wan22:0.1.0"],
     ["run", "--preset", "wan22-t2v-lightning", "--expert", "both", "--dataset", str(EXAMPLE_DATASET), "--dry-run",
-     "--backend", "runpod", "--max-cost", "20"],
+     "--backend", "runpod", "--max-cost", "20", "--image", "ghcr.io/you/lora-gym-wan22:0.1.0"],
     ["run", "--preset", "wan22-t2v-lightning", "--expert", "high", "--dataset", str(EXAMPLE_DATASET), "--dry-run",
      "--backend", "skypilot", "--spot", "--gpus-per-run", "2"],
     ["sweep", "--help"],

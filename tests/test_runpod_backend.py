@@ -27,6 +27,14 @@ moto_server = pytest.importorskip("moto.server")
 API_KEY = "rpa_test-account-key"
 S3_SECRET = "rps_S3-Secret-Value"
 HF_SECRET_VALUE = "hf_NeverLeaveThisMachine"
+REGISTRY = "ghcr.io/lora-gym-test"
+
+
+@pytest.fixture(autouse=True)
+def registry(monkeypatch):
+    """Images pushed to a registry RunPod can pull from (a bare local tag is refused, tested below)."""
+    monkeypatch.setenv("LORA_GYM_REGISTRY", REGISTRY)
+    monkeypatch.delenv("RUNPOD_REGISTRY_AUTH_ID", raising=False)
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +88,13 @@ def json_blocks(out: str) -> list[dict]:
     return found
 
 
+def one_error(err: str) -> str:
+    """The one `error:` line, the last thing printed (a launch prints its estimate first)."""
+    lines = err.strip().splitlines()
+    assert [line for line in lines if line.startswith("error:")] == lines[-1:], err
+    return lines[-1]
+
+
 def launch(dataset, volume, *extra, preset="wan21-t2v-1.3b"):
     return main(["run", "--preset", preset, "--dataset", str(dataset), "--backend", "runpod", "--volume", volume,
                  "--no-check", *extra])
@@ -118,7 +133,8 @@ def test_dry_run_with_gpu_memory_picks_the_class_and_says_the_host_ram(dataset, 
 def test_dry_run_prints_the_exact_bodies_without_credentials(dataset, capsys, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", HF_SECRET_VALUE)
     assert main(["run", "--preset", "wan22-t2v-lightning", "--expert", "both", "--dataset", str(dataset),
-                 "--backend", "runpod", "--dry-run", "--image", "lora-gym-wan22:0.1.0-slim", "--max-hours", "5"]) == 0
+                 "--backend", "runpod", "--dry-run", "--image", "ghcr.io/you/lora-gym-wan22:0.1.0-slim", "--max-hours",
+                 "5"]) == 0
     out = capsys.readouterr().out
     bodies = json_blocks(out)
     assert [b["env"]["LORA_GYM_EXPERT"] for b in bodies] == ["high", "low"]
@@ -138,6 +154,48 @@ def test_full_image_disk_holds_the_weights_and_max_cost_caps_the_hours(dataset, 
     assert body["disk"] >= 130 + 20 and "HF_TOKEN" not in body["env"]
     price = runpod_gpus.FALLBACK_PRICES[body["gpu"]["id"]]
     assert float(body["env"]["LORA_GYM_MAX_HOURS"]) == pytest.approx(10 / price, rel=1e-3)
+
+
+# --- the image RunPod pulls ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("image", [None, "lora-gym-wan21:0.1.0", "localhost:5000/lora-gym-wan21:0.1.0"])
+def test_an_image_runpod_cannot_pull_is_one_line_before_anything_is_made(dataset, volume, fake, capsys,
+                                                                          monkeypatch, image):
+    monkeypatch.delenv("LORA_GYM_REGISTRY")  # the default image is then a bare local tag too
+    for argv in (["--dry-run"], ["--dry-run", "--format", "json"], []):
+        assert launch(dataset, volume, *argv, *(["--image", image] if image else [])) == 2
+        printed = capsys.readouterr()
+        line = one_error(printed.err)
+        assert line.startswith("error: RunPod pulls the image from a registry") and "LORA_GYM_REGISTRY" in line
+        assert printed.out == ""
+    assert not fake.created and not runpod_s3.list_objects(s3(), volume, "lora-gym")  # nothing sent or uploaded
+    assert not fake.requests and not runs.all_runs()
+
+
+def test_a_private_image_names_the_runpod_registry_credential(dataset, volume, fake, capsys, monkeypatch):
+    monkeypatch.setenv("RUNPOD_REGISTRY_AUTH_ID", "6n2k8v4d")  # made once: `runpodctl registry create ...`
+    assert launch(dataset, volume, "--dry-run") == 0
+    (body,) = json_blocks(capsys.readouterr().out)
+    assert body["registry"] == "6n2k8v4d"
+    assert launch(dataset, volume) == 0
+    assert fake.created[0]["registry"] == "6n2k8v4d"  # the fake held the body to RunPod's OpenAPI document
+    monkeypatch.delenv("RUNPOD_REGISTRY_AUTH_ID")
+    assert launch(dataset, volume, "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert "registry" not in json_blocks(out)[0] and "set RUNPOD_REGISTRY_AUTH_ID" in out
+
+
+@pytest.mark.parametrize("value", ["ghp_" + "a1" * 18, "github_pat_11ABC", "user:password", "x" * 65])
+def test_a_token_in_place_of_the_credential_id_is_refused_and_never_shown(dataset, volume, fake, capsys,
+                                                                         monkeypatch, value):
+    monkeypatch.setenv("RUNPOD_REGISTRY_AUTH_ID", value)
+    for argv in (["--dry-run"], []):
+        assert launch(dataset, volume, *argv) == 2
+        printed = capsys.readouterr()
+        line = one_error(printed.err)
+        assert "RUNPOD_REGISTRY_AUTH_ID" in line and "runpodctl registry list" in line
+        assert value not in printed.out + printed.err
+    assert not fake.requests and not runpod_s3.list_objects(s3(), volume, "lora-gym")  # checked before all else
 
 
 def test_override_with_quotes_and_newlines_reaches_the_pod_env_intact(dataset, volume, fake):
@@ -249,7 +307,7 @@ def test_a_failed_second_pod_terminates_the_first(dataset, volume, fake, capsys,
 # --- secrets --------------------------------------------------------------------------------------------
 
 def test_no_secret_value_reaches_the_platform_the_registry_or_the_output(dataset, volume, fake, capsys):
-    assert launch(dataset, volume, "--image", "lora-gym-wan21:0.1.0-slim") == 0
+    assert launch(dataset, volume, "--image", f"{REGISTRY}/lora-gym-wan21:0.1.0-slim") == 0
     (record,) = runs.all_runs()
     main(["status", record["run_id"]])
     main(["stop", record["run_id"]])
@@ -308,6 +366,19 @@ def test_gpu_choice_is_checked_against_the_catalog(fake):
     assert runpod_gpus.choose_gpu(catalog, None, 20)["id"] == "NVIDIA GeForce RTX 4090"
     with pytest.raises(UserError, match="needs a 200 GB GPU"):
         runpod_gpus.choose_gpu(catalog, None, 200)
+
+
+def test_the_catalog_kept_for_dry_runs_keeps_runpods_gpu_names(dataset, fake, monkeypatch, tmp_path, capsys):
+    """The v2 GpuType's `name` ("RTX 4090") is what --gpu may say besides the id, offline too."""
+    monkeypatch.setenv("LORA_GYM_HOME", str(tmp_path / "home"))
+    runpod.RunPodBackend().catalog()  # with a key: fetched, then kept for dry runs
+    kept = json.loads(runpod_gpus.catalog_cache().read_text())["gpus"]
+    assert [g["name"] for g in kept] == [g["name"] for g in runpod_api.RunPodAPI(API_KEY, fake.url).gpu_types()]
+    monkeypatch.delenv("RUNPOD_API_KEY")
+    assert main(["run", "--preset", "wan21-t2v-1.3b", "--dataset", str(dataset), "--backend", "runpod", "--dry-run",
+                 "--gpu", "rtx 4090"]) == 0
+    out = capsys.readouterr().out
+    assert json_blocks(out)[0]["gpu"]["id"] == "NVIDIA GeForce RTX 4090" and "as fetched" in out
 
 
 def test_quote_uses_the_catalog_price_and_two_gpus_for_both(dataset, fake):
@@ -383,6 +454,7 @@ def test_terminate_own_pod_retries_and_never_logs_the_key(fake, capsys):
     env = {"RUNPOD_POD_ID": "p1", "RUNPOD_API_KEY": fake.pod_key("p1"), "RUNPOD_API_BASE_URL": fake.url}
     assert pod_side.terminate_own_pod(env, sleep=waits.append) is True
     assert len(waits) == 2 and fake.pods["p1"]["status"] == "TERMINATED"
+    assert fake.endings == [("p1", "terminate", "pod key")]
     assert pod_side.terminate_own_pod(env, sleep=waits.append) is True  # already gone (404) is fine
     assert fake.pod_key("p1") not in capsys.readouterr().err
 
@@ -392,6 +464,31 @@ def test_terminate_own_pod_gives_up_on_a_refused_key_or_no_pod(fake):
     env = {"RUNPOD_POD_ID": "p1", "RUNPOD_API_KEY": "rpa_wrong", "RUNPOD_API_BASE_URL": fake.url}
     assert pod_side.terminate_own_pod(env, sleep=lambda s: pytest.fail("no retry on 401")) is False
     assert pod_side.terminate_own_pod({}) is False and fake.pods["p1"]["status"] == "RUNNING"
+    assert fake.requests[-2:] == [("DELETE", "/v2/pods/p1"), ("POST", "/v2/pods/p1/action")] and not fake.endings
+
+
+def test_a_pod_key_that_may_not_terminate_stops_the_pod_instead(fake, capsys):
+    """RunPod's docs show a pod stopping itself (`runpodctl pod stop $RUNPOD_POD_ID`) and never say whether its
+    pod-scoped key may terminate it: if RunPod refuses the terminate, the pod stops, which bills no GPU."""
+    fake.add_pod("p1")
+    fake.pod_keys_may = {"stop"}
+    env = {"RUNPOD_POD_ID": "p1", "RUNPOD_API_KEY": fake.pod_key("p1"), "RUNPOD_API_BASE_URL": fake.url}
+    assert pod_side.terminate_own_pod(env, sleep=lambda s: pytest.fail("no retry on 403")) is True
+    assert fake.endings == [("p1", "stop", "pod key")] and fake.pods["p1"]["status"] == "EXITED"
+    assert "RunPod refused to terminate pod p1" in capsys.readouterr().err
+    fake.add_pod("p2")
+    fake.pod_keys_may = set()  # neither: the pod says so, and the caller tells the user to end it by hand
+    env |= {"RUNPOD_POD_ID": "p2", "RUNPOD_API_KEY": fake.pod_key("p2")}
+    assert pod_side.terminate_own_pod(env, sleep=lambda s: pytest.fail("no retry on 403")) is False
+    assert fake.pods["p2"]["status"] == "RUNNING" and len(fake.endings) == 1
+
+
+def test_a_pod_key_ends_only_its_own_pod(fake):
+    fake.add_pod("p1")
+    fake.add_pod("p2")
+    env = {"RUNPOD_POD_ID": "p2", "RUNPOD_API_KEY": fake.pod_key("p1"), "RUNPOD_API_BASE_URL": fake.url}
+    assert pod_side.terminate_own_pod(env, sleep=lambda s: None) is False  # the fake holds a pod key to its pod
+    assert {p["status"] for p in fake.pods.values()} == {"RUNNING"}
 
 
 def test_the_deadline_fires_and_can_be_cancelled():

@@ -13,7 +13,9 @@ from test_runpod_backend import (  # noqa: F401  (fixtures)
     HF_SECRET_VALUE,
     S3_SECRET,
     fake,
+    one_error,
     pod_exits,
+    registry,
     s3_url,
     volume,
     write_run_output,
@@ -110,3 +112,14 @@ def test_max_cost_counts_every_run_before_any_pod(dataset, volume, fake, capsys)
     err = capsys.readouterr().err
     assert "estimate: 3 runs + 1 cache pass" in err and "over --max-cost 0.1" in err
     assert fake.created == []
+
+
+@pytest.mark.parametrize("argv", [["--dry-run"], ["--no-check"]])
+def test_a_sweep_with_an_image_runpod_cannot_pull_is_one_line_and_starts_nothing(dataset, volume, fake, capsys,
+                                                                                 monkeypatch, argv):
+    monkeypatch.delenv("LORA_GYM_REGISTRY")
+    assert main(sweep_cli(dataset, volume, *argv)) == 2
+    printed = capsys.readouterr()
+    assert one_error(printed.err).startswith("error: RunPod pulls the image from a registry")
+    assert not fake.requests and not runpod_s3.list_objects(runpod_s3.client("US-KS-2"), volume, "lora-gym")
+    assert "POST /pods" not in printed.out

@@ -6,17 +6,14 @@ the dataset (content-addressed under lora-gym/datasets/, uploaded through the S3
 (pod_body): `--dry-run` prints the exact JSON bodies and `launch` posts them. The pod ends itself: the
 entrypoint terminates its own pod when the job ends and enforces LORA_GYM_MAX_HOURS (entrypoints/pod.py), so
 nothing depends on this machine staying up. httpx and boto3 are imported only when RunPod is called.
+The bodies themselves, and why the container runs as root, are in runpod_pods.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import math
 import os
-import re
-import shlex
 import sys
 import threading
 import time
@@ -24,126 +21,34 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from launcher import cost, runs
-from launcher.backends import Capabilities, LaunchOptions, labels
+from launcher.backends import Capabilities, LaunchOptions
 from launcher.backends.runpod_gpus import (
-    CLOUD,
     HOST_RAM_SAID_GB,
     choose_gpu,
     host_ram_note,
     offline_catalog,
-    price_of,
     ranked_gpus,
     save_catalog,
     unknown_but_not_misspelled,
 )
+from launcher.backends.runpod_pods import (
+    DEFAULT_DATACENTER,
+    ROOT,
+    check_pull,
+    dataset_key,
+    experts,
+    pod_body,
+    preset_key,
+    pull_note,
+    quote_for,
+    volume_id,
+)
 from launcher.core.errors import UserError
-from launcher.core.inputs import shown
 from launcher.core.job import Job
 
-MOUNT = "/workspace"  # where RunPod mounts a pod's network volume by default
-ROOT = "lora-gym"  # our folder on the volume: the S3 key prefix and the path under MOUNT
-DEFAULT_DATACENTER = "US-KS-2"  # has the S3 API; RUNPOD_DATACENTER picks another for a new volume
 VOLUME_GB = 200  # slim images keep downloaded weights here too (about 130 GB for a family), plus caches
-HF_SECRET = "{{ RUNPOD_SECRET_hf_token }}"  # resolved by RunPod inside the pod; the value never passes here
-# Container disk: the image is pulled onto it. Full images bake the weights (README, Images: sizes).
-SOFTWARE_GB, DISK_MARGIN_GB = 20, 30
-APPROX_WEIGHTS_GB = {("wan22", "all"): 130, ("wan22", "t2v"): 70, ("wan22", "i2v"): 70,
-                     ("wan21", "all"): 130, ("wan21", "t2v"): 43, ("wan21", "i2v"): 87}
 ENDED = ("TERMINATED", "EXITED", "ERROR")
 DEFAULT_BASE_URL = "https://api.runpod.io/v2"  # as runpod_api's, which imports httpx: dry runs must not
-
-
-# --- the pods as data ----------------------------------------------------------------------------------
-
-def image_of(job: Job, options: LaunchOptions) -> str:
-    return options.image or labels.default_image(job.loaded.preset.family)
-
-
-def image_flavor(image: str) -> tuple[str, str]:
-    """(full | slim, all | t2v | i2v) from a tag `<version>[-slim][-<tasks>]`; a digest counts as full, all."""
-    tag = image.rsplit(":", 1)[1] if ":" in image.rsplit("/", 1)[-1] else ""
-    parts = tag.split("-")[1:] if "@" not in image else []
-    return ("slim" if "slim" in parts else "full"), next((p for p in parts if p in ("t2v", "i2v")), "all")
-
-
-def weights_gb(family: str, tasks: str) -> float:
-    """The lock's total where this checkout has one (images/<family>/weights.lock.json), else the README's."""
-    lock = Path(__file__).resolve().parents[2] / "images" / family / "weights.lock.json"
-    if lock.is_file():
-        files = json.loads(lock.read_text(encoding="utf-8"))["files"]
-        return sum(f["size"] for f in files if tasks == "all" or tasks in f.get("tasks", [tasks])) / 1e9
-    return APPROX_WEIGHTS_GB[(family, tasks)]
-
-
-def container_disk_gb(job: Job, image: str) -> int:
-    flavor, tasks = image_flavor(image)
-    weights = 0 if flavor == "slim" else weights_gb(job.loaded.preset.family, tasks)
-    return math.ceil(SOFTWARE_GB + weights + DISK_MARGIN_GB)
-
-
-def dataset_key(job: Job) -> str:
-    """Content-addressed: a changed dataset gets a new folder, so no stale file is ever trained on."""
-    digest = hashlib.sha256("".join(f"{d.relpath}:{d.digest};" for d in job.layout.dirs).encode()).hexdigest()
-    return f"{ROOT}/datasets/{digest[:16]}"
-
-
-def preset_key(job: Job) -> str | None:
-    origin = job.loaded.origin
-    return f"{ROOT}/presets/{job.loaded.content_hash[:12]}-{Path(origin).stem}.toml" if Path(origin).is_file() \
-        else None
-
-
-def experts(job: Job) -> list[str | None]:
-    # `both`: two pods on the same volume, one per expert; the entrypoint's cache lock makes the second
-    # wait for the first's caches, so the caches are computed once and nothing waits on this machine.
-    return ["high", "low"] if job.plan.expert == "both" else [job.plan.expert]
-
-
-def pod_run_id(job: Job, expert: str | None) -> str:
-    return f"{job.plan.run_id}-{expert}" if job.plan.expert == "both" else job.plan.run_id
-
-
-def pod_env(job: Job, options: LaunchOptions, expert: str | None, hours: float) -> dict[str, str]:
-    """The entrypoint's contract, pointed at the volume. Only references to secrets, never their values."""
-    key = preset_key(job)
-    env = {"LORA_GYM_PRESET": f"{MOUNT}/{key}" if key else job.loaded.origin}
-    if expert:
-        env["LORA_GYM_EXPERT"] = expert
-    if job.loaded.overrides:
-        env["LORA_GYM_SET"] = shlex.join(job.loaded.overrides)
-    env |= {"LORA_GYM_RUN_ID": pod_run_id(job, expert), "LORA_GYM_DATASET_DIR": f"{MOUNT}/{dataset_key(job)}",
-            "LORA_GYM_OUTPUT_DIR": f"{MOUNT}/{ROOT}/output", "LORA_GYM_CACHE_DIR": f"{MOUNT}/{ROOT}/cache",
-            "LORA_GYM_MAX_HOURS": f"{hours:.4g}", "LORA_GYM_TERMINATE_POD": "1"}
-    if image_flavor(image_of(job, options))[0] == "slim":  # slim images download (possibly gated) weights
-        env["HF_TOKEN"] = HF_SECRET
-    return env
-
-
-def quote_for(job: Job, gpu: dict) -> cost.Quote:
-    """The price of this GPU type for the whole run: every pod (two with `--expert both`) x its GPUs."""
-    usd, source = price_of(gpu)
-    return cost.Quote(gpu["id"], usd, gpus=len(experts(job)) * job.plan.resources.gpu_count, source=source)
-
-
-def volume_id(options: LaunchOptions) -> str | None:
-    """--volume, checked: it goes into API paths and is the S3 bucket name, so only an id's characters pass."""
-    if options.volume is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", options.volume):
-        raise UserError(f"--volume {shown(options.volume)} is not a RunPod network volume id: copy the id from "
-                        "RunPod's console (Storage)")
-    return options.volume
-
-
-def pod_body(job: Job, options: LaunchOptions, expert: str | None, gpu: str, volume: str, datacenter: str | None,
-             hours: float) -> dict:
-    """The CreatePodRequest of RunPod's REST API v2, as sent."""
-    body = {"name": f"lora-gym-{pod_run_id(job, expert)}"[:120], "image": image_of(job, options),
-            "gpu": {"id": gpu, "count": job.plan.resources.gpu_count}, "cloud": CLOUD,
-            "disk": container_disk_gb(job, image_of(job, options)),
-            "mounts": {"network": [{"volumeId": volume, "path": MOUNT}]},
-            "env": pod_env(job, options, expert, hours)}
-    if datacenter:  # a network volume is attached only to pods in its own datacenter
-        body["dataCenterIds"] = [datacenter]
-    return body
 
 
 # --- the backend ---------------------------------------------------------------------------------------
@@ -213,7 +118,7 @@ class RunPodBackend:
         lines.append(f"# {len(pods)} x {gpu['id']} at ${gpu['usd_per_hour']:.2f}/h ({gpu['price_source']}); each pod "
                      f"terminates itself when its job ends, or after {data['hours_limit']:.4g} h")
         lines.append(f"# GPU checked against {gpu['checked_against']}")
-        lines.append(host_ram_note(job))
+        lines += [pull_note(job, options), host_ram_note(job)]
         return "\n".join(lines)
 
     # --- launch -----------------------------------------------------------------------------------------
@@ -268,7 +173,8 @@ class RunPodBackend:
     def launch(self, job: Job, options: LaunchOptions) -> int:
         from launcher.backends import runpod_s3
 
-        self.api()  # a missing key or S3 key fails before anything is created
+        check_pull(job, options)  # a bad image, credential id, key or S3 key fails before anything is created
+        self.api()
         runpod_s3.client(DEFAULT_DATACENTER)
         quote = self.quote(job, options)
         hours = self._hours(job, options, quote)

@@ -73,7 +73,9 @@ def host_ram_note(job: Job) -> str:
 
 
 def _display_name(gpu: dict) -> str:
-    return str(gpu.get("displayName") or gpu.get("name") or "").lower()  # the API's field, or our snapshot's
+    # `name` ("RTX 4090") in both the v2 catalog (GpuType in api-reference-v2/openapi.json: id, name, memory,
+    # ...; `displayName` is the GraphQL gpuTypes field, sdks/graphql/manage-pods.mdx) and our docs snapshot.
+    return str(gpu.get("name") or "").lower()
 
 
 def unknown_but_not_misspelled(wanted: str, catalog: list[dict]) -> bool:
@@ -95,7 +97,7 @@ def catalog_cache() -> Path:
 
 
 def save_catalog(gpus: list[dict]) -> None:
-    fields = ("id", "displayName", "memory", "secure", "price")
+    fields = ("id", "name", "memory", "secure", "price")  # GpuType's, as GET /v2/catalog/gpus sends them
     data = {"fetched_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "gpus": [{k: g[k] for k in fields if k in g} for g in gpus]}
     with contextlib.suppress(OSError):  # a cache: failing to write it must not stop a launch

@@ -51,6 +51,7 @@ def dry_run(sweep: Sweep, options: LaunchOptions) -> str:
         body["env"] |= _env(run_id, stage)
         lines += [f"# POST /pods ({stage}: {run_id})", json.dumps(body, indent=2)]
     lines.append(f"# GPU checked against {source}; each pod terminates itself when its job ends")
+    lines.append(runpod.pull_note(sweep.trainings[0].job, options))
     return "\n".join(lines)
 
 
@@ -77,9 +78,10 @@ def launch(sweep: Sweep, options: LaunchOptions) -> int:
     from launcher.backends import runpod_s3
 
     backend = runpod.RunPodBackend()
-    backend.api()  # a missing key or S3 key fails before anything is created
-    runpod_s3.client(runpod.DEFAULT_DATACENTER)
     first = sweep.trainings[0].job
+    runpod.check_pull(first, options)  # a bad image, credential id, key or S3 key fails before anything is made
+    backend.api()
+    runpod_s3.client(runpod.DEFAULT_DATACENTER)
     quote = quotes(sweep, options, backend)[0][0]
     volume = backend._volume(first, options)
     backend._upload(first, options, volume)

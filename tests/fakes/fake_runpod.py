@@ -6,10 +6,15 @@ entrypoint's pod.py call (shapes from RunPod's OpenAPI document, api-reference-v
   POST   /v2/pods                      201 Pod, status PROVISIONING; the body is recorded as sent
   GET    /v2/pods/{id}                 RUNNING from the first poll on, with runtime.uptime; TERMINATED after DELETE
   DELETE /v2/pods/{id}                 204; 404 for an unknown pod
+  POST   /v2/pods/{id}/action          {"action": "stop"} -> 200 Pod, EXITED; "terminate" -> 204; an action the
+                                        pod's status does not allow (its `actions`) -> 409, as the document says
   GET    /v2/pods/{id}/logs            text/event-stream of the pod's lines (the last `tail`, or those after
                                         Last-Event-ID), then closes; event ids are `<ts>/<sequence>`
-Auth is `Authorization: Bearer <key>` with the account key or a pod-scoped key (`pod_key(id)`); errors are
-problem+json. Faults (status, Retry-After) are queued per operation: gpus, volumes, create, get, delete, logs.
+Auth is `Authorization: Bearer <key>` with the account key or a pod-scoped key (`pod_key(id)`, the
+RUNPOD_API_KEY RunPod sets in that pod); errors are problem+json. What a pod-scoped key may do is not documented:
+here it may act on its own pod only, and end it only in the ways `pod_keys_may` names (both, by default); a
+refused one is answered 403. `endings` records who ended which pod how. Faults (status, Retry-After) are queued per
+operation: gpus, volumes, create, get, delete, action, logs.
 `add_pod` puts a pod there as RunPod would describe it, for tests that start from a running pod.
 
 Held to RunPod's published contract (tests/contracts/runpod-openapi.json): every request's body, query and
@@ -43,10 +48,16 @@ GPUS = [
 ]
 
 
+# The actions each status allows, as the document's podAction operation lists them.
+ACTIONS = {"RUNNING": ["stop", "restart", "terminate"], "PROVISIONING": ["stop", "terminate"],
+           "STARTING": ["stop", "terminate"], "EXITED": ["start", "terminate"], "ERROR": ["start", "terminate"]}
+
+
 def problem(status: int, detail: str, headers: dict | None = None, errors: list[str] | None = None):
     """An RFC 9457 problem answer, as RunPod sends its errors."""
-    body = {"title": {400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 422: "Unprocessable Entity",
-                      429: "Too Many Requests"}.get(status, "Error"), "status": status, "detail": detail}
+    body = {"title": {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 409: "Conflict",
+                      422: "Unprocessable Entity", 429: "Too Many Requests"}.get(status, "Error"),
+            "status": status, "detail": detail}
     if errors:
         body["errors"] = errors
     return status, {"Content-Type": "application/problem+json", **(headers or {})}, json.dumps(body).encode()
@@ -65,6 +76,8 @@ class FakeRunPod(LoopbackServer):
         self.created: list[dict] = []  # every create-pod body, as received
         self.raw_bodies: list[bytes] = []  # every request body, to scan for secrets
         self.auth_headers: list[str] = []
+        self.pod_keys_may = {"terminate", "stop"}
+        self.endings: list[tuple[str, str, str]] = []  # (pod id, terminate | stop, "pod key" | "account key")
         self.contract_violations: list[str] = []
         self._ids = itertools.count(1)
 
@@ -104,6 +117,16 @@ class FakeRunPod(LoopbackServer):
         keys = {self.api_key, *(self.pod_key(p) for p in self.pods)}
         return header.startswith("Bearer ") and header[7:] in keys
 
+    def _key_of(self, handler) -> str:
+        return "account key" if handler.headers["Authorization"][7:] == self.api_key else "pod key"
+
+    def _refused(self, handler, pod_id: str, action: str):
+        """403 when a pod-scoped key acts on another pod, or ends its own in a way `pod_keys_may` leaves out."""
+        key = handler.headers["Authorization"][7:]
+        if key != self.api_key and (key != self.pod_key(pod_id) or action not in self.pod_keys_may):
+            return problem(403, f"this API key may not {action} pod {pod_id}")
+        return None
+
     def handle(self, method, path, handler):
         self.raw_bodies.append(handler.body)
         contract = runpod_contract()
@@ -132,6 +155,7 @@ class FakeRunPod(LoopbackServer):
                   ("POST", r"^/v2/pods$", "create", self._create_pod),
                   ("GET", r"^/v2/pods/([^/]+)$", "get", self._get_pod),
                   ("DELETE", r"^/v2/pods/([^/]+)$", "delete", self._delete_pod),
+                  ("POST", r"^/v2/pods/([^/]+)/action$", "action", self._pod_action),
                   ("GET", r"^/v2/pods/([^/]+)/logs$", "logs", self._logs)]
         for route_method, pattern, op, action in routes:
             match = re.match(pattern, path)
@@ -180,11 +204,12 @@ class FakeRunPod(LoopbackServer):
                              "ssh": {"proxy": None, "direct": None}, "locked": False, "runtime": None,
                              "globalNetworking": {"enabled": False}, "startedAt": None, **pod,
                              "id": pod_id, "status": "PROVISIONING", "cost": gpu["price"]["secure"],
-                             "dataCenterId": datacenter, "actions": ["terminate"], "created": time.monotonic(),
+                             "dataCenterId": datacenter, "created": time.monotonic(),
                              "createdAt": _now()}
 
     def _view(self, pod_id: str) -> dict:
         pod = {k: v for k, v in self.pods[pod_id].items() if k != "created"}
+        pod["actions"] = ACTIONS.get(pod["status"], [])
         if pod["status"] == "RUNNING":
             pod["runtime"] = {"uptime": int((time.monotonic() - self.pods[pod_id]["created"]) * self.uptime_scale)}
             pod["startedAt"] = pod["createdAt"]
@@ -202,8 +227,25 @@ class FakeRunPod(LoopbackServer):
     def _delete_pod(self, handler, pod_id):
         if pod_id not in self.pods or self.pods[pod_id]["status"] == "TERMINATED":
             return problem(404, "pod not found")
-        self.pods[pod_id]["status"] = "TERMINATED"
-        return 204, {}, None
+        return self._refused(handler, pod_id, "terminate") or self._end(handler, pod_id, "terminate")
+
+    def _pod_action(self, handler, pod_id):
+        if pod_id not in self.pods or self.pods[pod_id]["status"] == "TERMINATED":
+            return problem(404, "pod not found")
+        action = json.loads(handler.body)["action"]
+        if action not in ACTIONS.get(self.pods[pod_id]["status"], []):
+            return problem(409, f"cannot {action} a pod that is {self.pods[pod_id]['status']}")
+        if action not in ("stop", "terminate"):
+            raise AssertionError(f"the fake does not model the action {action!r}")
+        return self._refused(handler, pod_id, action) or self._end(handler, pod_id, action)
+
+    def _end(self, handler, pod_id: str, how: str):
+        self.endings.append((pod_id, how, self._key_of(handler)))
+        if how == "terminate":
+            self.pods[pod_id]["status"] = "TERMINATED"
+            return 204, {}, None
+        self.pods[pod_id]["status"] = "EXITED"
+        return 200, {}, self._view(pod_id)
 
     def _logs(self, handler, pod_id):
         if pod_id not in self.pods:
