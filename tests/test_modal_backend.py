@@ -71,10 +71,21 @@ def test_gpu_comes_from_the_preset_class_or_gpu():
     assert spec_for().gpu == "H100"
     assert spec_for("wan21-t2v-1.3b", None).gpu == "L4"
     assert spec_for(gpu_type="a100-80gb").gpu == "A100-80GB"
+    assert spec_for("wan21-t2v-1.3b", None, gpu_type="a10").gpu == "A10"
     with pytest.raises(UserError, match="has 24 GB, the preset needs 80 GB"):
         spec_for(gpu_type="L4")
-    with pytest.raises(UserError, match="not one this launcher prices"):
-        spec_for(gpu_type="V100")
+    for retired in ("V100", "A10G"):  # A10G: Modal's former name of the A10 (modal.com/docs/guide/gpu)
+        with pytest.raises(UserError, match="not one this launcher prices: use one of .*A10"):
+            spec_for("wan21-t2v-1.3b", None, gpu_type=retired)
+
+
+def test_every_priced_gpu_names_its_source():
+    assert set(modal_backend.PRICES) == set(modal_backend.GPU_MEMORY_GB)
+    for gpu in modal_backend.PRICES:
+        job, options = job_and_options("wan21-t2v-1.3b", None, gpu_type=gpu)
+        assert "modal.com/pricing" in modal_backend.quote(job, options).source
+    job, options = job_and_options("wan21-t2v-1.3b", None, gpu_type="A10")
+    assert "not verified" in modal_backend.quote(job, options).source
 
 
 def test_timeout_is_the_tightest_limit_within_24_hours():
@@ -86,6 +97,52 @@ def test_timeout_is_the_tightest_limit_within_24_hours():
     assert modal_backend.timeout_s(job, options) == 24 * 3600
     with pytest.raises(UserError, match="over Modal's 24 h limit"):
         modal_backend.timeout_s(*job_and_options(max_hours=30))
+
+
+@pytest.mark.parametrize("limits", [{}, {"max_hours": 5}, {"max_hours": 0.5}, {"max_cost": 30.0}])
+def test_both_shares_the_runs_limit_between_cache_and_trainings(limits):
+    """The orchestrator waits for the cache pass and then the trainings (plus their queueing and start-ups, which
+    Modal's timeouts do not count): cache + training must fit in its 24 h, and in the run's own limit."""
+    job, options = job_and_options(expert="both", **limits)
+    limit = modal_backend.timeout_s(job, options)
+    spec = modal_backend.modal_spec(job, options)
+    assert spec.cache_timeout_s + spec.timeout_s <= limit
+    waits = modal_backend.WAVES * (spec.startup_timeout_s + modal_backend.QUEUE_ALLOWANCE_S)
+    assert spec.cache_timeout_s + spec.timeout_s + waits <= spec.orchestrator_timeout_s <= modal_app.MAX_TIMEOUT_S
+    assert spec.cache_timeout_s >= 60 and spec.timeout_s >= spec.cache_timeout_s
+    job, options = job_and_options(**limits)  # without an orchestrator the one function has the whole limit
+    single = modal_backend.modal_spec(job, options)
+    assert (single.timeout_s, single.cache_timeout_s, single.orchestrator_timeout_s) == (
+        modal_backend.timeout_s(job, options), None, None)
+
+
+def test_max_cost_holds_for_cache_pass_and_trainings_together():
+    job, options = job_and_options(expert="both", max_cost=20.0)
+    spec, price = modal_backend.modal_spec(job, options), modal_backend.PRICES["H100"]
+    # the cache pass on one GPU, then two experts on one GPU each, every function to its timeout
+    assert spec.cache_timeout_s * price + spec.timeout_s * 2 * price <= 20.0 * 3600
+
+
+def test_functions_are_registered_with_the_split_timeouts(monkeypatch):
+    registered = {}
+    original = modal.App.function
+
+    def record(self, **kwargs):
+        def register(fn):
+            registered[fn.__name__] = kwargs
+            return original(self, **kwargs)(fn)
+        return register
+
+    monkeypatch.setattr(modal.App, "function", record)
+    spec = spec_for(expert="both")
+    modal_app.build(spec)
+    assert registered["cache"]["timeout"] == spec.cache_timeout_s
+    assert registered["train_high"]["timeout"] == registered["train_low"]["timeout"] == spec.timeout_s
+    assert registered["train_high"]["startup_timeout"] == modal_backend.STARTUP_TIMEOUT_S
+    assert registered["both"]["timeout"] == modal_app.MAX_TIMEOUT_S and "volumes" not in registered["both"]
+    registered.clear()
+    modal_app.build(spec_for(max_hours=5))
+    assert registered["train"]["timeout"] == 5 * 3600 and registered["train"]["startup_timeout"] is None
 
 
 def test_quote_uses_the_price_table_and_two_gpus_for_both():
@@ -140,8 +197,11 @@ def test_dry_run_shows_the_request_without_secret_values_or_modal():
     assert "hf_Secret" not in result.stdout + result.stderr
     data = json.loads(result.stdout)
     assert data["image"] == IMAGE and data["gpu"] == "H100" and data["secrets"] == ["lora-gym-hf"]
-    assert data["registry_secret"] == "ghcr-creds" and data["timeout_s"] == 24 * 3600
-    assert data["platform_calls"][-1].startswith("both.spawn(")
+    assert data["registry_secret"] == "ghcr-creds"
+    assert data["cache_timeout_s"] + data["timeout_s"] <= 24 * 3600 and data["orchestrator_timeout_s"] == 24 * 3600
+    assert data["timeouts"].startswith("cache pass 3 h + trainings 20 h = 23 h, within the run's limit")
+    assert data["platform_calls"][-1].startswith("both.spawn(") and "volumes" in data["platform_calls"][-1]
+    assert "commit()" in data["in_each_stage"]
 
 
 # --- the real modal objects -------------------------------------------------------------------------------
@@ -153,16 +213,31 @@ def test_real_objects_carry_the_spec(monkeypatch):
                         lambda tag, secret=None, **kw: pulled.append((tag, secret)) or original(tag, secret=secret))
     monkeypatch.setenv("LORA_GYM_MODAL_REGISTRY_SECRET", "ghcr-creds")
     spec = spec_for(expert="both", max_hours=5)
-    app, functions = modal_app.build(spec)
+    app, functions, volumes = modal_app.build(spec)
     assert isinstance(app, modal.App) and set(functions) == {"cache", "train_high", "train_low", "both"}
     train = functions["train_high"]._spec_
     assert train.gpus == "H100"
     assert train.memory == spec.memory_mib  # the plan's host RAM, in MiB
     assert {path: vol.name for path, vol in train.volumes.items()} == spec.volumes
     assert [s.name for s in train.secrets] == ["lora-gym-hf"]
-    assert functions["both"]._spec_.gpus is None  # the orchestrator only waits
+    assert functions["both"]._spec_.gpus is None and not functions["both"]._spec_.volumes  # it only waits
     assert pulled[0][0] == IMAGE and pulled[0][1].name == "ghcr-creds"
-    assert spec.timeout_s == 5 * 3600
+    assert spec.cache_timeout_s + spec.timeout_s == 5 * 3600
+
+
+@pytest.mark.parametrize(("keys", "kind"), [
+    ({"REGISTRY_USERNAME", "REGISTRY_PASSWORD"}, "REGISTRY_AUTH_TYPE_STATIC_CREDS"),  # GHCR, Docker Hub
+    ({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"}, "REGISTRY_AUTH_TYPE_AWS"),  # ECR
+    ({"SERVICE_ACCOUNT_JSON"}, "REGISTRY_AUTH_TYPE_GCP")])
+def test_registry_secret_keys_are_the_ones_the_sdk_reads(keys, kind):
+    """Image.from_registry(secret=) infers the kind of registry login from the secret's keys (modal 1.6.4,
+    modal/_image.py _infer_registry_auth_type): the README's examples, run through the SDK's own code."""
+    from modal._image import _infer_registry_auth_type
+    from modal_proto import api_pb2
+
+    assert _infer_registry_auth_type(keys) == getattr(api_pb2, kind)
+    with pytest.raises(modal.exception.InvalidError, match="REGISTRY_USERNAME and REGISTRY_PASSWORD"):
+        _infer_registry_auth_type({"GHCR_TOKEN"})
 
 
 @pytest.mark.filterwarnings("ignore:The train function is executing locally")
@@ -187,7 +262,7 @@ def test_function_local_runs_the_entrypoint_and_fails_with_its_exit_code(tmp_pat
         modal_app.run_stage(env, {}, out=io.StringIO())
     assert failed.value.exit_code == 3 and "exited with code 3" in str(failed.value)
     # The registered Function's own .local() runs the same body.
-    _, functions = modal_app.build(spec_for())
+    _, functions, _ = modal_app.build(spec_for())
     with pytest.raises(modal_app.StageFailed):
         functions["train"].local(env, {})
     monkeypatch.setenv("FAKE_EXIT", "0")

@@ -44,15 +44,17 @@ def test_dry_run_is_one_cache_call_and_one_training_call_per_combination(capsys,
     stages = [c["env"]["LORA_GYM_STAGE"] for c in data["calls"]]
     assert stages == ["cache"] + ["train"] * 6
     run_ids = [c["env"]["LORA_GYM_RUN_ID"] for c in data["calls"]]
-    assert len(set(run_ids)) == 7 and data["platform_calls"][-1].startswith("sweep.spawn(")
+    assert len(set(run_ids)) == 7 and data["platform_calls"][-1].startswith("sweep.spawn([1 x (cache, env), 6 x")
+    assert data["cache_timeout_s"] + data["timeout_s"] <= 24 * 3600 and data["orchestrator_timeout_s"] == 24 * 3600
     sets = {c["env"]["LORA_GYM_SET"] for c in data["calls"][1:]}
     assert len(sets) == 6 and "experts.low.learning_rate=1e-4 experts.low.network_dim=42" in sets
 
 
 def test_real_objects_register_the_sweep_orchestrator():
-    spec = modal_sweep.spec(planned(), options())
-    app, functions = modal_app.build(spec)
+    spec = modal_sweep.spec(planned(), options(max_hours=6))
+    app, functions, _ = modal_app.build(spec)
     assert set(functions) == {"cache", "train", "sweep"}
+    assert spec.cache_timeout_s + spec.timeout_s == 6 * 3600  # one run's limit, shared as in `--expert both`
     assert functions["train"]._spec_.gpus == "H100" and functions["sweep"]._spec_.gpus is None
 
 
@@ -62,7 +64,7 @@ class Fn:
     def __init__(self, log, fail_runs=()):
         self.log, self.fail_runs = log, fail_runs
 
-    def spawn(self, env, dataset, preset_toml):
+    def spawn(self, env, dataset, preset_toml, volumes):
         self.log.append(("spawn", env["LORA_GYM_RUN_ID"]))
 
         def get(timeout=None):

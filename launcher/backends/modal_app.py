@@ -6,11 +6,23 @@ library at the top: `modal` is imported inside `build` and `both`, and nothing f
 image's own copy of LoRA Gym runs the plan, through its entrypoint, exactly as `--backend local` does).
 The functions are plain module-level functions registered on a fresh App per run by `build`, which Modal
 supports ("not decorated in global scope"): the spec (GPU, timeout) is per run, not per import.
+
+Volumes: a container sees the volume as it was when the container started, plus its own writes; other containers
+see those writes only after this one commits, and it sees theirs only after it reloads (modal.com/docs/guide/volumes,
+"Volume commits and reloads"; modal/volume.py `_Volume`, `commit`, `reload` in the modal 1.6.4 SDK). So every stage
+reloads its volumes first (a warm container reused for a later call keeps its old view otherwise) and commits the
+volumes it wrote before it returns: `both` and `sweep` spawn the trainings as soon as the cache pass returns, and
+the trainings must find its cache. The handles travel as call arguments (Modal passes Volume objects by id, as it
+does the Function handles `both` gets) so that no lookup by name, in whichever environment, is needed.
+Modal offers no lock across containers (`_Volume`: "nor is distributed file locking supported"; last write wins
+per file): one run keeps its stages apart by order (cache pass, commit, then trainings); two runs at once over one
+cache volume are kept apart by nothing here, only by the entrypoint writing each cache entry whole, by content key.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +35,7 @@ BLOBS = "by-sha256"
 WORK_DIR = "/tmp/lora-gym"  # container-local: the run's dataset listing and preset file
 MAX_TIMEOUT_S = 24 * 3600  # Modal's limit for one function execution
 ORCHESTRATOR_CPU = 0.25  # `both` only waits on the GPU calls
+WRITTEN_MOUNTS = (CACHE_MOUNT, OUTPUTS_MOUNT)  # what a stage writes (the datasets volume only the launcher does)
 
 
 class StageFailed(RuntimeError):
@@ -40,13 +53,19 @@ class StageFailed(RuntimeError):
 # --- inside the container --------------------------------------------------------------------------------
 
 def materialize(dataset: dict[str, str], target: Path, blobs: Path) -> None:
-    """The run's dataset folder as symlinks into the content-addressed volume: no copy, and the entrypoint
-    hashes the same bytes the launcher planned with (so cache keys match the dry-run)."""
+    """The run's dataset folder, copied onto the container's own disk from the content-addressed volume: the
+    entrypoint checks the same bytes the launcher planned with (so cache keys match the dry-run). Copies, not
+    symlinks: the entrypoint's dataset check refuses a link out of the dataset folder (launcher/core/dataset.py
+    _link_problem), and the container's disk and the volume are two filesystems (no hard links). A file already
+    there (a warm container's earlier call of the same run) is kept."""
     for relpath, sha in dataset.items():
-        link = target / relpath
-        link.parent.mkdir(parents=True, exist_ok=True)
-        if not link.is_symlink():
-            link.symlink_to(blobs / sha)
+        path = target / relpath
+        if path.is_file() and path.stat().st_size == (blobs / sha).stat().st_size:
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.partial")
+        shutil.copyfile(blobs / sha, partial)
+        os.replace(partial, path)
 
 
 def child_env(env: dict[str, str]) -> dict[str, str]:
@@ -57,11 +76,35 @@ def child_env(env: dict[str, str]) -> dict[str, str]:
     return base | env
 
 
-def run_stage(env: dict[str, str], dataset: dict[str, str], preset_toml: str | None = None, *,
-              blobs: str | Path = f"{DATASETS_MOUNT}/{BLOBS}", out=None) -> dict:
-    """Run the image's entrypoint for one stage, stream its lines, raise StageFailed on a non-zero exit."""
-    out = out or sys.stdout
-    materialize(dataset, Path(env["LORA_GYM_DATASET_DIR"]), Path(blobs))
+def reload(volumes: dict) -> None:
+    """Every mounted volume as last committed, whoever committed it."""
+    for volume in volumes.values():
+        volume.reload()
+
+
+def commit(volumes: dict) -> None:
+    """This container's writes to the volumes a stage writes, made visible to every container started or
+    reloaded after this (modal/volume.py `commit`: "available to other containers accessing the volume")."""
+    for mount in WRITTEN_MOUNTS:
+        if mount in volumes:
+            volumes[mount].commit()
+
+
+def run_stage(env: dict[str, str], dataset: dict[str, str], preset_toml: str | None = None,
+              volumes: dict | None = None, *, blobs: str | Path = f"{DATASETS_MOUNT}/{BLOBS}", out=None) -> dict:
+    """Run the image's entrypoint for one stage between a volume reload and a commit (the commit also when the
+    stage failed: its run folder's logs and run.json are what `launcher pull` shows); StageFailed on a
+    non-zero exit. `volumes`: {mount path: modal.Volume} of this function's mounts."""
+    volumes = volumes or {}
+    reload(volumes)
+    try:
+        return _entrypoint(env, dataset, preset_toml, Path(blobs), out or sys.stdout)
+    finally:
+        commit(volumes)
+
+
+def _entrypoint(env: dict[str, str], dataset: dict[str, str], preset_toml: str | None, blobs: Path, out) -> dict:
+    materialize(dataset, Path(env["LORA_GYM_DATASET_DIR"]), blobs)
     if preset_toml is not None:  # a user's preset file travels as text, to where LORA_GYM_PRESET points
         Path(env["LORA_GYM_PRESET"]).parent.mkdir(parents=True, exist_ok=True)
         Path(env["LORA_GYM_PRESET"]).write_text(preset_toml, encoding="utf-8")
@@ -79,43 +122,45 @@ def run_stage(env: dict[str, str], dataset: dict[str, str], preset_toml: str | N
 
 
 # One module-level function per stage, so `status` can tell the calls apart by function name.
-def train(env: dict, dataset: dict, preset_toml: str | None = None) -> dict:
-    return run_stage(env, dataset, preset_toml)
+def train(env: dict, dataset: dict, preset_toml: str | None = None, volumes: dict | None = None) -> dict:
+    return run_stage(env, dataset, preset_toml, volumes)
 
 
-def cache(env: dict, dataset: dict, preset_toml: str | None = None) -> dict:
-    return run_stage(env, dataset, preset_toml)
+def cache(env: dict, dataset: dict, preset_toml: str | None = None, volumes: dict | None = None) -> dict:
+    return run_stage(env, dataset, preset_toml, volumes)
 
 
-def train_high(env: dict, dataset: dict, preset_toml: str | None = None) -> dict:
-    return run_stage(env, dataset, preset_toml)
+def train_high(env: dict, dataset: dict, preset_toml: str | None = None, volumes: dict | None = None) -> dict:
+    return run_stage(env, dataset, preset_toml, volumes)
 
 
-def train_low(env: dict, dataset: dict, preset_toml: str | None = None) -> dict:
-    return run_stage(env, dataset, preset_toml)
+def train_low(env: dict, dataset: dict, preset_toml: str | None = None, volumes: dict | None = None) -> dict:
+    return run_stage(env, dataset, preset_toml, volumes)
 
 
 STAGE_FUNCTIONS = {"train": train, "cache": cache, "train_high": train_high, "train_low": train_low}
 
 
-def both(calls: list, dataset: dict, preset_toml: str | None = None) -> list:
+def both(calls: list, dataset: dict, preset_toml: str | None = None, volumes: dict | None = None) -> list:
     """`--expert both`: the cache pass first (one GPU), then both experts at once (two GPUs). Runs on a small
-    CPU container; `calls` holds (Function, env) pairs, Modal passing the Function handles by id."""
+    CPU container; `calls` holds (Function, env) pairs, Modal passing the Function handles by id. The cache
+    pass has committed the cache volume when its result arrives (run_stage), so the experts' new containers
+    mount it with the cache in it."""
     import modal
 
     (first, first_env), rest = calls[0], calls[1:]
-    results = [first.spawn(first_env, dataset, preset_toml).get()]  # raises StageFailed if caching failed
-    spawned = [fn.spawn(env, dataset, preset_toml) for fn, env in rest]
+    results = [first.spawn(first_env, dataset, preset_toml, volumes).get()]  # StageFailed if caching failed
+    spawned = [fn.spawn(env, dataset, preset_toml, volumes) for fn, env in rest]
     return results + list(modal.FunctionCall.gather(*spawned))
 
 
-def sweep(calls: list, dataset: dict, preset_toml: str | None = None) -> list:
+def sweep(calls: list, dataset: dict, preset_toml: str | None = None, volumes: dict | None = None) -> list:
     """`launcher sweep`: every cache pass (LORA_GYM_STAGE=cache) at once, then every training at once. A failed
     cache pass stops the sweep; a failed training does not stop the others, and fails the sweep at the end."""
     caches = [(fn, env) for fn, env in calls if env.get("LORA_GYM_STAGE") == "cache"]
     trainings = [(fn, env) for fn, env in calls if env.get("LORA_GYM_STAGE") != "cache"]
-    results = [call.get() for call in [fn.spawn(env, dataset, preset_toml) for fn, env in caches]]
-    spawned = [(env.get("LORA_GYM_RUN_ID", ""), fn.spawn(env, dataset, preset_toml)) for fn, env in trainings]
+    results = [call.get() for call in [fn.spawn(env, dataset, preset_toml, volumes) for fn, env in caches]]
+    spawned = [(env.get("LORA_GYM_RUN_ID", ""), fn.spawn(env, dataset, preset_toml, volumes)) for fn, env in trainings]
     failed = []
     for run_id, call in spawned:
         try:
@@ -141,31 +186,37 @@ def image(spec):
 
 
 def build(spec):
-    """(App, {name: Function}) for the spec; offline, nothing is created until the app runs."""
+    """(App, {name: Function}, {mount path: Volume}) for the spec; offline, nothing is created until the app
+    runs. Timeouts: see modal_backend.split_timeouts."""
     import modal
 
     app = modal.App(spec.app_name)
     volumes = {path: modal.Volume.from_name(name, create_if_missing=True) for path, name in spec.volumes.items()}
     secrets = [modal.Secret.from_name(name) for name in spec.secrets]
-    common = {"image": image(spec), "volumes": volumes, "secrets": secrets}
+    common = {"image": image(spec), "secrets": secrets}
     functions = {}
     for call in spec.calls:
-        # memory: Modal's request in MiB (a floor the container is scheduled with, not a cap).
-        functions[call.function] = app.function(gpu=spec.gpu, timeout=spec.timeout_s, memory=spec.memory_mib,
-                                                **common)(
+        timeout = spec.cache_timeout_s if call.function == "cache" and spec.cache_timeout_s else spec.timeout_s
+        # memory: Modal's request in MiB (a floor the container is scheduled with, not a cap). startup_timeout:
+        # None leaves Modal's default (the timeout bounds the start-up too: modal/app.py `function`).
+        functions[call.function] = app.function(gpu=spec.gpu, timeout=timeout, startup_timeout=spec.startup_timeout_s,
+                                                memory=spec.memory_mib, volumes=volumes, **common)(
             STAGE_FUNCTIONS[call.function])
-    if len(spec.calls) > 1:
+    if len(spec.calls) > 1:  # the orchestrator only passes the volume handles on: it mounts none
         name = spec.orchestrator
-        functions[name] = app.function(cpu=ORCHESTRATOR_CPU, timeout=MAX_TIMEOUT_S, **common)(ORCHESTRATORS[name])
-    return app, functions
+        functions[name] = app.function(cpu=ORCHESTRATOR_CPU, timeout=spec.orchestrator_timeout_s or MAX_TIMEOUT_S,
+                                       **common)(ORCHESTRATORS[name])
+    return app, functions, volumes
 
 
-def spawn(spec, functions: dict):
-    """The run's one top-level call: the stage itself, or the orchestrator (`both`, `sweep`) over the stages."""
+def spawn(spec, functions: dict, volumes: dict):
+    """The run's one top-level call: the stage itself, or the orchestrator (`both`, `sweep`) over the stages.
+    `volumes` go along as arguments: each stage commits and reloads through them (run_stage)."""
+    args = (spec.dataset, spec.preset_toml, volumes)
     if len(spec.calls) == 1:
-        return functions[spec.calls[0].function].spawn(spec.calls[0].env, spec.dataset, spec.preset_toml)
+        return functions[spec.calls[0].function].spawn(spec.calls[0].env, *args)
     pairs = [(functions[c.function], c.env) for c in spec.calls]
-    return functions[spec.orchestrator].spawn(pairs, spec.dataset, spec.preset_toml)
+    return functions[spec.orchestrator].spawn(pairs, *args)
 
 
 def _progress(total: int):
@@ -238,8 +289,10 @@ def start(spec, dataset_root: str | Path, datasets_volume: str) -> dict:
                         "MODAL_TOKEN_SECRET)")
     files = {rel: (sha, spec.sizes.get(sha, 0)) for rel, sha in spec.dataset.items()}
     upload_dataset(modal.Volume.from_name(datasets_volume, create_if_missing=True), dataset_root, files)
-    app, functions = build(spec)
+    app, functions, volumes = build(spec)
     # detach: the app keeps running after this process exits, until its calls end (or `launcher stop`).
     with app.run(detach=True):
-        call = spawn(spec, functions)
+        for volume in volumes.values():  # a handle passed as an argument must be hydrated (modal/_serialization.py)
+            volume.hydrate()
+        call = spawn(spec, functions, volumes)
     return {"app_id": app.app_id, "call_id": call.object_id}

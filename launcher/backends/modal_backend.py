@@ -7,9 +7,16 @@ values live in Modal, never in the spec, the output or the run record.
 
 Volumes: `lora-gym-datasets` holds every dataset file once, at by-sha256/<sha256> (an unchanged dataset
 uploads 0 bytes, a changed one only its changed files); each call gets the run's listing (relpath ->
-sha256) as an argument and links it into a local folder. `lora-gym-cache-<family>` is the cache at /cache
-for every run (the entrypoint's cache lock keeps parallel runs off each other's files); `lora-gym-outputs`
-has one folder per run id at /output/<run id>.
+sha256) as an argument and copies it onto its own disk. `lora-gym-cache-<family>` is the cache at /cache
+for every run; `lora-gym-outputs` has one folder per run id at /output/<run id>. A stage's writes reach other
+containers only through its commit (modal_app.run_stage commits before it returns and reloads when it starts).
+
+No lock keeps two runs apart on the cache volume: Modal has none across containers (modal/volume.py `_Volume` in
+the modal 1.6.4 SDK: "nor is distributed file locking supported", last write wins per file), and the entrypoint's
+lock file is one only for the containers that see it, which on a Modal volume is none but its maker until it
+commits. Within one run the orchestrator orders the stages (cache pass, commit, then trainings). Two runs started
+at once over one cache volume may both compute the same cache entry; what keeps that harmless is the entrypoint
+writing each entry whole under its content key, so either commit leaves a complete, identical entry.
 """
 
 from __future__ import annotations
@@ -37,19 +44,35 @@ SECRETS_ENV = "LORA_GYM_MODAL_SECRETS"  # comma list of Modal secret names; defa
 DEFAULT_SECRETS = "lora-gym-hf"  # `modal secret create lora-gym-hf HF_TOKEN=hf_...`
 REGISTRY_SECRET_ENV = "LORA_GYM_MODAL_REGISTRY_SECRET"  # secret with REGISTRY_USERNAME/REGISTRY_PASSWORD
 
-# USD per GPU-hour, Modal's base on-demand rates (per-second rate x 3600). Source: https://modal.com/pricing, as
-# listed on 2026-05-07 (quoted with the per-second figures by techbytes.app's "Serverless GPU Pricing Matrix",
-# found with the search tool on 2026-11-24; modal.com itself was not reachable from here). A10G and H200 are
-# from modal.com/pricing as last seen (2025) and NOT verified for 2026. Region pinning and non-preemptible
-# multipliers raise these; they are not applied.
-PRICE_SOURCE = "modal.com/pricing 2026-05-07"
-PRICES = {"H100": 3.9492, "A100-80GB": 2.4984, "L40S": 1.9512, "L4": 0.7992, "A10G": 1.1016, "H200": 4.5396}
-GPU_MEMORY_GB = {"H100": 80, "A100-80GB": 80, "H200": 141, "L40S": 48, "L4": 24, "A10G": 24}
+# Modal's GPU names: modal.com/docs/guide/gpu ("Specifying GPU type": T4, L4, A10, L40S, A100, A100-40GB,
+# A100-80GB, RTX-PRO-6000, H100/H100!, H200, B200/B200+). The SDK sends the string as is (modal 1.6.4,
+# modal/_utils/function_utils.py parse_gpu_config upper-cases it), so a retired name such as A10G fails only
+# at Modal: this table holds today's names.
+# USD per GPU-hour, Modal's base on-demand rates (per-second rate x 3600), each with where it comes from. Region
+# pinning and non-preemptible multipliers raise these; they are not applied.
+PRICE_SOURCE = "modal.com/pricing 2026-05-07"  # H100, A100-80GB, L40S, L4: as listed that day, quoted with the
+# per-second figures by techbytes.app's "Serverless GPU Pricing Matrix" (found with the search tool on
+# 2026-11-24; modal.com itself was not reachable from here).
+PRICE_SOURCES = {"A10": "modal.com/pricing as last seen in 2025 (as A10G, $0.000306/s), not verified for 2026",
+                 "H200": "modal.com/pricing as last seen in 2025 ($0.001261/s), not verified for 2026"}
+PRICES = {"H100": 3.9492, "A100-80GB": 2.4984, "L40S": 1.9512, "L4": 0.7992, "A10": 1.1016, "H200": 4.5396}
+GPU_MEMORY_GB = {"H100": 80, "A100-80GB": 80, "H200": 141, "L40S": 48, "L4": 24, "A10": 24}
 # Per preset GPU class (resources.gpu_memory_gb), the smallest class that fits. 80 GB: H100 over the cheaper
 # A100-80GB, as it trains a 14B DiT about twice as fast (fewer GPU-hours); 24 GB: L4, the cheapest 24 GB GPU.
 DEFAULT_GPU = ((24, "L4"), (48, "L40S"), (80, "H100"), (141, "H200"))
 FIRST_LINES = 10
 FIRST_LINES_WAIT_S = 90.0  # a cold start pulls the image: wait this long (between lines) for the first ones
+
+# Timeouts of a run with an orchestrator (`both`, sweeps). modal.com/docs/guide/timeouts: a Function's timeout
+# measures its execution only, "not ... scheduling time", and `startup_timeout` bounds the container's start-up
+# (unset, the timeout bounds it). The orchestrator's execution is its waiting: it spans its stages' queueing,
+# start-ups and executions, and Modal caps it at 24 h like any function. So the run's limit is split, never
+# stretched: cache pass + training fit in it, and with two waves of start-up and queueing in the 24 h.
+STARTUP_TIMEOUT_S = 20 * 60  # a stage container's start-up (the image is built before the app runs)
+QUEUE_ALLOWANCE_S = 10 * 60  # what a wave may wait for its GPUs: an allowance, Modal bounds queueing with nothing
+WAVES = 2  # the cache pass(es), then the trainings
+CACHE_SHARE = 4  # the cache pass gets a quarter of the run's time ...
+CACHE_MAX_S = 3 * 3600  # ... at most 3 h (latents and text of a LoRA dataset: minutes on one GPU)
 
 
 @dataclass(frozen=True)
@@ -63,7 +86,7 @@ class ModalSpec:
     run_id: str
     image: str
     gpu: str
-    timeout_s: int
+    timeout_s: int  # of each training (of the one call, without an orchestrator)
     volumes: dict[str, str]  # mount path -> volume name
     secrets: tuple[str, ...]  # Modal secret names
     calls: tuple[Call, ...]
@@ -74,6 +97,10 @@ class ModalSpec:
     memory_mib: int | None = None  # host RAM for the GPU stages: block swap and activation offload live there
     orchestrator: str = "both"  # the CPU function over several calls (modal_app.ORCHESTRATORS): both, sweep
     sizes: dict[str, int] = field(default_factory=dict, repr=False)  # sha256 -> bytes, for the upload only
+    # With an orchestrator (split_timeouts): the cache pass's timeout, each stage's start-up limit, its own.
+    cache_timeout_s: int | None = None
+    startup_timeout_s: int | None = None
+    orchestrator_timeout_s: int | None = None
 
 
 # --- the request as data ---------------------------------------------------------------------------------
@@ -109,7 +136,7 @@ def gpu_request(job: Job, options: LaunchOptions) -> str:
 
 def quote(job: Job, options: LaunchOptions) -> cost.Quote:
     gpu = choose_gpu(job, options)
-    return cost.Quote(gpu, PRICES[gpu], gpus=gpu_count(job), source=PRICE_SOURCE)
+    return cost.Quote(gpu, PRICES[gpu], gpus=gpu_count(job), source=PRICE_SOURCES.get(gpu, PRICE_SOURCE))
 
 
 def timeout_s(job: Job, options: LaunchOptions) -> int:
@@ -119,6 +146,28 @@ def timeout_s(job: Job, options: LaunchOptions) -> int:
     hours = cost.hour_limit(options.max_hours, job.plan.resources.time_limit_hours, options.max_cost,
                             quote(job, options))
     return max(60, min(MAX_TIMEOUT_S, int(hours * 3600)))
+
+
+def split_timeouts(limit_s: int) -> dict[str, int]:
+    """The ModalSpec timeouts of a run whose orchestrator runs a cache pass, then the trainings: the run's limit
+    (--max-hours, the preset's time_limit_hours or what --max-cost buys) shared by the two, so that a training
+    never outlives the orchestrator waiting for it and --max-cost holds for cache pass + trainings together."""
+    budget = min(limit_s, MAX_TIMEOUT_S - WAVES * (STARTUP_TIMEOUT_S + QUEUE_ALLOWANCE_S))
+    cache = max(60, min(CACHE_MAX_S, budget // CACHE_SHARE))
+    return {"cache_timeout_s": cache, "timeout_s": max(60, budget - cache), "startup_timeout_s": STARTUP_TIMEOUT_S,
+            "orchestrator_timeout_s": MAX_TIMEOUT_S}
+
+
+def timeout_note(spec: ModalSpec) -> str:
+    """The dry run's account of the timeouts."""
+    if spec.orchestrator_timeout_s is None:
+        return f"{spec.timeout_s / 3600:g} h for the run (Modal's timeout of its one function)"
+    hours = lambda s: f"{s / 3600:.4g} h"  # noqa: E731
+    return (f"cache pass {hours(spec.cache_timeout_s)} + trainings {hours(spec.timeout_s)} = "
+            f"{hours(spec.cache_timeout_s + spec.timeout_s)}, within the run's limit (--max-hours, the preset's "
+            f"time_limit_hours or --max-cost); the {spec.orchestrator} orchestrator waits at most "
+            f"{hours(spec.orchestrator_timeout_s)} (Modal's maximum), which leaves {WAVES} x "
+            f"({spec.startup_timeout_s // 60} min start-up + {QUEUE_ALLOWANCE_S // 60} min GPU queue)")
 
 
 def image_ref(job: Job, options: LaunchOptions) -> str:
@@ -163,10 +212,12 @@ def modal_spec(job: Job, options: LaunchOptions) -> ModalSpec:
     files = dataset_files(options.dataset, job)
     volumes = {DATASETS_MOUNT: DATASETS_VOLUME, CACHE_MOUNT: options.cache_volume or f"lora-gym-cache-{family}",
                OUTPUTS_MOUNT: OUTPUTS_VOLUME}
+    calls, limit = stage_calls(job, run_id, preset), timeout_s(job, options)
+    timeouts = split_timeouts(limit) if len(calls) > 1 else {"timeout_s": limit}
     return ModalSpec(run_id=run_id, image=image_ref(job, options), gpu=gpu_request(job, options),
                      memory_mib=job.plan.resources.host_memory_gb * 1024 or None,
-                     timeout_s=timeout_s(job, options), volumes=volumes, secrets=secret_names(),
-                     calls=stage_calls(job, run_id, preset), dataset={rel: sha for rel, (sha, _) in files.items()},
+                     volumes=volumes, secrets=secret_names(), **timeouts,
+                     calls=calls, dataset={rel: sha for rel, (sha, _) in files.items()},
                      preset_toml=Path(origin).read_text(encoding="utf-8") if is_file else None,
                      registry_secret=os.environ.get(REGISTRY_SECRET_ENV) or None,
                      sizes={sha: size for sha, size in files.values()})
@@ -177,17 +228,30 @@ def render(spec: ModalSpec) -> str:
     return json.dumps(spec_data(spec), indent=2)
 
 
+def top_call(spec: ModalSpec) -> str:
+    """The run's one top-level call (modal_app.spawn), as the dry run shows it."""
+    args = "dataset, preset_toml, volumes"
+    if len(spec.calls) == 1:
+        return f"{spec.calls[0].function}.spawn(env, {args})"
+    if spec.orchestrator == "both":
+        return (f"both.spawn([(cache, env), (train_high, env), (train_low, env)], {args}): cache, then train_high "
+                "and train_low at once")
+    caches = sum(c.function == "cache" for c in spec.calls)
+    return (f"sweep.spawn([{caches} x (cache, env), {len(spec.calls) - caches} x (train, env)], {args}): the cache "
+            "passes, then every training at once")
+
+
 def spec_data(spec: ModalSpec) -> dict:
     data = asdict(spec)
     data.pop("sizes")
     data["dataset"] = {"volume_path": f"{DATASETS_MOUNT}/{BLOBS}/<sha256>", "files": len(spec.dataset),
                        "bytes": sum(spec.sizes.values()), "listing": spec.dataset}
     data["preset_toml"] = f"<{len(spec.preset_toml)} characters>" if spec.preset_toml else None
-    top = "train.spawn(env, dataset, preset_toml)" if len(spec.calls) == 1 else (
-        "both.spawn([(cache, env), (train_high, env), (train_low, env)], dataset, preset_toml): cache, then "
-        "train_high and train_low at once")
     data["platform_calls"] = [f"Volume.from_name({DATASETS_VOLUME!r}).batch_upload(): missing files only",
-                              f"App({spec.app_name!r}).run(detach=True)", top]
+                              f"App({spec.app_name!r}).run(detach=True)", top_call(spec)]
+    data["in_each_stage"] = (f"Volume.reload() of its volumes, the entrypoint, Volume.commit() of {CACHE_MOUNT} and "
+                             f"{OUTPUTS_MOUNT} before it returns")
+    data["timeouts"] = timeout_note(spec)
     return data
 
 

@@ -1,7 +1,8 @@
 """A sweep on Modal: one app, one `sweep` orchestrator call (CPU) that runs the cache passes, then spawns every
 training at once, each on its own GPU (modal_app.sweep). The request is launcher/backends/modal_backend.py's
-ModalSpec, so the image, volumes, secrets (by name) and dataset upload are those of `launcher run`; each call
-writes its ordinary run folder /output/<run id> on the outputs volume, which `status` and `pull` read."""
+ModalSpec, so the image, volumes, secrets (by name), dataset upload, the stages' volume commits and the split of
+the time limit (modal_backend.split_timeouts) are those of `launcher run --expert both`; each call writes its
+ordinary run folder /output/<run id> on the outputs volume, which `status` and `pull` read."""
 
 from __future__ import annotations
 
@@ -46,18 +47,17 @@ def spec(sweep: Sweep, options: LaunchOptions) -> modal_backend.ModalSpec:
     first = sweep.trainings[0].job
     calls = [modal_backend.Call("cache", call_env(c.job, c.run_id, "cache")) for c in sweep.caches]
     calls += [modal_backend.Call("train", call_env(t.job, t.run_id, "train")) for t in sweep.trainings]
-    base = modal_backend.modal_spec(first, dataclasses.replace(options, gpu_type=gpu(sweep, options)))
+    one = dataclasses.replace(options, gpu_type=gpu(sweep, options))
+    base = modal_backend.modal_spec(first, one)
     memory = max(t.job.plan.resources.host_memory_gb for t in sweep.trainings) * 1024 or None
+    # One run's limit, shared by its cache pass and its training (the trainings all run at once).
+    timeouts = modal_backend.split_timeouts(modal_backend.timeout_s(first, one))
     return dataclasses.replace(base, run_id=sweep.sweep_id, calls=tuple(calls), orchestrator="sweep",
-                               memory_mib=memory)
+                               memory_mib=memory, **timeouts)
 
 
 def dry_run(sweep: Sweep, options: LaunchOptions) -> str:
-    request = spec(sweep, options)
-    data = modal_backend.spec_data(request)
-    data["platform_calls"][-1] = (f"sweep.spawn([{len(sweep.caches)} x (cache, env), {len(sweep.trainings)} x "
-                                  "(train, env)], dataset, preset_toml): the cache passes, then every training at once")
-    return json.dumps(data, indent=2)
+    return json.dumps(modal_backend.spec_data(spec(sweep, options)), indent=2)
 
 
 def quotes(sweep: Sweep, options: LaunchOptions) -> tuple[list[cost.Quote], cost.Quote]:
