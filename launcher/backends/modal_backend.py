@@ -53,8 +53,8 @@ REGISTRY_SECRET_ENV = "LORA_GYM_MODAL_REGISTRY_SECRET"  # secret with REGISTRY_U
 PRICE_SOURCE = "modal.com/pricing 2026-05-07"  # H100, A100-80GB, L40S, L4: as listed that day, quoted with the
 # per-second figures by techbytes.app's "Serverless GPU Pricing Matrix" (found with the search tool on
 # 2026-11-24; modal.com itself was not reachable from here).
-PRICE_SOURCES = {"A10": "modal.com/pricing as last seen in 2025 (as A10G, $0.000306/s), not verified for 2026",
-                 "H200": "modal.com/pricing as last seen in 2025 ($0.001261/s), not verified for 2026"}
+PRICE_SOURCES = {"A10": "modal.com/pricing as last seen in 2025 (then named A10G), not verified for 2026",
+                 "H200": "modal.com/pricing as last seen in 2025, not verified for 2026"}
 PRICES = {"H100": 3.9492, "A100-80GB": 2.4984, "L40S": 1.9512, "L4": 0.7992, "A10": 1.1016, "H200": 4.5396}
 GPU_MEMORY_GB = {"H100": 80, "A100-80GB": 80, "H200": 141, "L40S": 48, "L4": 24, "A10": 24}
 # Per preset GPU class (resources.gpu_memory_gb), the smallest class that fits. 80 GB: H100 over the cheaper
@@ -161,13 +161,16 @@ def split_timeouts(limit_s: int) -> dict[str, int]:
 def timeout_note(spec: ModalSpec) -> str:
     """The dry run's account of the timeouts."""
     if spec.orchestrator_timeout_s is None:
-        return f"{spec.timeout_s / 3600:g} h for the run (Modal's timeout of its one function)"
-    hours = lambda s: f"{s / 3600:.4g} h"  # noqa: E731
-    return (f"cache pass {hours(spec.cache_timeout_s)} + trainings {hours(spec.timeout_s)} = "
-            f"{hours(spec.cache_timeout_s + spec.timeout_s)}, within the run's limit (--max-hours, the preset's "
+        return f"{_hours(spec.timeout_s)} for the run (Modal's timeout of its one function)"
+    return (f"cache pass {_hours(spec.cache_timeout_s)} + trainings {_hours(spec.timeout_s)} = "
+            f"{_hours(spec.cache_timeout_s + spec.timeout_s)}, within the run's limit (--max-hours, the preset's "
             f"time_limit_hours or --max-cost); the {spec.orchestrator} orchestrator waits at most "
-            f"{hours(spec.orchestrator_timeout_s)} (Modal's maximum), which leaves {WAVES} x "
+            f"{_hours(spec.orchestrator_timeout_s)} (Modal's maximum), which leaves {WAVES} x "
             f"({spec.startup_timeout_s // 60} min start-up + {QUEUE_ALLOWANCE_S // 60} min GPU queue)")
+
+
+def _hours(seconds: int) -> str:
+    return f"{seconds / 3600:.4g} h"
 
 
 def image_ref(job: Job, options: LaunchOptions) -> str:
