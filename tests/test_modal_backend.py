@@ -99,52 +99,6 @@ def test_timeout_is_the_tightest_limit_within_24_hours():
         modal_backend.timeout_s(*job_and_options(max_hours=30))
 
 
-@pytest.mark.parametrize("limits", [{}, {"max_hours": 5}, {"max_hours": 0.5}, {"max_cost": 30.0}])
-def test_both_shares_the_runs_limit_between_cache_and_trainings(limits):
-    """The orchestrator waits for the cache pass and then the trainings (plus their queueing and start-ups, which
-    Modal's timeouts do not count): cache + training must fit in its 24 h, and in the run's own limit."""
-    job, options = job_and_options(expert="both", **limits)
-    limit = modal_backend.timeout_s(job, options)
-    spec = modal_backend.modal_spec(job, options)
-    assert spec.cache_timeout_s + spec.timeout_s <= limit
-    waits = modal_backend.WAVES * (spec.startup_timeout_s + modal_backend.QUEUE_ALLOWANCE_S)
-    assert spec.cache_timeout_s + spec.timeout_s + waits <= spec.orchestrator_timeout_s <= modal_app.MAX_TIMEOUT_S
-    assert spec.cache_timeout_s >= 60 and spec.timeout_s >= spec.cache_timeout_s
-    job, options = job_and_options(**limits)  # without an orchestrator the one function has the whole limit
-    single = modal_backend.modal_spec(job, options)
-    assert (single.timeout_s, single.cache_timeout_s, single.orchestrator_timeout_s) == (
-        modal_backend.timeout_s(job, options), None, None)
-
-
-def test_max_cost_holds_for_cache_pass_and_trainings_together():
-    job, options = job_and_options(expert="both", max_cost=20.0)
-    spec, price = modal_backend.modal_spec(job, options), modal_backend.PRICES["H100"]
-    # the cache pass on one GPU, then two experts on one GPU each, every function to its timeout
-    assert spec.cache_timeout_s * price + spec.timeout_s * 2 * price <= 20.0 * 3600
-
-
-def test_functions_are_registered_with_the_split_timeouts(monkeypatch):
-    registered = {}
-    original = modal.App.function
-
-    def record(self, **kwargs):
-        def register(fn):
-            registered[fn.__name__] = kwargs
-            return original(self, **kwargs)(fn)
-        return register
-
-    monkeypatch.setattr(modal.App, "function", record)
-    spec = spec_for(expert="both")
-    modal_app.build(spec)
-    assert registered["cache"]["timeout"] == spec.cache_timeout_s
-    assert registered["train_high"]["timeout"] == registered["train_low"]["timeout"] == spec.timeout_s
-    assert registered["train_high"]["startup_timeout"] == modal_backend.STARTUP_TIMEOUT_S
-    assert registered["both"]["timeout"] == modal_app.MAX_TIMEOUT_S and "volumes" not in registered["both"]
-    registered.clear()
-    modal_app.build(spec_for(max_hours=5))
-    assert registered["train"]["timeout"] == 5 * 3600 and registered["train"]["startup_timeout"] is None
-
-
 def test_quote_uses_the_price_table_and_two_gpus_for_both():
     job, options = job_and_options(expert="both")
     q = modal_backend.ModalBackend().quote(job, options)

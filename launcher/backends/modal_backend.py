@@ -32,6 +32,7 @@ from pathlib import Path
 from launcher import cost
 from launcher.backends import Capabilities, LaunchOptions, labels
 from launcher.backends.modal_app import BLOBS, CACHE_MOUNT, DATASETS_MOUNT, MAX_TIMEOUT_S, OUTPUTS_MOUNT, WORK_DIR
+from launcher.backends.modal_timeouts import split_timeouts, timeout_note
 from launcher.core.dataset import CAPTION_EXTENSION, file_sha256
 from launcher.core.errors import UserError
 from launcher.core.inputs import inside
@@ -62,18 +63,6 @@ GPU_MEMORY_GB = {"H100": 80, "A100-80GB": 80, "H200": 141, "L40S": 48, "L4": 24,
 DEFAULT_GPU = ((24, "L4"), (48, "L40S"), (80, "H100"), (141, "H200"))
 FIRST_LINES = 10
 FIRST_LINES_WAIT_S = 90.0  # a cold start pulls the image: wait this long (between lines) for the first ones
-
-# Timeouts of a run with an orchestrator (`both`, sweeps). modal.com/docs/guide/timeouts: a Function's timeout
-# measures its execution only, "not ... scheduling time", and `startup_timeout` bounds the container's start-up
-# (unset, the timeout bounds it). The orchestrator's execution is its waiting: it spans its stages' queueing,
-# start-ups and executions, and Modal caps it at 24 h like any function. So the run's limit is split, never
-# stretched: cache pass + training fit in it, and with two waves of start-up and queueing in the 24 h.
-STARTUP_TIMEOUT_S = 20 * 60  # a stage container's start-up (the image is built before the app runs)
-QUEUE_ALLOWANCE_S = 10 * 60  # what a wave may wait for its GPUs: an allowance, Modal bounds queueing with nothing
-WAVES = 2  # the cache pass(es), then the trainings
-CACHE_SHARE = 4  # the cache pass gets a quarter of the run's time ...
-CACHE_MAX_S = 3 * 3600  # ... at most 3 h (latents and text of a LoRA dataset: minutes on one GPU)
-
 
 @dataclass(frozen=True)
 class Call:
@@ -146,31 +135,6 @@ def timeout_s(job: Job, options: LaunchOptions) -> int:
     hours = cost.hour_limit(options.max_hours, job.plan.resources.time_limit_hours, options.max_cost,
                             quote(job, options))
     return max(60, min(MAX_TIMEOUT_S, int(hours * 3600)))
-
-
-def split_timeouts(limit_s: int) -> dict[str, int]:
-    """The ModalSpec timeouts of a run whose orchestrator runs a cache pass, then the trainings: the run's limit
-    (--max-hours, the preset's time_limit_hours or what --max-cost buys) shared by the two, so that a training
-    never outlives the orchestrator waiting for it and --max-cost holds for cache pass + trainings together."""
-    budget = min(limit_s, MAX_TIMEOUT_S - WAVES * (STARTUP_TIMEOUT_S + QUEUE_ALLOWANCE_S))
-    cache = max(60, min(CACHE_MAX_S, budget // CACHE_SHARE))
-    return {"cache_timeout_s": cache, "timeout_s": max(60, budget - cache), "startup_timeout_s": STARTUP_TIMEOUT_S,
-            "orchestrator_timeout_s": MAX_TIMEOUT_S}
-
-
-def timeout_note(spec: ModalSpec) -> str:
-    """The dry run's account of the timeouts."""
-    if spec.orchestrator_timeout_s is None:
-        return f"{_hours(spec.timeout_s)} for the run (Modal's timeout of its one function)"
-    return (f"cache pass {_hours(spec.cache_timeout_s)} + trainings {_hours(spec.timeout_s)} = "
-            f"{_hours(spec.cache_timeout_s + spec.timeout_s)}, within the run's limit (--max-hours, the preset's "
-            f"time_limit_hours or --max-cost); the {spec.orchestrator} orchestrator waits at most "
-            f"{_hours(spec.orchestrator_timeout_s)} (Modal's maximum), which leaves {WAVES} x "
-            f"({spec.startup_timeout_s // 60} min start-up + {QUEUE_ALLOWANCE_S // 60} min GPU queue)")
-
-
-def _hours(seconds: int) -> str:
-    return f"{seconds / 3600:.4g} h"
 
 
 def image_ref(job: Job, options: LaunchOptions) -> str:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from launcher import cost
-from launcher.backends import LaunchOptions, modal_backend
+from launcher.backends import LaunchOptions, modal_backend, modal_timeouts
 from launcher.backends.modal_app import CACHE_MOUNT, OUTPUTS_MOUNT, WORK_DIR
 from launcher.core.errors import UserError
 from launcher.core.job import Job
@@ -51,7 +51,7 @@ def spec(sweep: Sweep, options: LaunchOptions) -> modal_backend.ModalSpec:
     base = modal_backend.modal_spec(first, one)
     memory = max(t.job.plan.resources.host_memory_gb for t in sweep.trainings) * 1024 or None
     # One run's limit, shared by its cache pass and its training (the trainings all run at once).
-    timeouts = modal_backend.split_timeouts(modal_backend.timeout_s(first, one))
+    timeouts = modal_timeouts.split_timeouts(modal_backend.timeout_s(first, one))
     return dataclasses.replace(base, run_id=sweep.sweep_id, calls=tuple(calls), orchestrator="sweep",
                                memory_mib=memory, **timeouts)
 
