@@ -78,7 +78,7 @@ def _create(path: Path, owner: dict) -> bool:
     return True
 
 
-def _read(path: Path) -> dict | None:
+def read_owner(path: Path) -> dict | None:
     """The holder, {} while it is being written (or was cut short), None once the lock is gone."""
     try:
         return json.loads(path.read_text())
@@ -120,7 +120,7 @@ def _break(path: Path, token: str | None) -> None:
                 guard.unlink()
         return
     try:
-        if (_read(path) or {}).get("token") == token:
+        if (read_owner(path) or {}).get("token") == token:
             path.unlink(missing_ok=True)
     finally:
         guard.unlink(missing_ok=True)
@@ -140,10 +140,14 @@ class Lock:
             with contextlib.suppress(OSError):
                 os.utime(self.path)
 
+    def intact(self) -> bool:
+        """Whether the lock is still ours: no waiter judged it stale, broke it and took it."""
+        return (read_owner(self.path) or {}).get("token") == self.owner["token"]
+
     def release(self) -> None:
         self._done.set()
         self._beat.join()
-        if (_read(self.path) or {}).get("token") == self.owner["token"]:  # not if it was broken and taken
+        if self.intact():  # not if it was broken and taken
             self.path.unlink(missing_ok=True)
 
 
@@ -155,7 +159,7 @@ def acquire(path: str | Path, owner: dict, stale_after: float, log: Callable[[st
     started = time.monotonic()
     reported = None
     while not _create(path, owner):
-        holder = _read(path)
+        holder = read_owner(path)
         if holder is None:
             continue
         if is_stale(path, holder, stale_after):

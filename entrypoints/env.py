@@ -42,6 +42,9 @@ VARS = (
         "(their caches must exist)."),
     Var("LORA_GYM_LOCK_TIMEOUT", "21600", "Seconds after which a cache lock whose holder stopped renewing it "
         "(every 30 s) is broken."),
+    Var("LORA_GYM_CACHE_LOCK", "file", "`file`: a cache step waits for another run caching the same inputs (a lock "
+        "file made by an exclusive create); `none`: no lock, for storage where it is not atomic (Modal volumes, "
+        "bucket mounts). Either way cache files land whole."),
     Var("LORA_GYM_MAX_HOURS", "", "Stop the run (as with SIGTERM) after this many hours; empty: no limit."),
     Var("LORA_GYM_TERMINATE_POD", "0", "`1` (RunPod): terminate this pod (RUNPOD_POD_ID) when the job ends, "
         "whatever its outcome."),
@@ -51,6 +54,7 @@ VARS = (
 )
 DEFAULTS = {v.name: v.default for v in VARS}
 STAGES = ("all", "cache", "train")
+CACHE_LOCKS = ("file", "none")
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off", "")
 # Beyond these a value is a typo: a 30-day run, a lock nobody renewed for 30 days.
@@ -73,6 +77,7 @@ class Settings:
     stage: str = "all"
     lock_timeout: float = 21600.0
     weights_layout: str = ""
+    cache_lock: str = "file"
 
 
 def _flag(name: str, value: str) -> bool:
@@ -91,6 +96,13 @@ def _overrides(value: str) -> tuple[str, ...]:
 def _stage(value: str) -> str:
     if value not in STAGES:
         raise UserError(f"LORA_GYM_STAGE={value!r} is not a stage: use all, cache or train")
+    return value
+
+
+def _cache_lock(value: str) -> str:
+    if value not in CACHE_LOCKS:
+        raise UserError(f"LORA_GYM_CACHE_LOCK={value!r} is not a lock kind: use file, or none where the cache "
+                        "volume has no atomic exclusive create")
     return value
 
 
@@ -139,4 +151,5 @@ def read(environ: Mapping[str, str], tensorboard: bool) -> Settings:
                     get["LORA_GYM_DATASET_DIR"], paths, get["LORA_GYM_WEIGHTS_LOCK"], flavor == "slim",
                     get["LORA_GYM_IMAGE_LABELS"], _run_id(get["LORA_GYM_RUN_ID"]),
                     _flag("LORA_GYM_DRY_RUN", get["LORA_GYM_DRY_RUN"]), _stage(get["LORA_GYM_STAGE"]),
-                    _seconds("LORA_GYM_LOCK_TIMEOUT", get["LORA_GYM_LOCK_TIMEOUT"]), get["LORA_GYM_WEIGHTS_LAYOUT"])
+                    _seconds("LORA_GYM_LOCK_TIMEOUT", get["LORA_GYM_LOCK_TIMEOUT"]), get["LORA_GYM_WEIGHTS_LAYOUT"],
+                    _cache_lock(get["LORA_GYM_CACHE_LOCK"]))

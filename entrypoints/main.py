@@ -6,8 +6,10 @@ of the first failing step (128+N when a step died by signal N).
 
 A run folder named again by LORA_GYM_RUN_ID after an unfinished attempt continues (rundir.py): cache and
 merge steps skip through their markers, finished trainings skip, an interrupted one resumes from its newest
-complete saved state (resume.py). Cache steps hold a lock per cache folder (cachelock.py), so containers
-that share the cache volume never write one folder at once.
+complete saved state (resume.py). A cache step writes into a staging folder of its own and publishes its
+files whole into the content-keyed folder, markers last (cacheshare.py), so runs sharing a cache volume never
+see or make a partial entry; where the volume has an atomic exclusive create, a lock per cache folder
+(cachelock.py) also keeps two runs from computing one entry twice.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
-import json
 import os
 import signal
 import sys
@@ -27,7 +28,7 @@ from launcher.core.errors import INPUT_ERRORS, UserError, input_problem, report
 from launcher.core.inputs import creatable_dir
 from launcher.core.job import Job, prepare, read_lock
 from launcher.core.plan import Step
-from lora_gym_entrypoint import cachelock, env, oom, pod, resume, rundir, samples
+from lora_gym_entrypoint import cachelock, cacheshare, env, oom, pod, resume, rundir, samples
 from lora_gym_entrypoint.manifest import Manifest, now
 from lora_gym_entrypoint.progress import ProgressFile
 from lora_gym_entrypoint.runner import format_argv, run_step
@@ -77,7 +78,7 @@ class Stop:
 
 
 def _done(step: Step) -> bool:
-    return all(Path(m).is_file() for m in step.markers)
+    return cacheshare.done(step.markers)
 
 
 def stage_steps(steps: Sequence[Step], stage: str, optional: frozenset[str] = frozenset()) -> tuple[Step, ...]:
@@ -94,12 +95,6 @@ def stage_steps(steps: Sequence[Step], stage: str, optional: frozenset[str] = fr
                             "first with the same preset, expert, overrides, dataset and cache volume")
         return tuple(step for step in steps if not step.markers or step.name in optional)
     return tuple(steps)
-
-
-def _write_markers(markers) -> None:
-    for marker in markers:
-        Path(marker).parent.mkdir(parents=True, exist_ok=True)
-        Path(marker).write_text(json.dumps({"at": now()}) + "\n")
 
 
 @dataclass
@@ -163,17 +158,26 @@ def cache_lock(cache_root: str, folder: str) -> Path:
     return Path(cache_root) / "locks" / f"{hashlib.sha256(folder.encode()).hexdigest()[:16]}.lock"
 
 
+def _folder_locks(ctx: Context, step: Step):
+    folders = {str(Path(marker).parent) for marker in step.markers}
+    locks = [cache_lock(ctx.settings.paths.cache, folder) for folder in folders]
+    return cachelock.held(locks, ctx.owner, ctx.settings.lock_timeout, log, ctx.stopping)
+
+
 def run_cache_step(ctx: Context, step: Step) -> int:
     if _done(step):
         return _skip(ctx, step, "its output for these inputs is already cached")
-    folders = {str(Path(marker).parent) for marker in step.markers}
-    locks = [cache_lock(ctx.settings.paths.cache, folder) for folder in folders]
-    with cachelock.held(locks, ctx.owner, ctx.settings.lock_timeout, log, ctx.stopping):
-        if _done(step):  # another container made it while we waited
+    # The lock only saves duplicate work; staging and publishing keep the entries whole without it.
+    locked = ctx.settings.cache_lock == "file"
+    with _folder_locks(ctx, step) if locked else contextlib.nullcontext():
+        if locked and _done(step):  # another container made it while we waited
             return _skip(ctx, step, "another run cached these inputs while this one waited")
-        code = execute(ctx, step.name, step.argv)
-        if code == 0:
-            _write_markers(step.markers)  # only a complete, uninterrupted step makes its cache valid
+        attempt = f"{ctx.job.plan.run_id}-{ctx.owner['token'][:8]}"
+        with cacheshare.staging(step, ctx.settings.paths.cache, attempt, ctx.owner, ctx.settings.lock_timeout,
+                                log) as stage:
+            code = execute(ctx, step.name, stage.argv)
+            if code == 0:
+                stage.publish()  # only a complete, uninterrupted step makes its cache valid
         return code
 
 

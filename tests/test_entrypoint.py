@@ -204,8 +204,9 @@ def test_bad_environment_is_a_one_line_error(box):
 @pytest.mark.parametrize("extra, message", [
     ({"LORA_GYM_STAGE": "caches"}, "error: LORA_GYM_STAGE='caches' is not a stage: use all, cache or train"),
     ({"LORA_GYM_LOCK_TIMEOUT": "6h"}, "error: LORA_GYM_LOCK_TIMEOUT='6h' is not a number of seconds above 0"),
+    ({"LORA_GYM_CACHE_LOCK": "flock"}, "error: LORA_GYM_CACHE_LOCK='flock' is not a lock kind: use file, or none"),
 ])
-def test_bad_stage_or_lock_timeout_is_a_one_line_error(box, extra, message):
+def test_bad_stage_or_lock_setting_is_a_one_line_error(box, extra, message):
     result = box.run(box.env("wan21-t2v-14b", **extra))
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert result.stderr.startswith(message)

@@ -12,7 +12,6 @@ import os
 import signal
 import sys
 import time
-import tomllib
 from functools import partial
 from pathlib import Path
 
@@ -73,11 +72,6 @@ def start(script: str) -> list[str]:
     if os.environ.get("FAKE_MUSUBI_SLEEP"):  # long enough for two containers' steps to overlap
         time.sleep(float(os.environ["FAKE_MUSUBI_SLEEP"]))
     return args
-
-
-def cache_dirs(args) -> list[Path]:
-    config = tomllib.loads(Path(value(args, "--dataset_config")).read_text())
-    return [Path(d["cache_directory"]) for d in config["datasets"]]
 
 
 def progress(label: str) -> None:

@@ -9,6 +9,8 @@ Each optimizer step's lr is appended to $FAKE_MUSUBI_LR_LOG as {"output_name", "
 With WORLD_SIZE=N (accelerate's data-parallel launch) it does what musubi's rank 0 does: ceil(batches / N)
 steps per epoch, a schedule of max_train_steps x N steps (musubi's get_lr_scheduler) stepped N times per
 optimizer step (accelerate's AcceleratedScheduler), and one random_states_<rank>.pkl per process in a state.
+It first reads the dataset's cache files as musubi's prepare_for_training does (_fake_cache.py) and says how
+many items it found; a cache file cut short fails it.
 FAKE_MUSUBI_STOP_AFTER_EPOCH=[<output_name>:]<n> kills the process (SIGKILL, like a preemption) after epoch
 n's saves; FAKE_MUSUBI_TORN_STATE=1 makes that epoch's state save stop halfway instead.
 """
@@ -22,6 +24,7 @@ from pathlib import Path
 
 if not __package__:  # run as a file, like the real scripts: make the package importable
     import _script_path  # noqa: F401
+from musubi_tuner import _fake_cache
 from musubi_tuner._fake_common import Scheduler, add_options, lr_lambda, start, value
 
 
@@ -92,6 +95,7 @@ def stop_after(name: str) -> int | None:
 def main():
     args = start("wan_train_network")
     assert Path(value(args, "--dit")).is_file(), "fake musubi: --dit does not exist"
+    print(f"fake musubi: {_fake_cache.training_items(value(args, '--dataset_config'))} cached items", flush=True)
     out, name = Path(value(args, "--output_dir")), value(args, "--output_name")
     out.mkdir(parents=True, exist_ok=True)
     epochs, every = int(value(args, "--max_train_epochs")), int(value(args, "--save_every_n_epochs") or 0)
