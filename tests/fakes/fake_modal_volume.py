@@ -96,11 +96,6 @@ class FakeModalVolume:
             shutil.copyfile(local, target)
         yield SimpleNamespace(put_file=put_file)
 
-    def read_file(self, path: str):
-        if not (self.committed / path).is_file():
-            raise NotFoundError(f"{path} not found")
-        yield (self.committed / path).read_bytes()
-
 
 class VolumeView:
     """A volume as one container sees it; what a modal.Volume handle acts on inside that container."""
