@@ -43,7 +43,11 @@ DATASETS_VOLUME = "lora-gym-datasets"
 OUTPUTS_VOLUME = "lora-gym-outputs"
 SECRETS_ENV = "LORA_GYM_MODAL_SECRETS"  # comma list of Modal secret names; default: the HF token's
 DEFAULT_SECRETS = "lora-gym-hf"  # `modal secret create lora-gym-hf HF_TOKEN=hf_...`
-REGISTRY_SECRET_ENV = "LORA_GYM_MODAL_REGISTRY_SECRET"  # secret with REGISTRY_USERNAME/REGISTRY_PASSWORD
+# A Modal secret for a private image, passed to Image.from_registry(secret=): the SDK reads the kind of login from
+# its keys (modal 1.6.4, modal/_image.py _infer_registry_auth_type): REGISTRY_USERNAME + REGISTRY_PASSWORD (GHCR,
+# Docker Hub, any other registry), AWS_ACCESS_KEY_ID + AWS_SECRET_ACCESS_KEY + AWS_REGION (ECR), or
+# SERVICE_ACCOUNT_JSON (GCP Artifact Registry); exactly one set.
+REGISTRY_SECRET_ENV = "LORA_GYM_MODAL_REGISTRY_SECRET"
 
 # Modal's GPU names: modal.com/docs/guide/gpu ("Specifying GPU type": T4, L4, A10, L40S, A100, A100-40GB,
 # A100-80GB, RTX-PRO-6000, H100/H100!, H200, B200/B200+). The SDK sends the string as is (modal 1.6.4,
