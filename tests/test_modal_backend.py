@@ -123,7 +123,7 @@ def test_single_run_env_and_volumes():
     (call,) = spec.calls
     assert call.env == {"LORA_GYM_PRESET": "wan22-t2v-lightning", "LORA_GYM_EXPERT": "high",
                         "LORA_GYM_DATASET_DIR": "/tmp/lora-gym/dataset", "LORA_GYM_CACHE_DIR": "/cache",
-                        "LORA_GYM_OUTPUT_DIR": "/output", "LORA_GYM_RUN_ID": "my-run"}
+                        "LORA_GYM_CACHE_LOCK": "none", "LORA_GYM_OUTPUT_DIR": "/output", "LORA_GYM_RUN_ID": "my-run"}
     assert spec.volumes == {"/datasets": "lora-gym-datasets", "/cache": "my-cache", "/output": "lora-gym-outputs"}
     assert len(spec.dataset) == 12 and all(len(sha) == 64 for sha in spec.dataset.values())
 

@@ -33,6 +33,11 @@ OUTPUTS_MOUNT = "/output"
 CACHE_MOUNT = "/cache"
 BLOBS = "by-sha256"
 WORK_DIR = "/tmp/lora-gym"  # container-local: the run's dataset listing and preset file
+# Every stage's paths, and no cache-folder lock: a Modal volume has no exclusive create across containers
+# ("nor is distributed file locking supported", modal/volume.py _Volume), so the entrypoint's cache steps rely
+# on staging and whole-file publishing instead (entrypoints/cacheshare.py).
+STAGE_ENV = {"LORA_GYM_DATASET_DIR": f"{WORK_DIR}/dataset", "LORA_GYM_CACHE_DIR": CACHE_MOUNT,
+             "LORA_GYM_CACHE_LOCK": "none"}
 MAX_TIMEOUT_S = 24 * 3600  # Modal's limit for one function execution
 ORCHESTRATOR_CPU = 0.25  # `both` only waits on the GPU calls
 WRITTEN_MOUNTS = (CACHE_MOUNT, OUTPUTS_MOUNT)  # what a stage writes (the datasets volume only the launcher does)

@@ -31,7 +31,15 @@ from pathlib import Path
 
 from launcher import cost
 from launcher.backends import Capabilities, LaunchOptions, labels
-from launcher.backends.modal_app import BLOBS, CACHE_MOUNT, DATASETS_MOUNT, MAX_TIMEOUT_S, OUTPUTS_MOUNT, WORK_DIR
+from launcher.backends.modal_app import (
+    BLOBS,
+    CACHE_MOUNT,
+    DATASETS_MOUNT,
+    MAX_TIMEOUT_S,
+    OUTPUTS_MOUNT,
+    STAGE_ENV,
+    WORK_DIR,
+)
 from launcher.backends.modal_timeouts import split_timeouts, timeout_note
 from launcher.core.dataset import CAPTION_EXTENSION, file_sha256
 from launcher.core.errors import UserError
@@ -161,7 +169,7 @@ def secret_names() -> tuple[str, ...]:
 
 
 def stage_calls(job: Job, run_id: str, preset: str) -> tuple[Call, ...]:
-    env = {"LORA_GYM_PRESET": preset, "LORA_GYM_DATASET_DIR": f"{WORK_DIR}/dataset", "LORA_GYM_CACHE_DIR": CACHE_MOUNT}
+    env = {"LORA_GYM_PRESET": preset, **STAGE_ENV}
     if job.loaded.overrides:
         env["LORA_GYM_SET"] = shlex.join(job.loaded.overrides)
     if job.plan.expert != "both":  # one call: the run folder is /output/<run id>

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from launcher import cost
 from launcher.backends import LaunchOptions, modal_backend, modal_timeouts
-from launcher.backends.modal_app import CACHE_MOUNT, OUTPUTS_MOUNT, WORK_DIR
+from launcher.backends.modal_app import OUTPUTS_MOUNT, STAGE_ENV, WORK_DIR
 from launcher.core.errors import UserError
 from launcher.core.job import Job
 from launcher.sweep import registry
@@ -25,8 +25,8 @@ def call_env(job: Job, run_id: str, stage: str) -> dict[str, str]:
     """The entrypoint's contract for one stage of one run: its own run folder, its own overrides."""
     origin = job.loaded.origin  # a preset file travels as text to where modal_backend.modal_spec puts it
     preset = f"{WORK_DIR}/presets/{Path(origin).stem}.toml" if Path(origin).is_file() else origin
-    env = {"LORA_GYM_PRESET": preset, "LORA_GYM_DATASET_DIR": f"{WORK_DIR}/dataset", "LORA_GYM_CACHE_DIR": CACHE_MOUNT,
-           "LORA_GYM_OUTPUT_DIR": OUTPUTS_MOUNT, "LORA_GYM_RUN_ID": run_id, "LORA_GYM_STAGE": stage}
+    env = {"LORA_GYM_PRESET": preset, **STAGE_ENV, "LORA_GYM_OUTPUT_DIR": OUTPUTS_MOUNT, "LORA_GYM_RUN_ID": run_id,
+           "LORA_GYM_STAGE": stage}
     if job.plan.expert:
         env["LORA_GYM_EXPERT"] = job.plan.expert
     if job.loaded.overrides:
