@@ -3,7 +3,7 @@
 RunPod restarts a container whose process exits, so a finished job would start over and keep billing: the
 entrypoint ends its own pod instead, on success and on failure. The hour limit (LORA_GYM_MAX_HOURS) runs here,
 in the pod, so it holds with the user's laptop closed. How a pod ends itself, from RunPod's documents
-(github.com/runpod/docs) and runpodctl's source (github.com/runpod/runpodctl):
+(github.com/runpod/docs) and runpodctl's source (github.com/runpod/runpodctl, 2e2df89):
 - RunPod sets RUNPOD_POD_ID and RUNPOD_API_KEY, a "Pod-scoped API key", in every pod
   (pods/templates/environment-variables.mdx), for managing it from inside (get-started/connect-to-runpod.mdx);
 - pods/manage-pods.mdx terminates a pod with `runpodctl pod delete $RUNPOD_POD_ID` or REST v1
@@ -11,9 +11,10 @@ in the pod, so it holds with the user's laptop closed. How a pod ends itself, fr
   `sleep 2h; runpodctl pod stop $RUNPOD_POD_ID &`; runpodctl sends those v1 requests with
   `Authorization: Bearer $RUNPOD_API_KEY` (internal/api/pods.go DeletePod, internal/api/client.go,
   internal/configenv/configenv.go);
-- REST v1 is retired on 2026-11-15 (api-reference/overview.mdx). The migration guide maps the v1 delete to
-  `DELETE /v2/pods/{id}` and the v1 stop to `POST /v2/pods/{id}/action {"action": "stop"}`, with keys and
-  scopes unchanged (api-reference-v2/migrate-from-v1.mdx).
+- REST v1 is retired on 2026-11-15 (api-reference/overview.mdx at runpod/docs a900806, 2026-08-20; 2026-12-01
+  in the commit before), so neither it nor the runpodctl that calls it can be relied on since. The migration
+  guide maps the v1 delete to `DELETE /v2/pods/{id}` and the v1 stop to `POST /v2/pods/{id}/action
+  {"action": "stop"}`, with keys and scopes unchanged (api-reference-v2/migrate-from-v1.mdx).
 So the pod terminates itself with the v2 DELETE. The docs never say what a pod-scoped key may do; should RunPod
 refuse it the terminate (401/403), the pod stops itself instead, as the docs' in-pod example does: a stopped
 pod bills no GPU, and the network volume keeps the run folder.
