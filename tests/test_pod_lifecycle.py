@@ -31,8 +31,17 @@ def test_pod_terminates_itself_on_success_and_failure(pod, extra, code):
     box.stock_weights("wan21-t2v-14b")
     result = box.run(pod_env(fake, box, **extra))
     assert result.returncode == code, result.stderr
-    assert fake.pods["pod9"]["status"] == "TERMINATED"
+    assert fake.endings == [("pod9", "terminate", "pod key")] and fake.pods["pod9"]["status"] == "TERMINATED"
     assert fake.pod_key("pod9") not in result.stdout + result.stderr
+
+
+def test_a_pod_whose_key_may_not_terminate_stops_itself(pod):
+    fake, box = pod  # RunPod's docs never say whether a pod-scoped key may terminate; they show it stopping
+    fake.pod_keys_may = {"stop"}
+    box.stock_weights("wan21-t2v-14b")
+    result = box.run(pod_env(fake, box))
+    assert result.returncode == 0, result.stderr
+    assert fake.endings == [("pod9", "stop", "pod key")] and fake.pods["pod9"]["status"] == "EXITED"
 
 
 def test_pod_terminates_itself_after_bad_input(pod):
