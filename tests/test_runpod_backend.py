@@ -483,14 +483,6 @@ def test_a_pod_key_that_may_not_terminate_stops_the_pod_instead(fake, capsys):
     assert fake.pods["p2"]["status"] == "RUNNING" and len(fake.endings) == 1
 
 
-def test_a_pod_key_ends_only_its_own_pod(fake):
-    fake.add_pod("p1")
-    fake.add_pod("p2")
-    env = {"RUNPOD_POD_ID": "p2", "RUNPOD_API_KEY": fake.pod_key("p1"), "RUNPOD_API_BASE_URL": fake.url}
-    assert pod_side.terminate_own_pod(env, sleep=lambda s: None) is False  # the fake holds a pod key to its pod
-    assert {p["status"] for p in fake.pods.values()} == {"RUNNING"}
-
-
 def test_the_deadline_fires_and_can_be_cancelled():
     fired = threading.Event()
     timer = pod_side.start_deadline(0.2 / 3600, fired.set)
