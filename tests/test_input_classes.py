@@ -169,7 +169,7 @@ CASES = [
          write("/out", "x"), env=entry_env(LORA_GYM_DRY_RUN="0", LORA_GYM_OUTPUT_DIR="{tmp}/out")),
     Case("paths", "cache dir is a file", None, ("LORA_GYM_CACHE_DIR", "is a file"),
          write("/cache", "x"), env=entry_env(LORA_GYM_DRY_RUN="0", LORA_GYM_CACHE_DIR="{tmp}/cache")),
-    Case("paths", "output dir under a file", None, ("LORA_GYM_OUTPUT_DIR cannot be created in", "afile"),
+    Case("paths", "output dir under a file", None, ("LORA_GYM_OUTPUT_DIR", "cannot be created", "afile"),
          write("/afile", "x"), env=entry_env(LORA_GYM_DRY_RUN="0", LORA_GYM_OUTPUT_DIR="{tmp}/afile/out")),
     Case("paths", "status ../x", ["status", "../escape"], ("'../escape' is not a run id",)),
     Case("paths", "cache volume ../x", [*DRY, "--backend", "local", "--output", "{tmp}/out", "--cache-volume", "../x"],

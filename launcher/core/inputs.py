@@ -83,7 +83,11 @@ def creatable_dir(folder: Path, what: str) -> Path:
     ancestor = folder.parent
     while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
         ancestor = ancestor.parent
-    writable_dir(ancestor, f"{what} cannot be created in")
+    if not ancestor.is_dir():
+        raise UserError(f"{what} {folder} cannot be created: {ancestor} is a file, not a folder: give a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {folder} cannot be created: {ancestor} is not writable: fix its permissions or "
+                        "choose another folder")
     return folder
 
 

@@ -190,6 +190,7 @@ def write(path: str | Path, doc: dict, overwrite: bool = False) -> Path:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the image COPYs it, and a run with --user must read it
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
