@@ -40,7 +40,8 @@ def test_force_replaces_a_symlink_and_never_the_file_it_points_to(tmp_path):
 
 def _runpod_dry_json(capsys, *extra: str) -> dict:
     code = launcher_main(["run", "--dry-run", "--format", "json", "--preset", "wan21-t2v-14b", "--dataset",
-                          str(EXAMPLE_DATASET), "--backend", "runpod", *extra])
+                          str(EXAMPLE_DATASET), "--backend", "runpod", "--image", "ghcr.io/you/lora-gym-wan21:0.1.0",
+                          *extra])
     out, err = capsys.readouterr()
     assert code == 0, err
     return json.loads(out), err
@@ -59,7 +60,7 @@ def test_max_hours_lowers_the_limit_quietly_and_raises_it_only_saying_so(capsys)
 @pytest.mark.parametrize("backend, extra, key", [
     ("local", ["--output", "OUT"], "argv"),
     ("modal", ["--image", "ghcr.io/you/lora-gym-wan21:0.1.0"], "calls"),
-    ("runpod", [], "pods"),
+    ("runpod", ["--image", "ghcr.io/you/lora-gym-wan21:0.1.0"], "pods"),
 ])
 def test_format_json_is_one_document_with_every_backend(backend, extra, key, tmp_path, capsys):
     extra = [str(tmp_path / "out") if e == "OUT" else e for e in extra]

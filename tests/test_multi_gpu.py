@@ -112,7 +112,8 @@ def test_cost_counts_every_gpu():
     spec = modal_backend.modal_spec(prepare("wan22-t2v-lightning", "high", TWO, EXAMPLE_DATASET), options)
     assert spec.gpu == "H100:2"  # Modal's form for several GPUs in one container
     job = prepare("wan21-t2v-1.3b", None, TWO, EXAMPLE_DATASET)
-    data = runpod.RunPodBackend().dry_run_data(job, LaunchOptions(dataset=str(EXAMPLE_DATASET)))
+    data = runpod.RunPodBackend().dry_run_data(job, LaunchOptions(dataset=str(EXAMPLE_DATASET),
+                                                                  image="ghcr.io/you/lora-gym-wan21:0.1.0"))
     assert data["pods"][0]["body"]["gpu"]["count"] == 2 and data["gpu"]["count"] == 2
 
 
