@@ -50,7 +50,7 @@ COMMANDS = [
     ["run", "--preset", "wan22-t2v-lightning", "--expert", "both", "--dataset", str(EXAMPLE_DATASET), "--dry-run",
      "--backend", "runpod", "--max-cost", "20", "--image", "ghcr.io/you/lora-gym-wan22:0.1.0"],
     ["run", "--preset", "wan22-t2v-lightning", "--expert", "high", "--dataset", str(EXAMPLE_DATASET), "--dry-run",
-     "--backend", "skypilot", "--spot", "--gpus-per-run", "2"],
+     "--backend", "skypilot", "--spot", "--gpus-per-run", "2", "--image", "ghcr.io/you/lora-gym-wan22:0.1.0"],
     ["sweep", "--help"],
     *(["sweep", "--preset", "wan22-t2v-lightning", "--expert", "low", "--dataset", str(EXAMPLE_DATASET), "--grid",
        "experts.low.learning_rate=5e-5,1e-4", "--dry-run", "--backend", backend, "--image",

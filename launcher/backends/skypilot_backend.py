@@ -2,21 +2,32 @@
 reaches, as a managed job that SkyPilot restarts elsewhere after a spot preemption.
 
 The task is plain data first (task_config): `--dry-run` prints it as YAML without importing `sky` or holding a
-secret (HF_TOKEN is a SkyPilot secret *reference*, `HF_TOKEN: null`, filled at launch from this environment
-and never printed or stored). The run id is fixed in the task, so a recovered job names the same run folder
-in the mounted store and the entrypoint resumes it from its newest saved state (README: Resuming a run).
-`sky` is imported only to launch and to look a run up (pip install 'lora-gym[skypilot]').
+secret. Secrets are named in the task without a value, and only those set in this environment that the run
+needs (task_secrets); their values go to SkyPilot at launch only (sky_task). The run id is fixed in the task,
+so a recovered job names the same run folder in the mounted store and the entrypoint resumes it from its
+newest saved state (README: Resuming a run). The bucket and `pull`: skypilot_store.py. `sky` is imported only
+to launch and to look a run up (pip install 'lora-gym[skypilot]').
+
+The image runs as root (images/Dockerfile): SkyPilot starts the container, runs its setup in it as root
+(`docker exec -u 0`), then reaches it over SSH as the image's default user (`whoami` in the container), and
+runs the mounts and the task as that user. Its mount and file-mount scripts call `sudo mkdir`, `sudo chmod`,
+`sudo ln`, and make `sudo` a no-op only for root (sky/provision/docker_utils.py DockerInitializer.initialize;
+sky/utils/command_runner.py ALIAS_SUDO_TO_EMPTY_FOR_ROOT_CMD; sky/data/mounting_utils.py get_mounting_script;
+sky/backends/backend_utils.py FileMountHelper.make_safe_symlink_command). tests/test_skypilot_container.py runs
+those generated commands in the image.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import shlex
 import sys
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
-from launcher.backends import Capabilities, LaunchOptions, labels
+from launcher.backends import Capabilities, LaunchOptions, labels, skypilot_store
 from launcher.core.errors import UserError
 from launcher.core.job import Job
 
@@ -24,7 +35,12 @@ MOUNT = "/lora-gym"  # in the container: the dataset (uploaded by SkyPilot) and 
 # SkyPilot accelerator names per preset GPU class (resources.gpu_memory_gb): the smallest class that fits.
 DEFAULT_ACCELERATOR = ((24, "L4"), (48, "L40S"), (80, "H100"), (141, "H200"))
 ENTRYPOINT = "lora-gym-entrypoint"
-SECRETS = ("HF_TOKEN",)  # passed by reference; a slim image downloads (possibly gated) weights with it
+HF_SECRET = "HF_TOKEN"  # a slim image downloads (possibly gated) weights with it; a full image needs none
+# SkyPilot's docker login for a private image (sky/skylet/constants.py DOCKER_LOGIN_ENV_VARS): all three
+# together, in the task's envs or all in its secrets (sky/task.py _check_docker_login_config); the password
+# makes it secrets. SkyPilot turns them into resources' DockerLoginConfig (sky/task.py
+# _with_docker_login_config) and runs `docker login` on the VM before the pull (sky/provision/docker_utils.py).
+DOCKER_LOGIN = ("SKYPILOT_DOCKER_USERNAME", "SKYPILOT_DOCKER_PASSWORD", "SKYPILOT_DOCKER_SERVER")
 # Store mode: MOUNT_CACHED writes through a local cache and uploads asynchronously, SkyPilot's advice for
 # checkpoints (a plain MOUNT rewrites whole objects on every append).
 STORE_MODE = "MOUNT_CACHED"
@@ -41,7 +57,40 @@ def accelerator(job: Job, options: LaunchOptions) -> str:
 
 
 def store_name(job: Job, options: LaunchOptions) -> str:
-    return options.volume or f"lora-gym-{job.loaded.preset.family}-store"
+    return skypilot_store.store_name(job.loaded.preset.family, options.volume)
+
+
+def image_of(job: Job, options: LaunchOptions) -> str:
+    return labels.cloud_image(options.image, job.loaded.preset.family, "SkyPilot")
+
+
+def slim(image: str) -> bool:
+    """Whether the tag says slim (`<version>-slim[-<tasks>]`, launcher.imagebuild.image_tag); a digest: full."""
+    name = image.rsplit("/", 1)[-1]
+    return "@" not in name and "slim" in name.partition(":")[2].split("-")[1:]
+
+
+def task_secrets(image: str, env: Mapping[str, str] | None = None) -> list[str]:
+    """The secrets the task names: HF_TOKEN for a slim image when it is set, the docker login when it is set.
+
+    A secret named without a value that is not given at launch is, to SkyPilot 0.14.1, a managed secret
+    reference, and the launch fails with `No value available for secret(s)` (sky/task.py from_yaml_config,
+    sky/execution.py _resolve_managed_secrets): so a secret is named only when this environment has it."""
+    env = os.environ if env is None else env
+    names = [HF_SECRET] if slim(image) and env.get(HF_SECRET) else []
+    given = [name for name in DOCKER_LOGIN if name in env]
+    if given:
+        if missing := [name for name in DOCKER_LOGIN if name not in env]:
+            raise UserError(f"{', '.join(given)} set but not {', '.join(missing)}: SkyPilot logs in to a registry "
+                            f"only with all three ({', '.join(DOCKER_LOGIN)}); set them all, or none for a "
+                            "public image")
+        server = env["SKYPILOT_DOCKER_SERVER"]
+        # SkyPilot prefixes the image with `server/` unless it starts with it (DockerLoginConfig.format_image)
+        if labels.registry_of(image) != server:
+            raise UserError(f"SKYPILOT_DOCKER_SERVER is {server} but the image {image} is in "
+                            f"{labels.registry_of(image)}: set SKYPILOT_DOCKER_SERVER={labels.registry_of(image)}")
+        names += DOCKER_LOGIN
+    return names
 
 
 def preset_file(job: Job) -> str | None:
@@ -65,7 +114,7 @@ def task_env(job: Job, run_id: str, hours: float | None) -> dict[str, str]:
 
 def task_config(job: Job, options: LaunchOptions) -> dict:
     """The SkyPilot task as the dict its YAML holds (sky.Task.from_yaml_config reads exactly this)."""
-    image = options.image or labels.default_image(job.loaded.preset.family)
+    image = image_of(job, options)
     resources = {"image_id": f"docker:{image}",
                  "accelerators": {accelerator(job, options): job.plan.resources.gpu_count},
                  "memory": f"{max(job.plan.resources.host_memory_gb, 32)}+"}
@@ -75,15 +124,24 @@ def task_config(job: Job, options: LaunchOptions) -> dict:
                     f"{MOUNT}/store": {"name": store_name(job, options), "mode": STORE_MODE}}
     if preset_file(job):  # a user's preset file travels with the task
         mounts[preset_file(job)] = os.path.abspath(job.loaded.origin)
-    return {"name": f"lora-gym-{options.run_id or job.plan.run_id}"[:63], "resources": resources,
-            "envs": task_env(job, options.run_id or job.plan.run_id, options.max_hours),
-            "secrets": dict.fromkeys(SECRETS), "file_mounts": mounts, "run": ENTRYPOINT}
+    config = {"name": f"lora-gym-{options.run_id or job.plan.run_id}"[:63], "resources": resources,
+              "envs": task_env(job, options.run_id or job.plan.run_id, options.max_hours)}
+    if secrets := task_secrets(image):
+        config["secrets"] = dict.fromkeys(secrets)  # names only: the values are given at launch (sky_task)
+    return config | {"file_mounts": mounts, "run": ENTRYPOINT}
 
 
 def render(config: dict) -> str:
     import yaml  # PyYAML comes with huggingface_hub, a dependency of LoRA Gym
 
     return yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
+
+
+def secrets_note(config: dict) -> str | None:
+    if config.get("secrets"):
+        return ("note: the secrets above are named without their values: `launcher run` sends them from this "
+                "environment; with `sky jobs launch` add `--secret NAME` for each")
+    return None
 
 
 def save_state_note(job: Job, options: LaunchOptions) -> str | None:
@@ -113,10 +171,12 @@ def _one_line(exc: BaseException) -> UserError:
 
 
 def sky_task(config: dict):
+    """The task for SkyPilot, each named secret given its value from this environment (SkyPilot keeps it as
+    a SecretStr and redacts it when it shows the task)."""
     import sky
 
-    secrets = [(name, os.environ[name]) for name in SECRETS if os.environ.get(name)]
-    return sky.Task.from_yaml_config(dict(config), secrets_overrides=secrets or None)
+    secrets = [(name, os.environ[name]) for name in config.get("secrets") or {}]
+    return sky.Task.from_yaml_config(copy.deepcopy(config), secrets_overrides=secrets or None)
 
 
 def submit(config: dict) -> int:
@@ -139,8 +199,9 @@ class SkyPilotBackend:
         return {"task": task_config(job, options), "submit": "sky.jobs.launch(task) (a managed job)"}
 
     def dry_run(self, job: Job, options: LaunchOptions) -> str:
-        note = save_state_note(job, options)
-        return render(task_config(job, options)) + (f"# {note[6:]}\n" if note else "")
+        config = task_config(job, options)
+        notes = [note[6:] for note in (secrets_note(config), save_state_note(job, options)) if note]
+        return render(config) + "".join(f"# {note}\n" for note in notes)
 
     # No `quote`: SkyPilot's optimizer picks the cloud, and so the price, at launch.
 
@@ -154,9 +215,10 @@ class SkyPilotBackend:
         if note := save_state_note(job, options):
             print(note, file=sys.stderr)
         job_id = submit(config)
+        store = config["file_mounts"][f"{MOUNT}/store"]["name"]
         runs.save({"run_id": job.plan.run_id, "backend": "skypilot", "preset": job.plan.preset,
                    "expert": job.plan.expert, "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                   "job_id": job_id, "store": store_name(job, options), "spot": options.spot})
+                   "job_id": job_id, "store": store, "store_url": _store_url(store), "spot": options.spot})
         print(f"run {job.plan.run_id} submitted to SkyPilot as managed job {job_id}: `launcher status "
               f"{job.plan.run_id}`, `launcher logs {job.plan.run_id} --follow`", file=sys.stderr)
         return self.logs(runs.load(job.plan.run_id), follow=True) if options.follow else 0
@@ -183,5 +245,13 @@ class SkyPilotBackend:
         return 0
 
     def pull(self, record: dict, dest: str) -> int:
-        raise UserError(f"the outputs are in the bucket {record['store']} under output/{record['run_id']}/: copy "
-                        "them with your cloud's CLI (e.g. `aws s3 cp --recursive` or `gcloud storage cp -r`)")
+        return skypilot_store.pull(record, dest)
+
+
+def _store_url(name: str) -> str | None:
+    """The bucket's URL for `pull`, read once SkyPilot has made the bucket (at submission); None when SkyPilot
+    cannot say now: `pull` asks again then."""
+    try:
+        return skypilot_store.store_url(name)
+    except Exception:  # the job is submitted whatever this lookup answers
+        return None
