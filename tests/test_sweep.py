@@ -65,7 +65,7 @@ BAD = {
     "too many": (["--grid", "train.seed=" + ",".join(str(n) for n in range(70))], "--yes"),
     "no backend": (["--grid", "train.seed=1,2"], "needs a backend"),
     "bad --set": (["--grid", "train.seed=1,2", "--set", "train.seed=-1"], "train.seed"),
-    "no sweep backend": (["--grid", "train.seed=1,2", "--backend", "skypilot"], "'skypilot' is not one of"),
+    "no sweep backend": (["--grid", "train.seed=1,2", "--backend", "skypilot"], "has no SkyPilot backend"),
 }
 
 

@@ -14,6 +14,7 @@ from launcher.cli.options import (
 )
 
 SWEEP_BACKENDS = ["local", "modal", "runpod"]  # each has a launcher/sweep/<name>_sweep.py
+REFUSED_BACKENDS = ["skypilot"]  # accepted by --backend only to say why not: launcher/sweep/skypilot_sweep.py
 
 
 @click.command(epilog="""\b
@@ -37,7 +38,8 @@ Examples:
 @set_option
 @gpu_memory_option
 @gpus_per_run_option
-@click.option("--backend", type=click.Choice(SWEEP_BACKENDS), help="Where the runs go (as for `launcher run`).")
+@click.option("--backend", type=click.Choice([*SWEEP_BACKENDS, *REFUSED_BACKENDS]),
+              help="Where the runs go (as for `launcher run`); skypilot is refused with what to do instead.")
 @click.option("--output", type=click.Path(file_okay=False), help="local: folder for the run folders.")
 @click.option("--image", help="The image tag or digest [default: lora-gym-<family>:<version>].")
 @click.option("--gpus", default="all", show_default=True,
@@ -58,6 +60,8 @@ def sweep(preset, expert, dataset_dir, grid_options, grid_file, yes, overrides, 
     from launcher.sweep import grid
     from launcher.sweep.prepare import describe, prepare_sweep
 
+    if backend in REFUSED_BACKENDS:  # before anything is read, planned or printed
+        _module(backend).refuse()
     if backend is None and not dry_run:
         raise UserError("a sweep needs a backend: add --backend local, modal or runpod, or --dry-run to see it")
     axes = grid.combine(grid_options, grid_file)
