@@ -52,7 +52,7 @@ Examples:
 @click.option("--max-cost", type=Finite(0, 100_000, "usd"),
               help="modal/runpod: USD; refuse to start if the estimate is higher, stop when it is reached.")
 @click.option("--volume", help="runpod: network volume id to use (default: create one in the datacenter); "
-                                "skypilot: the bucket for outputs and caches [default: lora-gym-<family>-store].")
+                                "skypilot: the bucket for outputs and caches [default: lora-gym-<family>-<user id>].")
 @click.option("--spot", is_flag=True, help="skypilot: spot instances; a preempted run resumes elsewhere.")
 @click.option("--dry-run", is_flag=True, help="Print the plan (or with --backend, its command) and exit.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
