@@ -28,7 +28,7 @@ from launcher.core.errors import INPUT_ERRORS, UserError, input_problem, report
 from launcher.core.inputs import creatable_dir
 from launcher.core.job import Job, prepare, read_lock
 from launcher.core.plan import Step
-from lora_gym_entrypoint import cachelock, cacheshare, env, oom, pod, resume, rundir, samples
+from lora_gym_entrypoint import cachelock, cacheshare, env, lora_verify, oom, pod, resume, rundir, samples
 from lora_gym_entrypoint.manifest import Manifest, now
 from lora_gym_entrypoint.progress import ProgressFile
 from lora_gym_entrypoint.runner import format_argv, run_step
@@ -190,7 +190,8 @@ def run_train_step(ctx: Context, step: Step) -> int:
     epochs = int(_arg(step.argv, "--max_train_epochs"))
     if ctx.restart and (final := resume.final_lora(out_dir, name)):
         resume.finalize(out_dir, name, epochs)  # it may have finished just before the last attempt ended
-        return _skip(ctx, step, f"it finished before the restart ({final.name})")
+        _skip(ctx, step, f"it finished before the restart ({final.name})")
+        return lora_verify.after_training(ctx, step, log)  # the last attempt may have ended before its check
     training = ctx.manifest.data["training"]
     attempted = ctx.restart and (step.name in training or any(s["name"] == step.name
                                                                for s in ctx.manifest.data["steps"]))
@@ -211,6 +212,7 @@ def run_train_step(ctx: Context, step: Step) -> int:
         ctx.manifest.write()
     if code == 0:
         resume.finalize(out_dir, name, epochs)
+        code = lora_verify.after_training(ctx, step, log)  # every key must land on the DiT, or the run fails
     elif watch.seen and not ctx.stopping():
         out_of_memory(ctx, step.name)
     return code

@@ -29,6 +29,28 @@ _CHUNK = 65536
 _POLL_S = 0.1
 
 
+# The image's world-writable home (images/Dockerfile): for a --user whose account the image lacks.
+SHARED_HOME = "/home/lora"
+
+
+def step_environment(environ: Mapping[str, str], interpreter: str = sys.executable,
+                     shared_home: str = SHARED_HOME) -> dict[str, str]:
+    """The environment every step runs with: this interpreter's bin folder first on PATH, so `python` and
+    musubi's scripts are the image's venv even where a login shell reset PATH (SkyPilot runs its jobs through
+    `bash -i` with the environment of a login shell, where Debian's /etc/profile sets PATH anew:
+    sky/skylet/log_lib.py, sky/provision/docker_utils.py SETUP_ENV_VARS_CMD); a HOME that can be written, as
+    torch and triton keep caches there (root's /root, or SHARED_HOME for a --user with no account, whose HOME
+    is /); unbuffered output and no Hub access (tokenizers come from the image's Hub cache)."""
+    env = dict(environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
+    bin_dir = os.path.dirname(os.path.abspath(interpreter))
+    if env.get("PATH", "").split(os.pathsep)[0] != bin_dir:
+        env["PATH"] = os.pathsep.join(p for p in (bin_dir, env.get("PATH", "")) if p)
+    home = env.get("HOME", "")
+    if not (home and os.path.isdir(home) and os.access(home, os.W_OK | os.X_OK)) and os.path.isdir(shared_home):
+        env["HOME"] = shared_home
+    return env
+
+
 def format_argv(argv: Sequence[str]) -> str:
     """Shell-quoted command line, for logs only (we never run through a shell)."""
     return shlex.join(list(argv))

@@ -174,3 +174,18 @@ def test_format_argv_quotes_for_logs() -> None:
     assert format_argv(["accelerate", "launch", "--config", "my file.toml"]) == (
         "accelerate launch --config 'my file.toml'"
     )
+
+
+def test_steps_get_the_interpreters_bin_first_and_a_writable_home(tmp_path):
+    from lora_gym_entrypoint.runner import step_environment
+
+    venv_python, shared = tmp_path / "venv" / "bin" / "python", tmp_path / "shared-home"
+    shared.mkdir()
+    login_shell = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "no-such-home")}  # a --user with no account
+    env = step_environment(login_shell, str(venv_python), str(shared))
+    assert env["PATH"] == f"{venv_python.parent}:/usr/bin:/bin" and env["HOME"] == str(shared)
+    assert env["PYTHONUNBUFFERED"] == "1" and env["HF_HUB_OFFLINE"] == "1"
+    again = step_environment(env, str(venv_python), str(shared))
+    assert again["PATH"] == env["PATH"]  # not prefixed twice
+    own_home = {"PATH": "", "HOME": str(tmp_path)}
+    assert step_environment(own_home, str(venv_python), str(shared))["HOME"] == str(tmp_path)

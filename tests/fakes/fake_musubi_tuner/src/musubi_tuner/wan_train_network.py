@@ -4,7 +4,8 @@ Like musubi-tuner v0.3.4: it prints "override steps ...: <total>", runs `--max_t
 FAKE_MUSUBI_STEPS_PER_EPOCH (default 3) steps on the learning-rate schedule musubi would build (emulated in
 _fake_common), saves `<name>-<epoch:06d>.safetensors` (and with --save_state `<name>-<epoch:06d>-state/`,
 pruned to --save_last_n_epochs_state) every --save_every_n_epochs epochs but the last, then `<name>-state/`
-and `<name>.safetensors`. `--resume` restores the scheduler as accelerate does and restarts the counters at 0.
+and `<name>.safetensors`, each a LoRA for the --dit it read with musubi's key names, shapes and metadata
+(_fake_lora.py). `--resume` restores the scheduler as accelerate does and restarts the counters at 0.
 Each optimizer step's lr is appended to $FAKE_MUSUBI_LR_LOG as {"output_name", "lr"}.
 With WORLD_SIZE=N (accelerate's data-parallel launch) it does what musubi's rank 0 does: ceil(batches / N)
 steps per epoch, a schedule of max_train_steps x N steps (musubi's get_lr_scheduler) stepped N times per
@@ -24,7 +25,7 @@ from pathlib import Path
 
 if not __package__:  # run as a file, like the real scripts: make the package importable
     import _script_path  # noqa: F401
-from musubi_tuner import _fake_cache
+from musubi_tuner import _fake_cache, _fake_lora
 from musubi_tuner._fake_common import Scheduler, add_options, lr_lambda, start, value
 
 
@@ -82,6 +83,10 @@ class steps_bar:
             self.bar.close()
 
 
+def lora_args(args) -> dict:
+    return {flag: value(args, flag) for flag in _fake_lora.FLAGS}
+
+
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
@@ -120,7 +125,7 @@ def main():
             bar.step(0.05 + 0.2 / (1 + 500 * lr * scheduler.last_epoch))  # falls faster with a higher lr
         stop = stop_after(name) == epoch
         if every and epoch % every == 0 and epoch < epochs:
-            (out / f"{name}-{epoch:06d}.safetensors").write_bytes(f"fake lora epoch {epoch}".encode())
+            _fake_lora.save(out / f"{name}-{epoch:06d}.safetensors", lora_args(args), epoch, scheduler.last_epoch)
             print(f"\nsaving checkpoint: {out / f'{name}-{epoch:06d}.safetensors'}", flush=True)
             if "--save_state" in args:
                 save_state(out / f"{name}-{epoch:06d}-state", scheduler, stop and bool(os.environ.get(
@@ -132,7 +137,7 @@ def main():
     bar.close()
     if "--save_state" in args:
         save_state(out / f"{name}-state", scheduler, False)
-    write_safetensors(out / f"{name}.safetensors", "fake lora " + value(args, "--dit"))
+    _fake_lora.save(out / f"{name}.safetensors", lora_args(args), epochs, scheduler.last_epoch)
 
 
 if __name__ == "__main__":
