@@ -13,8 +13,11 @@ The image runs as root (images/Dockerfile): SkyPilot starts the container, runs 
 runs the mounts and the task as that user. Its mount and file-mount scripts call `sudo mkdir`, `sudo chmod`,
 `sudo ln`, and make `sudo` a no-op only for root (sky/provision/docker_utils.py DockerInitializer.initialize;
 sky/utils/command_runner.py ALIAS_SUDO_TO_EMPTY_FOR_ROOT_CMD; sky/data/mounting_utils.py get_mounting_script;
-sky/backends/backend_utils.py FileMountHelper.make_safe_symlink_command). tests/test_skypilot_container.py runs
-those generated commands in the image.
+sky/backends/backend_utils.py FileMountHelper.make_safe_symlink_command). Two more things SkyPilot's setup needs
+of the image: root's HOME is /root (it installs the SSH key under the container's `printenv HOME`, and sshd
+reads root's keys from /root/.ssh), and the venv stays on PATH in a login shell (it saves the environment of
+`bash --login` for its SSH sessions, SETUP_ENV_VARS_CMD, after Debian's /etc/profile has reset PATH).
+tests/test_skypilot_container.py runs those generated commands in the image.
 """
 
 from __future__ import annotations
