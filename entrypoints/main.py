@@ -31,7 +31,7 @@ from launcher.core.plan import Step
 from lora_gym_entrypoint import cachelock, cacheshare, env, lora_verify, oom, pod, resume, rundir, samples
 from lora_gym_entrypoint.manifest import Manifest, now
 from lora_gym_entrypoint.progress import ProgressFile
-from lora_gym_entrypoint.runner import format_argv, run_step
+from lora_gym_entrypoint.runner import format_argv, run_step, step_environment
 
 TAG = "lora-gym"
 
@@ -314,8 +314,7 @@ def run_job(settings) -> int:
     preflight(job, settings.paths)
     optional = frozenset(job.plan.samples.steps if job.plan.samples else ())
     steps = stage_steps(job.plan.steps, settings.stage, optional)
-    # A training run needs no network: tokenizers come from the image's Hub cache.
-    child_env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
+    child_env = step_environment(os.environ)
     with Stop().listening() as stop:
         try:
             run = rundir.open_run(job, settings, log, lambda: stop.signal is not None)
