@@ -13,6 +13,7 @@ COMMANDS = {
     "caption": ("launcher.cli.caption_cmd:caption", "Caption every image and video (Gemini, Replicate)."),
     "dataset": ("launcher.cli.dataset_cmd:dataset", "Check (and prepare) a dataset before renting a GPU."),
     "logs": ("launcher.cli.runs_cmd:logs", "Print a detached run's logs (--follow to stream them)."),
+    "publish": ("launcher.cli.publish_cmd:publish", "Publish a run on the Hugging Face Hub, with a ComfyUI workflow."),
     "pull": ("launcher.cli.runs_cmd:pull", "Download a detached run's LoRAs and run.json."),
     "report": ("launcher.cli.report_cmd:report", "Write a run folder's report.html (loss, samples, timings)."),
     "status": ("launcher.cli.runs_cmd:status", "State and cost of a detached run or sweep (one row per run)."),

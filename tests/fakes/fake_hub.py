@@ -9,6 +9,8 @@ that sha or as "main") on exactly the routes huggingface_hub uses to lock and fe
   POST     /api/models/{repo}/paths-info/{revision}  get_paths_info (form field `paths`, repeated)
   GET      /api/models/{repo}/tree/{revision}[/{path}]  list_repo_tree (?recursive=), one page
 
+The write routes (create_repo, preupload, the LFS batch API, commit) are in fake_hub_write.py.
+
 Errors carry the X-Error-Code headers (RepoNotFound, RevisionNotFound, EntryNotFound) that huggingface_hub maps
 to its exceptions. Tests can count the body bytes served per file, make a file's content corrupt, or make the
 next GET of a file die after N bytes (to exercise resume). Standalone, for container builds:
@@ -32,6 +34,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
+try:
+    from .fake_hub_write import WriteRoutes, WriteState
+except ImportError:  # run as a script (standalone)
+    from fake_hub_write import WriteRoutes, WriteState
+
 LFS_SUFFIXES = (".safetensors", ".pth", ".bin", ".model", ".pt", ".gguf")
 
 
@@ -43,9 +50,9 @@ def git_blob_id(content: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
 
 
-class FakeHub:
+class FakeHub(WriteState):
     def __init__(self, repos: dict[str, dict[str, bytes]], token: str | None = None, lfs=None, port: int = 0,
-                 host: str = "127.0.0.1"):
+                 host: str = "127.0.0.1", writable: set[str] | None = None):
         self.repos = {repo: dict(files) for repo, files in repos.items()}
         self.commits = {repo: commit_for(repo) for repo in repos}
         self.token = token  # when set, every request must carry "Authorization: Bearer <token>"
@@ -55,6 +62,7 @@ class FakeHub:
         self.corrupt: set[str] = set()  # "repo:path" served with one byte flipped
         self.fail_after: dict[str, int] = {}  # "repo:path" -> the next GET dies after this many bytes
         self._lock = threading.Lock()
+        self.init_writes(writable)
         self._server = ThreadingHTTPServer((host, port), _handler(self))
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -108,9 +116,16 @@ class FakeHub:
         else:  # model_info siblings: {"rfilename", "size", "blobId", "lfs": {"sha256", ...}}
             data |= {"rfilename": path, "blobId": git_blob_id(content)}
             lfs_key = "sha256"
-        if self.is_lfs(path):
+        if self.lfs(repo, path):
             data["lfs"] = {lfs_key: hashlib.sha256(content).hexdigest(), "size": len(content), "pointerSize": 134}
         return data
+
+    def oid(self, repo: str, path: str) -> str | None:
+        """What the Hub calls a file's oid in preupload: an LFS file's sha256, a regular file's git blob id."""
+        content = self.repos[repo].get(path)
+        if content is None:
+            return None
+        return hashlib.sha256(content).hexdigest() if self.lfs(repo, path) else git_blob_id(content)
 
     def folders(self, repo: str) -> set[str]:
         return {"/".join(p.split("/")[:i]) for p in self.repos[repo] for i in range(1, p.count("/") + 1)}
@@ -129,12 +144,16 @@ class FakeHub:
 
 
 def _handler(hub: FakeHub):
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(WriteRoutes, BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as huggingface_hub's pooled client expects
         disable_nagle_algorithm = True  # headers and body go out in separate writes: no 40 ms delayed-ACK stalls
 
         def log_message(self, *args) -> None:  # quiet: tests read hub.requests instead
             pass
+
+        @property
+        def hub(self) -> FakeHub:
+            return hub
 
         # --- plumbing --------------------------------------------------------------------------------------
 
@@ -170,17 +189,24 @@ def _handler(hub: FakeHub):
             url = urlsplit(self.path)
             with hub._lock:
                 hub.requests.append((self.command, unquote(url.path), self.headers.get("Range")))
+            parts = [unquote(p) for p in url.path.strip("/").split("/")]
+            if self.command == "PUT" and len(parts) == 2 and parts[0] == "__lfs":  # presigned: no token needed
+                return self.lfs_put(parts[1])
             if hub.token and self.headers.get("Authorization") != f"Bearer {hub.token}":
                 return self._error(401, "", "Invalid credentials in Authorization header")
-            parts = [unquote(p) for p in url.path.strip("/").split("/")]
             query = parse_qs(url.query)
+            if self.command == "POST" and parts in (["api", "repos", "create"], ["api", "validate-yaml"]):
+                return self.create_repo() if parts[1] == "repos" else self.validate_yaml()
+            if self.command == "POST" and len(parts) == 6 and parts[1].endswith(".git") and parts[2:] == [
+                    "info", "lfs", "objects", "batch"]:
+                return self.lfs_batch(f"{parts[0]}/{parts[1].removesuffix('.git')}")
             if len(parts) >= 5 and parts[2] == "resolve" and self.command in ("GET", "HEAD"):
                 return self._resolve(f"{parts[0]}/{parts[1]}", parts[3], "/".join(parts[4:]))
             if len(parts) >= 4 and parts[:2] == ["api", "models"]:
                 return self._api(f"{parts[2]}/{parts[3]}", parts[4:], query)
             self._error(404, "", f"no route for {self.command} {url.path}")
 
-        do_GET = do_HEAD = do_POST = _route
+        do_GET = do_HEAD = do_POST = do_PUT = _route
 
         # --- routes ----------------------------------------------------------------------------------------
 
@@ -191,7 +217,12 @@ def _handler(hub: FakeHub):
                     blobs = query.get("blobs", ["false"])[0].lower() in ("1", "true")
                     siblings = [hub.file_json(repo, p, "sibling") if blobs else {"rfilename": p}
                                 for p in sorted(hub.repos[repo])]
-                    self._json({"id": repo, "modelId": repo, "sha": commit, "private": False, "siblings": siblings})
+                    self._json({"id": repo, "modelId": repo, "sha": commit, "private": hub.private.get(repo, False),
+                                "siblings": siblings})
+            elif self.command == "POST" and len(rest) == 2 and rest[0] in ("preupload", "commit"):
+                if repo not in hub.repos:
+                    return self._error(404, "RepoNotFound", f"Repository {repo} not found")
+                return self.preupload(repo) if rest[0] == "preupload" else self.create_commit(repo, rest[1])
             elif self.command == "POST" and len(rest) == 2 and rest[0] == "paths-info":
                 if self._repo_and_commit(repo, rest[1]):
                     length = int(self.headers.get("Content-Length") or 0)
@@ -219,7 +250,7 @@ def _handler(hub: FakeHub):
                 return self._error(404, "EntryNotFound", f"{path} does not exist at {revision}", commit)
             key, content = f"{repo}:{path}", hub.repos[repo][path]
             headers = {"X-Repo-Commit": commit, "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
-            if hub.is_lfs(path):
+            if hub.lfs(repo, path):
                 sha = hashlib.sha256(content).hexdigest()
                 headers |= {"ETag": f'"{sha}"', "X-Linked-Etag": f'"{sha}"', "X-Linked-Size": len(content)}
             else:

@@ -1,0 +1,163 @@
+"""Every file one publish puts in the repo, built locally (no network, no token): the run's LoRAs, its sample
+videos, the loss curve, the ComfyUI workflows, a settings record and the model card that ties them together.
+
+Everything generated is a pure function of the run folder(s), so publishing the same run twice gives the same
+bytes, and the upload can compare them with the repo's files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from launcher.core.errors import UserError
+from launcher.publish import card, comfyui, comfyui_ui, loras, models
+from launcher.publish.source import Run
+
+WORKFLOW_API, WORKFLOW_UI = "comfyui/workflow-api.json", "comfyui/workflow.json"
+SETTINGS, LOSS_CSV, LOSS_PNG, README = "lora-gym.json", "loss.csv", "loss.png", "README.md"
+
+
+@dataclass(frozen=True)
+class Entry:
+    repo_path: str
+    source: Path | bytes
+    size: int
+    sha256: str
+
+    @classmethod
+    def of_bytes(cls, repo_path: str, data: bytes) -> Entry:
+        return cls(repo_path, data, len(data), hashlib.sha256(data).hexdigest())
+
+    @classmethod
+    def of_file(cls, repo_path: str, path: Path) -> Entry:
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        return cls(repo_path, path, path.stat().st_size, digest.hexdigest())
+
+    def read(self) -> bytes:
+        return self.source if isinstance(self.source, bytes) else self.source.read_bytes()
+
+
+@dataclass(frozen=True)
+class Bundle:
+    entries: list[Entry]
+    front_matter: str
+
+
+def _json(data) -> bytes:
+    return (json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n").encode()
+
+
+def _samples(run: Run) -> tuple[list[card.Sample], list[Entry], str]:
+    samples, entries, notes = [], [], []
+    for part in run.parts:
+        record = part.record.get("samples")
+        label = part.expert if len(run.parts) > 1 else ""
+        if not record:
+            notes.append("samples were off for this run")
+            continue
+        if record.get("status") != "succeeded":
+            notes.append(f"the sample step {record.get('failed_step') or ''} did not succeed, so no video is shown")
+            continue
+        notes.append(record.get("note") or "")
+        prompts = {n: p["text"] for n, p in enumerate(record.get("prompts", []), 1)}
+        for video in record.get("videos", []):
+            path = part.folder / video["path"]
+            if not path.is_file():
+                raise UserError(f"{path} is missing (run.json lists it): pull the run again")
+            repo_path = video["path"] if not label else video["path"].replace("samples/", f"samples/{label}/", 1)
+            entries.append(Entry.of_file(repo_path, path))
+            samples.append(card.Sample(repo_path, video["epoch"], prompts.get(video["prompt"], ""), label))
+    return samples, entries, "; ".join(n for n in dict.fromkeys(notes) if n) or "none recorded"
+
+
+def _loss(run: Run) -> tuple[list[Entry], str | None]:
+    trainings = {}
+    for part in run.parts:
+        try:
+            trainings |= json.loads((part.folder / "progress.json").read_text(encoding="utf-8")).get("trainings", {})
+        except (OSError, ValueError):
+            continue
+    rows = [f"{name},{step},{loss}" for name, t in sorted(trainings.items()) for step, loss in t.get("history", [])]
+    if not rows:
+        return [], None
+    entries = [Entry.of_bytes(LOSS_CSV, ("training,step,loss\n" + "\n".join(rows) + "\n").encode())]
+    if importlib.util.find_spec("matplotlib") is None:  # the report extra; without it the card links the CSV
+        return entries, None
+    from launcher import report
+
+    return [*entries, Entry.of_bytes(LOSS_PNG, report.loss_plot(trainings))], LOSS_PNG
+
+
+def _prompt(run: Run, trigger: str | None) -> comfyui.Prompt:
+    s = run.settings.get("samples") or {}
+    recorded = [p for part in run.parts for p in ((part.record.get("samples") or {}).get("prompts") or [])]
+    if recorded:
+        p = recorded[0]
+        return comfyui.Prompt(p["text"], p["seed"], p["frames"], Path(p["image"]).name if p.get("image") else None)
+    return comfyui.Prompt(trigger or "a video", s.get("seed", 42), s.get("frames", 33), None)
+
+
+def _downloads(run: Run, files: list[loras.LoraFile], url: str, endpoint: str) -> dict[str, dict]:
+    """File name in ComfyUI -> where to get it and which models/ folder it goes in."""
+    m, experts = run.settings["model"], run.settings.get("experts") or {}
+    refs = [(e["dit"], "diffusion_models") for e in experts.values()] or [(m["dit"], "diffusion_models")]
+    refs += [(m["vae"], "vae"), (":".join(models.TEXT_ENCODER), "text_encoders")]
+    refs += [(":".join(models.CLIP_VISION), "clip_vision")] if m.get("clip") else []
+    found = {models.hub_file(ref)[1].rsplit("/", 1)[-1]: {"url": f"{endpoint}/{models.hub_file(ref)[0]}/resolve/main/"
+                                                          f"{models.hub_file(ref)[1]}", "directory": folder}
+             for ref, folder in refs}
+    for e in experts.values():  # keep the Lightning repo's folder: its high and low files share one name
+        if e.get("lightning"):
+            repo, path = models.hub_file(e["lightning"]["lora"])
+            found[path] = {"url": f"{endpoint}/{repo}/resolve/main/{path}", "directory": "loras"}
+    for f in files:
+        if f.epoch is None:
+            found[f.repo_path] = {"url": f"{url}/resolve/main/{f.repo_path}", "directory": "loras"}
+    return found
+
+
+def _spec(run: Run, files: list[loras.LoraFile], trigger: str | None) -> comfyui.Spec:
+    s, experts = run.settings, run.settings.get("experts") or {}
+    dits = {e: models.hub_file(x["dit"])[1].rsplit("/", 1)[-1] for e, x in experts.items()} or \
+        {"": models.hub_file(s["model"]["dit"])[1].rsplit("/", 1)[-1]}
+    lightning = {e: (models.hub_file(x["lightning"]["lora"])[1], x["lightning"]["strength"])
+                 for e, x in experts.items() if x.get("lightning")}
+    ours = {f.expert or "": f.repo_path for f in files if f.epoch is None}
+    return comfyui.Spec(s["family"], s["model"]["task"], dits, models.hub_file(s["model"]["vae"])[1].rsplit("/")[-1],
+                        ours, lightning, models.sampling(s), _prompt(run, trigger))
+
+
+def _settings_record(run: Run) -> dict:
+    r = run.first.record
+    return {"run_id": run.run_id, "lora_gym_version": r.get("lora_gym_version"), "preset": r.get("preset"),
+            "experts": run.experts, "settings": run.settings, "dataset": r.get("dataset"),
+            "training": {k: v for p in run.parts for k, v in (p.record.get("training") or {}).items()},
+            "sample_prompts": [p for part in run.parts for p in ((part.record.get("samples") or {}).get("prompts")
+                                                                 or [])]}
+
+
+def build(run: Run, repo_id: str, endpoint: str, trigger: str | None, checkpoints: bool) -> Bundle:
+    url = f"{endpoint}/{repo_id}"
+    files = loras.lora_files(run, checkpoints)
+    samples, sample_entries, note = _samples(run)
+    loss_entries, loss_image = _loss(run)
+    downloads = _downloads(run, files, url, endpoint)
+    api = comfyui.api_workflow(_spec(run, files, trigger))
+    entries = [Entry.of_file(f.repo_path, f.path) for f in files] + sample_entries + loss_entries
+    entries += [Entry.of_bytes(WORKFLOW_API, _json(api)),
+                Entry.of_bytes(WORKFLOW_UI, _json(comfyui_ui.ui_workflow(api, downloads, f"{repo_id}:{run.run_id}"))),
+                Entry.of_bytes(SETTINGS, _json(_settings_record(run)))]
+    comfy_files = [(name, d["directory"], d["url"]) for name, d in downloads.items()]
+    text = card.render(card.CardInput(
+        repo_id=repo_id, url=url, title=repo_id.split("/")[-1], settings=run.settings, record=run.first.record,
+        experts=run.experts, loras=files, samples=samples, samples_note=note, loss_image=loss_image,
+        files=comfy_files, trigger=trigger))
+    front = text.split("---\n", 2)[1]
+    return Bundle([Entry.of_bytes(README, text.encode()), *entries], front)
