@@ -249,3 +249,31 @@ def test_a_run_id_finds_the_pulled_folders_of_both_experts(run_dir, tmp_path, la
     (tmp_path / "elsewhere").mkdir()
     one_error(publish(None, run_dir.name, "--repo", REPO, "--dry-run", cwd=tmp_path / "elsewhere"), "not pulled into",
               "launcher pull")
+
+
+def test_a_wan21_image_to_video_run_gets_its_own_base_task_and_workflow(tmp_path):
+    from launcher.core.presets import load_preset
+    from launcher.publish import bundle, source
+
+    tiny_lora(tmp_path / "wan21-i2v-480p.safetensors", 3)
+    data = (tmp_path / "wan21-i2v-480p.safetensors").read_bytes()
+    record = {"run_id": "wan21-i2v-480p-20260101-000000", "status": "succeeded", "expert": None,
+              "settings": load_preset("wan21-i2v-480p").preset.model_dump(mode="json"),
+              "preset": {"name": "wan21-i2v-480p", "origin": "wan21-i2v-480p", "sha256": "ab" * 32, "overrides": []},
+              "outputs": [{"path": "wan21-i2v-480p.safetensors", "size": len(data),
+                           "sha256": hashlib.sha256(data).hexdigest()}], "samples": None}
+    (tmp_path / "run.json").write_text(json.dumps(record))
+    built = bundle.build(source.load(str(tmp_path)), REPO, "https://hub.test", None, False)
+    files = {e.repo_path: e for e in built.entries}
+    assert set(files) == {"README.md", "wan21-i2v-480p.safetensors", "comfyui/workflow-api.json",
+                          "comfyui/workflow.json", "lora-gym.json"}  # no samples, no progress.json: no loss
+    meta = front_matter(files["README.md"].read())
+    assert (meta["base_model"], meta["pipeline_tag"]) == ("Wan-AI/Wan2.1-I2V-14B-480P", "image-to-video")
+    assert "instance_prompt" not in meta and "widget" not in meta
+    card = files["README.md"].read().decode()
+    assert "samples were off" in card and "ComfyUI/input/" in card and "clip_vision_h.safetensors" in card
+    assert "KSamplerAdvanced" not in card and "WanImageToVideoPipeline" in card
+    api = json.loads(files["comfyui/workflow-api.json"].read())
+    sampler = next(n for n in api.values() if n["class_type"] == "KSampler")
+    assert (sampler["inputs"]["sampler_name"], sampler["inputs"]["steps"], sampler["inputs"]["cfg"]) == ("uni_pc", 40,
+                                                                                                         5.0)

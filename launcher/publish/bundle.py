@@ -150,7 +150,7 @@ def build(run: Run, repo_id: str, endpoint: str, trigger: str | None, checkpoint
     loss_entries, loss_image = _loss(run)
     downloads = _downloads(run, files, url, endpoint)
     api = comfyui.api_workflow(_spec(run, files, trigger))
-    entries = [Entry.of_file(f.repo_path, f.path) for f in files] + sample_entries + loss_entries
+    entries = [Entry(f.repo_path, f.path, f.size, f.sha256) for f in files] + sample_entries + loss_entries
     entries += [Entry.of_bytes(WORKFLOW_API, _json(api)),
                 Entry.of_bytes(WORKFLOW_UI, _json(comfyui_ui.ui_workflow(api, downloads, f"{repo_id}:{run.run_id}"))),
                 Entry.of_bytes(SETTINGS, _json(_settings_record(run)))]

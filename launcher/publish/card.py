@@ -117,10 +117,13 @@ def _comfyui(c: CardInput) -> str:
         split = (f" Two **KSamplerAdvanced** nodes split the {s.steps} steps at step {switch}, where the sigma falls "
                  f"below the boundary {s.boundary}: the high-noise model runs steps 0-{switch}, the low-noise one "
                  f"{switch}-{s.steps}.")
+    experts = " (each expert's file on that expert's model)" if s.boundary is not None else ""
+    image = " Put your start image in `ComfyUI/input/` and pick it in **Load Image**." if models.is_i2v(
+        c.settings["model"]["task"]) else ""
     return (f"Open [`comfyui/workflow.json`](comfyui/workflow.json) in ComfyUI (or queue "
             f"[`comfyui/workflow-api.json`](comfyui/workflow-api.json) through its API). It loads this LoRA with "
-            f"ComfyUI's **LoraLoaderModelOnly** node at strength 1.0 (each expert's file on that expert's model), "
-            f"shift {s.shift}, {s.steps} steps, {_cfg(s)}.{split} Built from ComfyUI v0.3.64's stock "
+            f"ComfyUI's **LoraLoaderModelOnly** node at strength 1.0{experts}, shift {s.shift}, {s.steps} steps, "
+            f"{_cfg(s)}, with one of the run's sample prompts.{split}{image} Built from ComfyUI v0.3.64's stock "
             f"nodes only. Put the files where it expects them:\n\n| file | folder | |\n| --- | --- | --- |\n{where}\n")
 
 

@@ -32,6 +32,8 @@ class LoraFile:
     repo_path: str
     expert: str | None  # "high"/"low" for Wan 2.2, None for Wan 2.1
     epoch: int | None  # None: the last epoch (musubi's plain `<name>.safetensors`)
+    size: int = 0
+    sha256: str = ""  # as run.json records it, checked against the file
 
 
 def expert_of(name: str) -> str | None:
@@ -96,7 +98,7 @@ def lora_files(run: Run, checkpoints: bool) -> list[LoraFile]:
             check_format(path, module)
             name = Path(output["path"]).name
             found.append(LoraFile(path, f"{CHECKPOINTS}/{name}" if match else name, expert_of(name),
-                                  int(match[1]) if match else None))
+                                  int(match[1]) if match else None, output["size"], output["sha256"]))
     finals = [f for f in found if f.epoch is None]
     if not finals:
         raise UserError(f"{run.first.folder} has no final LoRA in run.json's outputs: nothing to publish")
