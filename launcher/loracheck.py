@@ -210,11 +210,11 @@ def check_file(path: str | Path, want: Want, dit: Mapping[str, list[int]] | None
     modules, odd = _group(header)
     result.update(modules=len(modules), keys=len(header.tensors))
     problems = result["problems"]
-    if not modules:
-        problems.append("it has no LoRA module (no <name>.lora_down.weight / .lora_up.weight / .alpha keys)")
     if odd:
         problems.append(f"{len(odd)} key(s) are not <module>.lora_down.weight, .lora_up.weight or .alpha "
                         f"(e.g. {_examples(odd)})")
+    if not modules:
+        problems.append("it has no LoRA module (no <name>.lora_down.weight / .lora_up.weight / .alpha keys)")
     broken = [f"{m} without {'/'.join(label for role, label in LABELS.items() if role not in parts)}"
               for m, parts in sorted(modules.items()) if len(parts) < len(LABELS)]
     if broken:
@@ -245,6 +245,7 @@ class Outcome:
     want: dict
     files: list[dict]
     reason: str | None = None
+    dit_read: str | None = None  # the DiT file read for the check (where the training read it, or a copy)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -276,16 +277,22 @@ def check_training(files: Iterable[Path], dit_path: str, want: Want, output_name
         more = f" ({len(failed)} of {len(results)} LoRA files fail)" if len(results) > 1 else ""
         reason = f"{first['path']} would load partially: {'; '.join(first['problems'])}{more}"
     return Outcome("failed" if reason else "passed", dit_path, dit is not None, output_name, asdict(want),
-                   results, reason)
+                   results, reason, str(local) if dit is not None else None)
 
 
-def recheck(run_dir: str | Path, recorded: Mapping[str, dict], dits: Iterable[Path] = ()) -> dict[str, Outcome]:
-    """The checks run.json recorded, run again on the files in `run_dir`: against the DiT where it was, or one of
-    `dits` with the same file name, else without the DiT (the LoRA's own keys, rank, alpha and metadata)."""
+def recheck(run_dir: str | Path, dits: Iterable[str | Path] = ()) -> dict[str, Outcome]:
+    """The checks the run folder's run.json recorded, run again on its files: against the DiT where the training
+    read it, or one of `dits` with the same file name, else without the DiT (the LoRA's own keys, rank, alpha and
+    metadata). Empty when run.json is unreadable or recorded none."""
+    run_dir = Path(run_dir)
+    try:
+        recorded = json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("lora_check") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
     by_name = {Path(d).name: Path(d) for d in dits}
     fresh = {}
     for step, record in recorded.items():
-        want, name = Want(**record["want"]), record["output_name"]
-        dit_here = Path(record["dit"]) if Path(record["dit"]).is_file() else by_name.get(Path(record["dit"]).name)
-        fresh[step] = check_training(lora_files(run_dir, name), record["dit"], want, name, dit_here)
+        want, name, dit = Want(**record["want"]), record["output_name"], Path(record["dit"])
+        here = dit if dit.is_file() else by_name.get(dit.name)
+        fresh[step] = check_training(lora_files(run_dir, name), record["dit"], want, name, here)
     return fresh

@@ -1,8 +1,9 @@
 """report.html: one self-contained page per run folder (no network needed to view it).
 
-From run.json (settings, steps, checkpoints, samples) and progress.json (each training's loss history): the
-settings that matter, the loss curve per expert (matplotlib, embedded as PNG), the contact sheets (embedded),
-the sample videos (linked beside the report in samples/), timings per step and what each checkpoint is called.
+From run.json (settings, steps, checkpoints, samples, each training's LoRA key check) and progress.json (each
+training's loss history): the settings that matter, the loss curve per expert (matplotlib, embedded as PNG), the
+contact sheets (embedded), the sample videos (linked beside the report in samples/), timings per step, what each
+checkpoint is called, and the LoRA key check as the run recorded it and as it holds now on the files here.
 The entrypoint writes it at the end of a run when matplotlib is installed; `launcher report RUN_DIR` rewrites it.
 A small inline script records load errors and broken images on the page (`data-check`), for the browser test.
 """
@@ -89,8 +90,11 @@ def _settings(run: dict) -> str:
             ("dataset", "<br>".join(f"{_esc(d['path'] or '.')}: {d['files']} {_esc(d['kind'])}s, sha256 "
                                     f"<code>{_esc(d['sha256'][:16])}</code>" for d in run.get("dataset", {}).get(
                                         "dirs", []))),
-            ("status", f"{_esc(run.get('status'))} (exit code {_esc(run.get('exit_code'))})")]
-    return _table([(f"<b>{_esc(k)}</b>", v) for k, v in rows])
+            ("status", f"{_esc(run.get('status'))} (exit code {_esc(run.get('exit_code'))})"
+                       + (f'<br><span class=failed>{_esc(run["failure"].get("hint"))}</span>' if run.get("failure")
+                          else "")),
+            ("reason", _esc(run.get("reason"))) if run.get("reason") else None]
+    return _table([(f"<b>{_esc(k)}</b>", v) for k, v in filter(None, rows)])
 
 
 def _seconds(step: dict) -> str:
@@ -134,24 +138,47 @@ def _samples(run_dir: Path, record: dict | None) -> str:
     return "".join(out)
 
 
-def render(run_dir: Path) -> str:
+def _lora_checks(run: dict, fresh: dict) -> str:
+    """Each training's LoRA key check: as the run recorded it, and as it holds now on the files here."""
+    rows = []
+    for step, record in sorted(run.get("lora_check", {}).items()):
+        now = fresh.get(step)
+        again = "-" if now is None else f"{_esc(now.status)}" + ("" if now.dit_checked else
+                                                               " (DiT not here: names and shapes not re-checked)")
+        files = record.get("files", [])
+        status = f"<span class={'failed' if record['status'] == 'failed' else 'ok'}>{_esc(record['status'])}</span>"
+        rows.append((_esc(step), status, again, f"<code>{_esc(record.get('dit'))}</code>",
+                     f"{len(files)} file(s), {'/'.join(sorted({str(f['modules']) for f in files})) or 0} modules",
+                     _esc((now and now.reason) or record.get("reason") or "every key on a DiT weight")))
+    if not rows:
+        return "<p>no LoRA checked (no training finished)</p>"
+    return _table(rows, ("training", "at the end of the run", "now", "DiT", "LoRA", "result"))
+
+
+def render(run_dir: Path, checks: dict | None = None) -> str:
+    """The page; `checks` are fresh LoRA checks (launcher/loracheck.recheck), run here when not given."""
     run = _read_json(run_dir / "run.json")
     if run is None:
         raise UserError(f"{run_dir} has no readable run.json: give a run folder (pull it with `launcher pull`)")
     progress = _read_json(run_dir / "progress.json") or {}
     plot = loss_plot(progress.get("trainings", {}))
     loss = f'<img id="loss" alt="loss curve" src="{_data_uri(plot)}">' if plot else "<p>no loss recorded</p>"
+    if checks is None:
+        from launcher import loracheck
+
+        checks = loracheck.recheck(run_dir)
     title = f"LoRA Gym run {run.get('run_id', run_dir.name)}"
     return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{_esc(title)}</title>"
             f"<style>{STYLE}</style><script>{CHECK}</script></head><body><h1>{_esc(title)}</h1>"
             f"<h2>Settings</h2>{_settings(run)}<h2>Loss</h2>{loss}<h2>Samples</h2>"
             f"{_samples(run_dir, run.get('samples'))}<h2>Checkpoints</h2>{_checkpoints(run)}"
+            f"<h2>LoRA key check</h2>{_lora_checks(run, checks)}"
             f"<h2>Steps</h2>{_steps(run)}</body></html>\n")
 
 
-def write(run_dir: str | Path) -> Path:
+def write(run_dir: str | Path, checks: dict | None = None) -> Path:
     run_dir = Path(run_dir)
-    text = render(run_dir)
+    text = render(run_dir, checks)
     target = run_dir / REPORT
     target.write_text(text, encoding="utf-8")
     return target

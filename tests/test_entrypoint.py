@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import FAKES, clean_env
+from fakes import tiny_wan
 
 from launcher.core.job import prepare
 from launcher.core.plan import ContainerPaths
@@ -42,14 +43,14 @@ class Container:
         return env | extra
 
     def stock_weights(self, preset: str, expert: str | None = None) -> None:
-        """Stand-in weight files at every path the plan needs (tiny real tensors for Lightning merges)."""
+        """Stand-in weight files at every path the plan needs: tiny real DiTs (the trainer double writes LoRAs
+        for them, the entrypoint checks every key against them) and Lightning LoRAs, bytes for the rest."""
         plan = prepare(preset, expert, (), self.dataset, run_id="x", paths=self.paths).plan
         for weight in plan.weights:
             path = Path(weight.container_path)
             path.parent.mkdir(parents=True, exist_ok=True)
-            if weight.role.startswith(("dit-", "lightning-")) and any(w.role.startswith("lightning") for w in
-                                                                      plan.weights):
-                write_tiny_wan(path, lora=weight.role.startswith("lightning-"))
+            if weight.role.startswith(("dit", "lightning-")):
+                write_tiny_wan(path, lora=weight.role.startswith("lightning-"), i2v=preset.startswith("wan21-i2v"))
             else:
                 path.write_bytes(b"stand-in " + weight.role.encode())
 
@@ -64,21 +65,12 @@ class Container:
         return sorted(p for p in self.output.iterdir()) if self.output.exists() else []
 
 
-def write_tiny_wan(path: Path, lora: bool) -> None:
-    """A 2-block DiT (fp16) or a matching lightx2v-style rank-2 LoRA."""
-    import torch
-    from safetensors.torch import save_file
-
-    gen = torch.Generator().manual_seed(0)
-    tensors = {}
-    for block in range(2):
-        name = f"blocks.{block}.self_attn.q"
-        if lora:
-            tensors[f"diffusion_model.{name}.lora_down.weight"] = torch.randn(2, 8, generator=gen).half()
-            tensors[f"diffusion_model.{name}.lora_up.weight"] = torch.randn(8, 2, generator=gen).half()
-        else:
-            tensors[f"{name}.weight"] = torch.randn(8, 8, generator=gen).half()
-    save_file(tensors, str(path))
+def write_tiny_wan(path: Path, lora: bool, i2v: bool = False) -> None:
+    """A 2-block Wan DiT (fp16, the real key names) or a matching lightx2v-style rank-2 LoRA."""
+    if lora:
+        tiny_wan.write_lightning_lora(path)
+    else:
+        tiny_wan.write_dit(path, i2v=i2v)
 
 
 @pytest.fixture

@@ -10,6 +10,8 @@ What the real one holds, read from its source:
   networks/lora.py save_weights' sshs_model_hash (utils/model_utils.py: sha256 of the data after the header).
 The modules come from the DiT file here (the real one walks the model class built for --task): its 2-D `.weight`
 tensors under `blocks.<i>.`, with the 1.3B file's `model.diffusion_model.` prefix stripped as load_wan_model does.
+FAKE_MUSUBI_UNSTRIPPED=1 keeps the prefix in the module names: a LoRA named after the file's own keys, which no
+loader that strips the prefix can apply (what a LoRA check must catch).
 """
 
 import hashlib
@@ -23,7 +25,7 @@ from pathlib import Path
 
 PREFIX = "model.diffusion_model."
 EXCLUDE = re.compile(r".*(patch_embedding|text_embedding|time_embedding|time_projection|norm|head).*")
-BLOCK_LINEAR = re.compile(r"(blocks\.\d+\..+)\.weight")
+BLOCK_LINEAR = re.compile(r"((?:model\.diffusion_model\.)?blocks\.\d+\..+)\.weight")
 # The arguments the saved file depends on.
 FLAGS = ("--dit", "--output_name", "--learning_rate", "--max_train_epochs", "--network_module", "--network_dim",
          "--network_alpha", "--mixed_precision", "--seed", "--min_timestep", "--max_timestep")
@@ -46,10 +48,10 @@ def dit_files(dit: str) -> list[Path]:
 
 def linear_modules(dit: str) -> dict[str, list[int]]:
     """module path -> [out, in] of every nn.Linear musubi wraps in this DiT."""
-    found = {}
+    found, keep = {}, os.environ.get("FAKE_MUSUBI_UNSTRIPPED") == "1"
     for path in dit_files(dit):
         for key, entry in header(path).items():
-            match = BLOCK_LINEAR.fullmatch(key.removeprefix(PREFIX))
+            match = BLOCK_LINEAR.fullmatch(key if keep else key.removeprefix(PREFIX))
             if match and len(entry["shape"]) == 2 and not EXCLUDE.fullmatch(match[1]):
                 found[match[1]] = entry["shape"]
     return found
@@ -104,7 +106,7 @@ def metadata(args: dict, epoch: int, steps: int) -> dict[str, str]:
 
 def save(path: Path, args: dict, epoch: int, steps: int) -> None:
     tensors = lora_tensors(args["--dit"], int(args["--network_dim"]), float(args["--network_alpha"]),
-                           f"{args['--output_name']}:{epoch}")
+                           f"{args['--output_name']}:{steps}")  # steps count on across a resume, epochs restart
     meta = metadata(args, epoch, steps)
     meta["sshs_model_hash"] = hashlib.sha256(b"".join(data for _, data in tensors.values())).hexdigest()
     write_safetensors(path, tensors, meta)
