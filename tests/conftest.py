@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 FAKES = ROOT / "tests" / "fakes"
 EXAMPLE_DATASET = ROOT / "examples" / "dataset"
 SECRET_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "GEMINI_API_KEY", "REPLICATE_API_TOKEN", "RUNPOD_API_KEY",
-               "MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+               "MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+               "SKYPILOT_DOCKER_PASSWORD")
 
 
 def pytest_terminal_summary(terminalreporter, config):

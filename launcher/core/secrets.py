@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 SECRET_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "GEMINI_API_KEY", "REPLICATE_API_TOKEN", "RUNPOD_API_KEY",
                "RUNPOD_S3_SECRET_ACCESS_KEY", "MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "AWS_SECRET_ACCESS_KEY",
-               "WANDB_API_KEY")
+               "WANDB_API_KEY", "SKYPILOT_DOCKER_PASSWORD")
 
 
 def secret_values(environ: Mapping[str, str]) -> dict[str, str]:
