@@ -39,7 +39,10 @@ VARS = (
     Var("LORA_GYM_RUN_ID", "", "Name of the run folder; default `<preset>[-<expert>]-<UTC time>`. An unfinished "
         "run's name continues that run."),
     Var("LORA_GYM_STAGE", "all", "`cache`: only the cache and Lightning merge steps; `train`: only the trainings "
-        "(their caches must exist)."),
+        "(their caches must exist); `samples`: only the samples of a run whose trainings are done (its folder again, "
+        "even when it succeeded)."),
+    Var("LORA_GYM_PAIR_DIR", "", "Wan 2.2 `both` trained in two containers: the other expert's run folder. The "
+        "samples pair both LoRAs; the run that finishes training last takes them (`train` stage: a later `samples`)."),
     Var("LORA_GYM_LOCK_TIMEOUT", "21600", "Seconds after which a cache lock whose holder stopped renewing it "
         "(every 30 s) is broken."),
     Var("LORA_GYM_CACHE_LOCK", "file", "`file`: a cache step waits for another run caching the same inputs (a lock "
@@ -53,7 +56,7 @@ VARS = (
         "one `error:` line."),
 )
 DEFAULTS = {v.name: v.default for v in VARS}
-STAGES = ("all", "cache", "train")
+STAGES = ("all", "cache", "train", "samples")
 CACHE_LOCKS = ("file", "none")
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off", "")
@@ -78,6 +81,7 @@ class Settings:
     lock_timeout: float = 21600.0
     weights_layout: str = ""
     cache_lock: str = "file"
+    pair: str | None = None
 
 
 def _flag(name: str, value: str) -> bool:
@@ -95,7 +99,7 @@ def _overrides(value: str) -> tuple[str, ...]:
 
 def _stage(value: str) -> str:
     if value not in STAGES:
-        raise UserError(f"LORA_GYM_STAGE={value!r} is not a stage: use all, cache or train")
+        raise UserError(f"LORA_GYM_STAGE={value!r} is not a stage: use all, cache, train or samples")
     return value
 
 
@@ -152,4 +156,4 @@ def read(environ: Mapping[str, str], tensorboard: bool) -> Settings:
                     get["LORA_GYM_IMAGE_LABELS"], _run_id(get["LORA_GYM_RUN_ID"]),
                     _flag("LORA_GYM_DRY_RUN", get["LORA_GYM_DRY_RUN"]), _stage(get["LORA_GYM_STAGE"]),
                     _seconds("LORA_GYM_LOCK_TIMEOUT", get["LORA_GYM_LOCK_TIMEOUT"]), get["LORA_GYM_WEIGHTS_LAYOUT"],
-                    _cache_lock(get["LORA_GYM_CACHE_LOCK"]))
+                    _cache_lock(get["LORA_GYM_CACHE_LOCK"]), get["LORA_GYM_PAIR_DIR"] or None)

@@ -82,12 +82,15 @@ def _done(step: Step) -> bool:
 
 
 def stage_steps(steps: Sequence[Step], stage: str, optional: frozenset[str] = frozenset()) -> tuple[Step, ...]:
-    """The steps LORA_GYM_STAGE runs: all, the cache and merge steps (they have markers), or the trainings.
+    """The steps LORA_GYM_STAGE runs: all, the cache and merge steps (they have markers), the trainings, or the
+    samples of a trained run.
 
     `optional` steps serve only the samples: the train stage runs them (skipped when cached) but needs none."""
     cached = [step for step in steps if step.markers]
     if stage == "cache":
         return tuple(cached)
+    if stage == "samples":
+        return tuple(step for step in steps if step.name in optional)
     if stage == "train":
         missing = [step.name for step in cached if not _done(step) and step.name not in optional]
         if missing:
@@ -226,11 +229,26 @@ def out_of_memory(ctx: Context, step: str) -> None:
     log(f"{step}: {hint}")
 
 
-def run_sample_step(ctx: Context, step: Step) -> int:
-    """One sampled epoch (or the merge only samples need); a failure is recorded, never the run's."""
+def _pair_turn(ctx: Context, step: Step) -> int | None:
+    """With LORA_GYM_PAIR_DIR, before the first sample step: whether this run samples the pair (None) or not."""
     record, plan = ctx.manifest.data["samples"], ctx.job.plan
-    if record["status"] == "failed":
-        return _skip(ctx, step, f"an earlier sample step ({record['failed_step']}) failed")
+    turn = samples.pair_turn(plan.samples, plan.run_dir, ctx.settings.stage) if record["status"] == "pending" \
+        else None
+    if turn is None:
+        return None
+    record.update(status=turn[0], reason=turn[1], **({"failed_step": step.name} if turn[0] == "failed" else {}))
+    ctx.manifest.write()
+    return _skip(ctx, step, f"samples {turn[0]}: {turn[1]}")
+
+
+def run_sample_step(ctx: Context, step: Step) -> int:
+    """One sampled epoch (or a merge or key copy only samples need); a failure is recorded, never the run's."""
+    record, plan = ctx.manifest.data["samples"], ctx.job.plan
+    if record["status"] in ("failed", "deferred"):
+        why = record.get("reason") or f"an earlier sample step ({record.get('failed_step')}) failed"
+        return _skip(ctx, step, f"samples {record['status']}: {why}")
+    if plan.samples.pair and (skipped := _pair_turn(ctx, step)) is not None:
+        return skipped
     epoch = samples.epoch_of(step.name)
     if ctx.restart and epoch is not None:  # a continued run keeps the epochs an earlier attempt sampled
         done = samples.collect(plan.samples, epoch, Path(plan.run_dir))
@@ -239,11 +257,15 @@ def run_sample_step(ctx: Context, step: Step) -> int:
             samples.update_sheets(record, Path(plan.run_dir), log)
             record["status"] = "succeeded" if step.name == plan.samples.steps[-1] else record["status"]
             return _skip(ctx, step, "an earlier attempt of this run sampled this epoch")
-    code = run_cache_step(ctx, step) if step.markers else execute(ctx, step.name, step.argv, optional=True)
-    if code == 0 and epoch is not None:
-        record["videos"] += samples.collect(plan.samples, epoch, Path(plan.run_dir))
-        samples.update_sheets(record, Path(plan.run_dir), log)
-    if code != 0 and not ctx.stopping():
+    watch = samples.LoraWatch(sys.stdout)
+    code = run_cache_step(ctx, step) if step.markers else execute(
+        ctx, step.name, samples.with_dit_copies(plan.samples, step.argv), watch, optional=True)
+    why = samples.keep_epoch(record, plan.samples, epoch, watch, log) if code == 0 and epoch is not None else None
+    if why:  # it exited 0, but its videos are not the LoRA's
+        record.update(status="failed", failed_step=step.name, exit_code=0, reason=why)
+        ctx.manifest.data["steps"][-1].update(status="failed", reason=why)
+        log(f"{step.name} failed: {why}; the LoRAs are done; skipping the remaining samples")
+    elif code != 0 and not ctx.stopping():
         record.update(status="failed", failed_step=step.name, exit_code=code)
     elif code == 0 and step.name == plan.samples.steps[-1]:
         record["status"] = "succeeded"
@@ -298,7 +320,7 @@ def run_job(settings) -> int:
     lock, layout = read_lock(settings.weights_lock), weights.read_layout(settings.weights_layout)
     job = prepare(settings.preset, settings.expert, settings.overrides, settings.dataset_dir,
                   run_id=settings.run_id, paths=settings.paths, lock=lock,
-                  locations=weights.locations(layout, settings.paths.weights, settings.paths.cache))
+                  locations=weights.locations(layout, settings.paths.weights, settings.paths.cache), pair=settings.pair)
     if settings.dry_run:
         from launcher.cli.render import as_text
 
@@ -314,6 +336,8 @@ def run_job(settings) -> int:
     preflight(job, settings.paths)
     optional = frozenset(job.plan.samples.steps if job.plan.samples else ())
     steps = stage_steps(job.plan.steps, settings.stage, optional)
+    if settings.stage == "samples":
+        samples.require_trained(job.plan)
     child_env = step_environment(os.environ)
     with Stop().listening() as stop:
         try:

@@ -75,20 +75,20 @@ def _claim(job: Job, settings) -> Job:
             if settings.run_id:
                 raise
             plan = make_plan(job.loaded.preset, settings.expert, job.layout, f"{base}_{attempt}", settings.paths,
-                             read_lock(settings.weights_lock))
+                             read_lock(settings.weights_lock), pair=settings.pair)
             job = replace(job, plan=plan)
     raise UserError(f"too many runs named {job.plan.run_id}: set LORA_GYM_RUN_ID")
 
 
-def _earlier(job: Job, run_dir: Path) -> dict:
-    """The earlier attempt's run.json, if this run may continue it."""
+def _earlier(job: Job, run_dir: Path, stage: str) -> dict:
+    """The earlier attempt's run.json, if this run may continue it (a succeeded one only for its samples)."""
     run_id = job.plan.run_id
     try:
         data = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         raise UserError(f"run folder {run_dir} exists without a readable run.json: choose another "
                         "LORA_GYM_RUN_ID") from None
-    if data.get("status") == "succeeded":
+    if data.get("status") == "succeeded" and stage != "samples":
         raise UserError(f"run {run_id} already succeeded ({run_dir}): choose another LORA_GYM_RUN_ID "
                         "(finished runs are never overwritten)")
     if data.get("plan_sha256") != plan_sha256(job.plan):
@@ -106,7 +106,7 @@ def _reopen(job: Job, settings, owner: dict, log: Callable[[str], None], cancell
         raise UserError(f"run {job.plan.run_id} is running now ({exc}): wait for it to end, or choose another "
                         "LORA_GYM_RUN_ID") from None
     try:
-        data = _earlier(job, run_dir)
+        data = _earlier(job, run_dir, settings.stage)
     except BaseException:
         lock.release()
         raise

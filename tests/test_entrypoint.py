@@ -85,7 +85,7 @@ def test_full_run_writes_lora_and_manifest(box):
     [run_dir] = box.runs()
     manifest = json.loads((run_dir / "run.json").read_text())
     assert manifest["status"] == "succeeded" and manifest["exit_code"] == 0
-    assert [s["name"] for s in manifest["steps"]] == ["cache-latents", "cache-text-encoder", "train", *(
+    assert [s["name"] for s in manifest["steps"]] == ["cache-latents", "cache-text-encoder", "train", "dit-keys", *(
         f"samples-e{e:06d}" for e in (10, 20, 30, 40, 50))]  # samples after training (tests/test_samples.py)
     assert all(s["exit_code"] == 0 for s in manifest["steps"])
     outputs = {o["path"]: o for o in manifest["outputs"]}
@@ -194,7 +194,7 @@ def test_bad_environment_is_a_one_line_error(box):
 
 
 @pytest.mark.parametrize("extra, message", [
-    ({"LORA_GYM_STAGE": "caches"}, "error: LORA_GYM_STAGE='caches' is not a stage: use all, cache or train"),
+    ({"LORA_GYM_STAGE": "caches"}, "error: LORA_GYM_STAGE='caches' is not a stage: use all, cache, train or samples"),
     ({"LORA_GYM_LOCK_TIMEOUT": "6h"}, "error: LORA_GYM_LOCK_TIMEOUT='6h' is not a number of seconds above 0"),
     ({"LORA_GYM_CACHE_LOCK": "flock"}, "error: LORA_GYM_CACHE_LOCK='flock' is not a lock kind: use file, or none"),
 ])
@@ -236,7 +236,7 @@ def test_cache_stage_runs_only_the_cache_and_merge_steps(box):
     assert [c["script"] for c in box.calls()] == ["wan_cache_latents", "wan_cache_text_encoder_outputs"]
     manifest = json.loads((box.runs()[0] / "run.json").read_text())
     assert [s["name"] for s in manifest["steps"]] == ["cache-latents", "cache-text-encoder", "merge-lightning-high",
-                                                      "merge-lightning-low"]
+                                                      "merge-lightning-low", "dit-keys-high", "dit-keys-low"]
     assert manifest["status"] == "succeeded" and manifest["stage"] == "cache"
 
 

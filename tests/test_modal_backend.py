@@ -107,15 +107,21 @@ def test_quote_uses_the_price_table_and_two_gpus_for_both():
     assert cost.estimate(3600, q).usd == pytest.approx(1.25 * 3.9492 * 2)
 
 
-def test_both_is_a_cache_pass_then_two_experts():
+def test_both_is_a_cache_pass_then_two_experts_then_the_pairs_samples():
     spec = spec_for(expert="both", overrides=["train.max_train_epochs=20"])
-    assert [c.function for c in spec.calls] == ["cache", "train_high", "train_low"]
-    cache, high, low = (c.env for c in spec.calls)
+    assert [c.function for c in spec.calls] == ["cache", "train_high", "train_low", "samples"]
+    cache, high, low, samples = (c.env for c in spec.calls)
     assert cache["LORA_GYM_STAGE"] == "cache" and cache["LORA_GYM_EXPERT"] == "both"
     assert (high["LORA_GYM_EXPERT"], low["LORA_GYM_EXPERT"]) == ("high", "low")
     assert high["LORA_GYM_STAGE"] == low["LORA_GYM_STAGE"] == "train"  # the cache pass did the rest
     assert {c.env["LORA_GYM_OUTPUT_DIR"] for c in spec.calls} == {f"/output/{spec.run_id}"}
     assert all(c.env["LORA_GYM_SET"] == "train.max_train_epochs=20" for c in spec.calls)
+    # each expert names the other's folder; the samples reopen the low expert's run once both have trained
+    assert (high["LORA_GYM_PAIR_DIR"], low["LORA_GYM_PAIR_DIR"]) == (f"/output/{spec.run_id}/low",
+                                                                     f"/output/{spec.run_id}/high")
+    assert samples == low | {"LORA_GYM_STAGE": "samples"}
+    off = spec_for(expert="both", overrides=["samples.enabled=false"])
+    assert [c.function for c in off.calls] == ["cache", "train_high", "train_low"] and off.samples_timeout_s is None
 
 
 def test_single_run_env_and_volumes():
@@ -152,8 +158,11 @@ def test_dry_run_shows_the_request_without_secret_values_or_modal():
     data = json.loads(result.stdout)
     assert data["image"] == IMAGE and data["gpu"] == "H100" and data["secrets"] == ["lora-gym-hf"]
     assert data["registry_secret"] == "ghcr-creds"
-    assert data["cache_timeout_s"] + data["timeout_s"] <= 24 * 3600 and data["orchestrator_timeout_s"] == 24 * 3600
-    assert data["timeouts"].startswith("cache pass 3 h + trainings 20 h = 23 h, within the run's limit")
+    assert data["cache_timeout_s"] + data["timeout_s"] + data["samples_timeout_s"] <= 24 * 3600
+    assert data["orchestrator_timeout_s"] == 24 * 3600
+    assert data["timeouts"].startswith("cache pass 3 h + trainings 16.5 h + samples of the pair 3 h = 22.5 h, within "
+                                       "the run's limit")
+    assert data["platform_calls"][-1].endswith("then samples (both LoRAs)")
     assert data["platform_calls"][-1].startswith("both.spawn(") and "volumes" in data["platform_calls"][-1]
     assert "commit()" in data["in_each_stage"]
 
@@ -168,7 +177,7 @@ def test_real_objects_carry_the_spec(monkeypatch):
     monkeypatch.setenv("LORA_GYM_MODAL_REGISTRY_SECRET", "ghcr-creds")
     spec = spec_for(expert="both", max_hours=5)
     app, functions, volumes = modal_app.build(spec)
-    assert isinstance(app, modal.App) and set(functions) == {"cache", "train_high", "train_low", "both"}
+    assert isinstance(app, modal.App) and set(functions) == {"cache", "train_high", "train_low", "samples", "both"}
     train = functions["train_high"]._spec_
     assert train.gpus == "H100"
     assert train.memory == spec.memory_mib  # the plan's host RAM, in MiB
@@ -176,7 +185,7 @@ def test_real_objects_carry_the_spec(monkeypatch):
     assert [s.name for s in train.secrets] == ["lora-gym-hf"]
     assert functions["both"]._spec_.gpus is None and not functions["both"]._spec_.volumes  # it only waits
     assert pulled[0][0] == IMAGE and pulled[0][1].name == "ghcr-creds"
-    assert spec.cache_timeout_s + spec.timeout_s == 5 * 3600
+    assert spec.cache_timeout_s + spec.timeout_s + spec.samples_timeout_s == 5 * 3600
 
 
 @pytest.mark.parametrize(("keys", "kind"), [

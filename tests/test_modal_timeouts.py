@@ -19,10 +19,11 @@ def test_both_shares_the_runs_limit_between_cache_and_trainings(limits):
     job, options = job_and_options(expert="both", **limits)
     limit = modal_backend.timeout_s(job, options)
     spec = modal_backend.modal_spec(job, options)
-    assert spec.cache_timeout_s + spec.timeout_s <= limit
-    waits = modal_timeouts.WAVES * (spec.startup_timeout_s + modal_timeouts.QUEUE_ALLOWANCE_S)
-    assert spec.cache_timeout_s + spec.timeout_s + waits <= spec.orchestrator_timeout_s <= modal_app.MAX_TIMEOUT_S
-    assert spec.cache_timeout_s >= 60 and spec.timeout_s >= spec.cache_timeout_s
+    stages = spec.cache_timeout_s + spec.timeout_s + spec.samples_timeout_s  # samples: the pair, after both
+    assert stages <= limit
+    waits = modal_timeouts.waves(True) * (spec.startup_timeout_s + modal_timeouts.QUEUE_ALLOWANCE_S)
+    assert stages + waits <= spec.orchestrator_timeout_s <= modal_app.MAX_TIMEOUT_S
+    assert spec.cache_timeout_s >= 60 and spec.timeout_s >= spec.cache_timeout_s == spec.samples_timeout_s
     job, options = job_and_options(**limits)  # without an orchestrator the one function has the whole limit
     single = modal_backend.modal_spec(job, options)
     assert (single.timeout_s, single.cache_timeout_s, single.orchestrator_timeout_s) == (
@@ -32,8 +33,8 @@ def test_both_shares_the_runs_limit_between_cache_and_trainings(limits):
 def test_max_cost_holds_for_cache_pass_and_trainings_together():
     job, options = job_and_options(expert="both", max_cost=20.0)
     spec, price = modal_backend.modal_spec(job, options), modal_backend.PRICES["H100"]
-    # the cache pass on one GPU, then two experts on one GPU each, every function to its timeout
-    assert spec.cache_timeout_s * price + spec.timeout_s * 2 * price <= 20.0 * 3600
+    # the cache pass on one GPU, then two experts on one GPU each, then the samples on one, each to its timeout
+    assert (spec.cache_timeout_s + spec.timeout_s * 2 + spec.samples_timeout_s) * price <= 20.0 * 3600
 
 
 def test_functions_are_registered_with_the_split_timeouts(monkeypatch):
@@ -51,6 +52,7 @@ def test_functions_are_registered_with_the_split_timeouts(monkeypatch):
     modal_app.build(spec)
     assert registered["cache"]["timeout"] == spec.cache_timeout_s
     assert registered["train_high"]["timeout"] == registered["train_low"]["timeout"] == spec.timeout_s
+    assert registered["samples"]["timeout"] == spec.samples_timeout_s
     assert registered["train_high"]["startup_timeout"] == modal_timeouts.STARTUP_TIMEOUT_S
     assert registered["both"]["timeout"] == modal_app.MAX_TIMEOUT_S and "volumes" not in registered["both"]
     registered.clear()

@@ -5,6 +5,7 @@ the musubi-tuner test double, so a training that cannot see the cache fails the 
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -157,3 +158,28 @@ def test_the_volume_double_shows_writes_after_commit_and_reload_only(tmp_path):
     (one.views["/v"].path / "a").write_text("one again")
     one.views["/v"].commit()  # a commit writes only what its container changed: two's "b" stays
     assert (volume.committed / "a").read_text() == "one again" and (volume.committed / "b").is_file()
+
+
+def test_both_samples_the_pair_once_both_trainings_have_committed(tmp_path, image_env):
+    """Neither training container can see the other's LoRAs (each mounted the outputs before the other committed),
+    so both defer their samples; the samples stage, started after both commits, pairs the two LoRAs."""
+    from fakes import tiny_wan
+
+    paired = ("train.max_train_epochs=2", "train.save_every_n_epochs=1")  # one sampled epoch, the last
+    job = prepare(PRESET, "both", paired, EXAMPLE_DATASET, run_id="r1")
+    for weight in job.plan.weights:  # DiTs with real key names: the doubles merge LoRA keys into them
+        if weight.role.startswith("dit"):
+            tiny_wan.write_dit(image_env.weights / weight.repo / weight.path)
+    options = LaunchOptions(dataset=str(EXAMPLE_DATASET), image=IMAGE, run_id="r1")
+    platform = Platform(tmp_path / "modal", modal_backend.modal_spec(job, options), job)
+    assert [r["stage"] for r in platform.run()] == ["cache", "high", "low", "samples"], platform.logs()
+    outputs = platform.committed(modal_app.OUTPUTS_MOUNT) / "r1"
+    high, low = (json.loads((outputs / expert / "run.json").read_text()) for expert in ("high", "low"))
+    assert high["samples"]["status"] == "deferred" and low["samples"]["status"] == "succeeded", platform.logs()
+    assert [v["path"] for v in low["samples"]["videos"]] == ["samples/e000002/prompt-1.mp4",
+                                                            "samples/e000002/prompt-2.mp4"]
+    assert (outputs / "low" / "samples" / "e000002" / "prompt-1.mp4").is_file()  # committed by the samples stage
+    [generate] = [c["argv"] for c in image_env.calls() if c["script"] == "wan_generate_video"]
+    lora_high = generate[generate.index("--lora_weight_high_noise") + 1]
+    assert lora_high.endswith("/output/r1/high/wan22-t2v-vanilla-high.safetensors")
+    assert [c["script"] for c in image_env.calls()].count("wan_train_network") == 2  # the samples trained nothing

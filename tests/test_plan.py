@@ -77,7 +77,8 @@ def test_both_experts_cache_once_then_train_twice():
     plan = plan_for("wan22-t2v-lightning", "both")
     assert [s.name for s in plan.steps][:6] == ["cache-latents", "cache-text-encoder", "merge-lightning-high",
                                                 "train-high", "merge-lightning-low", "train-low"]
-    assert all(s.name.startswith("samples-") for s in plan.steps[6:])  # tests/test_samples.py
+    assert [s.name for s in plan.steps[6:8]] == ["dit-keys-high", "dit-keys-low"]  # tests/test_sample_lora.py
+    assert all(s.name.startswith("samples-") for s in plan.steps[8:])  # tests/test_samples.py
     assert [o.rsplit("/", 1)[1] for o in plan.outputs] == ["wan22-t2v-lightning-high.safetensors",
                                                           "wan22-t2v-lightning-low.safetensors"]
 

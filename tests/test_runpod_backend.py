@@ -282,6 +282,11 @@ def test_expert_both_starts_two_pods_on_one_volume_and_stop_ends_both(dataset, v
     assert [b["env"]["LORA_GYM_EXPERT"] for b in fake.created] == ["high", "low"]
     assert {b["mounts"]["network"][0]["volumeId"] for b in fake.created} == {volume}
     assert fake.created[0]["env"]["LORA_GYM_RUN_ID"] != fake.created[1]["env"]["LORA_GYM_RUN_ID"]
+    # each pod names the other's run folder: the one that finishes training last samples the pair
+    # (tests/test_sample_lora.py runs two such entrypoints on one volume)
+    high, low = (b["env"] for b in fake.created)
+    assert high["LORA_GYM_PAIR_DIR"] == f"{high['LORA_GYM_OUTPUT_DIR']}/{low['LORA_GYM_RUN_ID']}"
+    assert low["LORA_GYM_PAIR_DIR"] == f"{low['LORA_GYM_OUTPUT_DIR']}/{high['LORA_GYM_RUN_ID']}"
     (record,) = runs.all_runs()
     capsys.readouterr()
     assert main(["status", record["run_id"]]) == 0

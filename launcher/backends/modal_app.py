@@ -114,7 +114,8 @@ def _entrypoint(env: dict[str, str], dataset: dict[str, str], preset_toml: str |
         Path(env["LORA_GYM_PRESET"]).parent.mkdir(parents=True, exist_ok=True)
         Path(env["LORA_GYM_PRESET"]).write_text(preset_toml, encoding="utf-8")
     Path(env.get("LORA_GYM_OUTPUT_DIR", OUTPUTS_MOUNT)).mkdir(parents=True, exist_ok=True)
-    stage = "cache" if env.get("LORA_GYM_STAGE") == "cache" else env.get("LORA_GYM_EXPERT") or "train"
+    stage = env.get("LORA_GYM_STAGE") if env.get("LORA_GYM_STAGE") in ("cache", "samples") else \
+        env.get("LORA_GYM_EXPERT") or "train"
     proc = subprocess.Popen([ENTRYPOINT], env=child_env(env), cwd="/", stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1)
     for line in proc.stdout:  # line by line, so Modal's log stream shows each [step] line as it happens
@@ -143,20 +144,32 @@ def train_low(env: dict, dataset: dict, preset_toml: str | None = None, volumes:
     return run_stage(env, dataset, preset_toml, volumes)
 
 
-STAGE_FUNCTIONS = {"train": train, "cache": cache, "train_high": train_high, "train_low": train_low}
+def samples(env: dict, dataset: dict, preset_toml: str | None = None, volumes: dict | None = None) -> dict:
+    return run_stage(env, dataset, preset_toml, volumes)
+
+
+STAGE_FUNCTIONS = {"train": train, "cache": cache, "train_high": train_high, "train_low": train_low,
+                   "samples": samples}
 
 
 def both(calls: list, dataset: dict, preset_toml: str | None = None, volumes: dict | None = None) -> list:
-    """`--expert both`: the cache pass first (one GPU), then both experts at once (two GPUs). Runs on a small
-    CPU container; `calls` holds (Function, env) pairs, Modal passing the Function handles by id. The cache
-    pass has committed the cache volume when its result arrives (run_stage), so the experts' new containers
-    mount it with the cache in it."""
+    """`--expert both`: the cache pass first (one GPU), then both experts at once (two GPUs), then the samples of
+    the pair (one GPU). Runs on a small CPU container; `calls` holds (Function, env) pairs, Modal passing the
+    Function handles by id. Each stage has committed its volumes when its result arrives (run_stage), so the next
+    wave's new containers mount them with the cache, then both experts' LoRAs, in them."""
     import modal
 
     (first, first_env), rest = calls[0], calls[1:]
+    trainings = [(fn, env) for fn, env in rest if env.get("LORA_GYM_STAGE") != "samples"]
     results = [first.spawn(first_env, dataset, preset_toml, volumes).get()]  # StageFailed if caching failed
-    spawned = [fn.spawn(env, dataset, preset_toml, volumes) for fn, env in rest]
-    return results + list(modal.FunctionCall.gather(*spawned))
+    spawned = [fn.spawn(env, dataset, preset_toml, volumes) for fn, env in trainings]
+    results += list(modal.FunctionCall.gather(*spawned))  # a failed training fails the run: no samples
+    for fn, env in rest[len(trainings):]:
+        try:
+            results.append(fn.spawn(env, dataset, preset_toml, volumes).get())
+        except Exception as exc:  # noqa: BLE001 - both LoRAs are done and committed: the samples never fail the run
+            print(f"both: the samples stage ended early ({type(exc).__name__}: {exc}); the LoRAs are done", flush=True)
+    return results
 
 
 def sweep(calls: list, dataset: dict, preset_toml: str | None = None, volumes: dict | None = None) -> list:
@@ -201,7 +214,8 @@ def build(spec):
     common = {"image": image(spec), "secrets": secrets}
     functions = {}
     for call in spec.calls:
-        timeout = spec.cache_timeout_s if call.function == "cache" and spec.cache_timeout_s else spec.timeout_s
+        own = {"cache": spec.cache_timeout_s, "samples": spec.samples_timeout_s}.get(call.function)
+        timeout = own or spec.timeout_s
         # memory: Modal's request in MiB (a floor the container is scheduled with, not a cap). startup_timeout:
         # None leaves Modal's default (the timeout bounds the start-up too: modal/app.py `function`).
         functions[call.function] = app.function(gpu=spec.gpu, timeout=timeout, startup_timeout=spec.startup_timeout_s,

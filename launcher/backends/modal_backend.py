@@ -100,6 +100,7 @@ class ModalSpec:
     sizes: dict[str, int] = field(default_factory=dict, repr=False)  # sha256 -> bytes, for the upload only
     # With an orchestrator (split_timeouts): the cache pass's timeout, each stage's start-up limit, its own.
     cache_timeout_s: int | None = None
+    samples_timeout_s: int | None = None  # `both`'s samples stage, after both trainings
     startup_timeout_s: int | None = None
     orchestrator_timeout_s: int | None = None
 
@@ -175,12 +176,18 @@ def stage_calls(job: Job, run_id: str, preset: str) -> tuple[Call, ...]:
     if job.plan.expert != "both":  # one call: the run folder is /output/<run id>
         expert = {"LORA_GYM_EXPERT": job.plan.expert} if job.plan.expert else {}
         return (Call("train", env | expert | {"LORA_GYM_OUTPUT_DIR": OUTPUTS_MOUNT, "LORA_GYM_RUN_ID": run_id}),)
-    # Three calls share /output/<run id>/, each in its own folder (cache, high, low).
-    shared = env | {"LORA_GYM_OUTPUT_DIR": f"{OUTPUTS_MOUNT}/{run_id}"}
+    # The calls share /output/<run id>/, each in its own folder (cache, high, low). Neither training container sees
+    # the other's LoRAs (a commit shows only after a reload), so each names the other's folder and leaves the pair's
+    # samples to a samples stage in the low expert's folder, once both have committed (modal_app.both).
+    folder = f"{OUTPUTS_MOUNT}/{run_id}"
+    shared = env | {"LORA_GYM_OUTPUT_DIR": folder}
     train = shared | {"LORA_GYM_STAGE": "train"}
-    return (Call("cache", shared | {"LORA_GYM_EXPERT": "both", "LORA_GYM_STAGE": "cache", "LORA_GYM_RUN_ID": "cache"}),
-            Call("train_high", train | {"LORA_GYM_EXPERT": "high", "LORA_GYM_RUN_ID": "high"}),
-            Call("train_low", train | {"LORA_GYM_EXPERT": "low", "LORA_GYM_RUN_ID": "low"}))
+    high = train | {"LORA_GYM_EXPERT": "high", "LORA_GYM_RUN_ID": "high", "LORA_GYM_PAIR_DIR": f"{folder}/low"}
+    low = train | {"LORA_GYM_EXPERT": "low", "LORA_GYM_RUN_ID": "low", "LORA_GYM_PAIR_DIR": f"{folder}/high"}
+    calls = (Call("cache", shared | {"LORA_GYM_EXPERT": "both", "LORA_GYM_STAGE": "cache", "LORA_GYM_RUN_ID": "cache"}),
+             Call("train_high", high), Call("train_low", low))
+    sampled = job.plan.samples is not None and bool(job.plan.samples.steps)
+    return calls + ((Call("samples", low | {"LORA_GYM_STAGE": "samples"}),) if sampled else ())
 
 
 def modal_spec(job: Job, options: LaunchOptions) -> ModalSpec:
@@ -192,7 +199,8 @@ def modal_spec(job: Job, options: LaunchOptions) -> ModalSpec:
     volumes = {DATASETS_MOUNT: DATASETS_VOLUME, CACHE_MOUNT: options.cache_volume or f"lora-gym-cache-{family}",
                OUTPUTS_MOUNT: OUTPUTS_VOLUME}
     calls, limit = stage_calls(job, run_id, preset), timeout_s(job, options)
-    timeouts = split_timeouts(limit) if len(calls) > 1 else {"timeout_s": limit}
+    samples = any(c.function == "samples" for c in calls)
+    timeouts = split_timeouts(limit, samples) if len(calls) > 1 else {"timeout_s": limit}
     return ModalSpec(run_id=run_id, image=image_ref(job, options), gpu=gpu_request(job, options),
                      memory_mib=job.plan.resources.host_memory_gb * 1024 or None,
                      volumes=volumes, secrets=secret_names(), **timeouts,
@@ -213,8 +221,9 @@ def top_call(spec: ModalSpec) -> str:
     if len(spec.calls) == 1:
         return f"{spec.calls[0].function}.spawn(env, {args})"
     if spec.orchestrator == "both":
-        return (f"both.spawn([(cache, env), (train_high, env), (train_low, env)], {args}): cache, then train_high "
-                "and train_low at once")
+        samples = ", (samples, env)" if len(spec.calls) > 3 else ""
+        return (f"both.spawn([(cache, env), (train_high, env), (train_low, env){samples}], {args}): cache, then "
+                "train_high and train_low at once" + (", then samples (both LoRAs)" if samples else ""))
     caches = sum(c.function == "cache" for c in spec.calls)
     return (f"sweep.spawn([{caches} x (cache, env), {len(spec.calls) - caches} x (train, env)], {args}): the cache "
             "passes, then every training at once")

@@ -97,6 +97,10 @@ def preset_key(job: Job) -> str | None:
 def experts(job: Job) -> list[str | None]:
     # `both`: two pods on the same volume, one per expert; the entrypoint's cache lock makes the second
     # wait for the first's caches, so the caches are computed once and nothing waits on this machine.
+    # Each names the other's run folder (LORA_GYM_PAIR_DIR): the pod that finishes training last samples the pair
+    # with both LoRAs, so no third pod and no waiting pod is billed for it. storage/network-volumes.mdx leaves
+    # concurrent writes to the application: each pod writes only its own run folder, and the one shared file, the
+    # claim of a tie, is an exclusive create as the cache lock's (should two both win, each samples into its own).
     return ["high", "low"] if job.plan.expert == "both" else [job.plan.expert]
 
 
@@ -112,6 +116,8 @@ def pod_env(job: Job, options: LaunchOptions, expert: str | None, hours: float) 
         env["LORA_GYM_EXPERT"] = expert
     if job.loaded.overrides:
         env["LORA_GYM_SET"] = shlex.join(job.loaded.overrides)
+    if job.plan.expert == "both":
+        env["LORA_GYM_PAIR_DIR"] = f"{MOUNT}/{ROOT}/output/{pod_run_id(job, {'high': 'low', 'low': 'high'}[expert])}"
     env |= {"LORA_GYM_RUN_ID": pod_run_id(job, expert), "LORA_GYM_DATASET_DIR": f"{MOUNT}/{dataset_key(job)}",
             "LORA_GYM_OUTPUT_DIR": f"{MOUNT}/{ROOT}/output", "LORA_GYM_CACHE_DIR": f"{MOUNT}/{ROOT}/cache",
             "LORA_GYM_MAX_HOURS": f"{hours:.4g}", "LORA_GYM_TERMINATE_POD": "1"}

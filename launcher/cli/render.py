@@ -40,6 +40,9 @@ def samples_lines(samples) -> list[str]:
         return ["Samples: off (samples.enabled=false)"]
     epochs = ", ".join(str(e) for e in samples.epochs) or "none"
     out = [f"Samples ({samples.folder}): epochs {epochs}; {samples.note}"]
+    if samples.dit_copies:  # see launcher/core/samples.py dit_keys
+        out.append("  a sampled DiT whose keys carry model.diffusion_model. is loaded from its bare-key copy (dit-keys "
+                   "steps), so that musubi's generator applies the LoRA")
     return out + [f"  seed {p.seed:<6} {p.frames} frames  {p.text}" + (f"  [start frame {p.image}]" if p.image
                                                                         else "") for p in samples.prompts]
 

@@ -117,8 +117,8 @@ def plan_problems(plan, preset: Preset) -> list[str]:
             problems += _latent_rules(preset, args)
         if script == "wan_train_network":
             problems += _train_rules(preset, launch, args)
-        if script == "wan_generate_video":
-            problems += _sample_rules(preset, args, plan.outputs)
+        if script == "wan_generate_video":  # the LoRAs of this run, and of its pair's (LORA_GYM_PAIR_DIR)
+            problems += _sample_rules(preset, args, (*plan.outputs, *plan.samples.pair_loras))
     return problems
 
 

@@ -49,7 +49,7 @@ def read_lock(path: str | Path | None) -> dict[str, Mapping]:
 def prepare(preset_ref: str, expert: str | None, overrides: Sequence[str], dataset_dir: str | Path,
             run_id: str | None = None, paths: ContainerPaths = DEFAULT_PATHS,
             lock: Mapping[str, Mapping] | None = None, now: datetime | None = None,
-            locations: Mapping[str, str] | None = None) -> Job:
+            locations: Mapping[str, str] | None = None, pair: str | None = None) -> Job:
     """Load and check everything, then plan; every problem is a UserError before any work starts."""
     if not str(dataset_dir).strip():  # Path("") is the current folder: never what an empty value meant
         raise UserError("the dataset folder is empty text: pass --dataset (or LORA_GYM_DATASET_DIR) with a folder")
@@ -57,4 +57,4 @@ def prepare(preset_ref: str, expert: str | None, overrides: Sequence[str], datas
     experts_to_train(loaded.preset, expert)  # cheap: report a wrong --expert before reading the dataset
     layout = scan_dataset(dataset_dir)
     run_id = run_id or new_run_id(loaded.preset.name, expert, now or datetime.now(UTC))
-    return Job(loaded, layout, make_plan(loaded.preset, expert, layout, run_id, paths, lock, locations))
+    return Job(loaded, layout, make_plan(loaded.preset, expert, layout, run_id, paths, lock, locations, pair))

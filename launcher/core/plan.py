@@ -300,44 +300,69 @@ def _sampling_memory(preset: Preset, choices: dict[str | None, fit.Choice]) -> t
     return frugal, memory.dit_gb(memory.Shape.of(preset.model.task), frugal.fp8_base)
 
 
-def _sample_steps(preset: Preset, layout: DatasetLayout, paths: ContainerPaths, weights: _Weights,
-                  dits: dict, loras: dict, fitted: fit.Choice) -> tuple[list[Step], SamplesPlan | None]:
-    """The sample steps after training, and what they need; an expert not trained here samples from its base."""
-    if not preset.samples.enabled:
-        return [], None
-    trained, run_dir = list(loras), next(iter(loras.values()))[0]
-    folder = f"{run_dir}/{samples.SAMPLES_FOLDER}"
-    prompts, prompts_path = samples.sample_prompts(preset, layout, paths.dataset), f"{folder}/prompts.txt"
-    if not prompts:
-        return [], SamplesPlan(folder, prompts_path, "", (), (), (), samples.no_prompt_note(preset))
+def _sample_dits(preset: Preset, paths: ContainerPaths, weights: _Weights, dits: dict) -> tuple[list[Step], list]:
+    """The DiTs the samples load: the trainings' own, an expert not trained here from its base (merged with its
+    Lightning LoRA after training, so that never delays the LoRAs), then each one's key check (samples.dit_keys)."""
     steps = []
     for other in EXPERTS if preset.experts else ():
         settings = getattr(preset.experts, other)
-        if other not in dits and settings.lightning:  # merged after training, so it never delays the LoRAs
+        if other not in dits and settings.lightning:
             merge, dits[other] = _merge_step(other, settings, paths, weights)
             steps.append(merge)
         elif other not in dits:
             dits[other] = weights.add(f"dit-{other}", settings.dit)
+    copies = []
+    for expert, dit in dits.items():
+        base = weights.files.get(f"dit-{expert}" if expert else "dit")
+        identity = weights.identity(base.role) if base and base.container_path == dit else dit  # merged: keyed already
+        name, argv, marker, copy = samples.dit_keys(expert, dit, _key("dit-keys", identity, dit.rsplit("/", 1)[-1]),
+                                                    paths)
+        steps.append(Step(name, argv, (marker,)))
+        copies.append((dit, copy))
+    return steps, copies
+
+
+def _sample_steps(preset: Preset, layout: DatasetLayout, paths: ContainerPaths, weights: _Weights, dits: dict,
+                  loras: dict, fitted: fit.Choice, pair: str | None) -> tuple[list[Step], SamplesPlan | None]:
+    """The sample steps after training, and what they need. `pair`: the run folder of the other expert of a
+    `both` run trained in another container, whose LoRAs the samples pair with this run's."""
+    if not preset.samples.enabled:
+        return [], None
+    trained, (run_dir, name, last) = list(loras), next(iter(loras.values()))
+    folder = f"{run_dir}/{samples.SAMPLES_FOLDER}"
+    prompts, prompts_path = samples.sample_prompts(preset, layout, paths.dataset), f"{folder}/prompts.txt"
+    if not prompts:
+        return [], SamplesPlan(folder, prompts_path, "", (), (), (), samples.no_prompt_note(preset))
+    other = pair and {"high": "low", "low": "high"}[trained[0]]
+    if pair:
+        loras = loras | {other: (pair, name.removesuffix(f"-{trained[0]}") + f"-{other}", last)}
+    steps, copies = _sample_dits(preset, paths, weights, dits)
     t = preset.train
     epochs = samples.sampled_epochs(t.max_train_epochs, t.save_every_n_epochs, preset.samples.every)
     for epoch in epochs:
         files = (prompts_path, samples.epoch_folder(folder, epoch))
         steps.append(Step(f"samples-e{epoch:06d}", samples.sample_argv(preset, paths, weights, loras, dits, epoch,
                                                                         files, fitted)))
+    partner = tuple(samples.checkpoint(*loras[other][:2], e, last) for e in epochs) if pair else ()
     return steps, SamplesPlan(folder, prompts_path, samples.prompts_file(preset, prompts), prompts, tuple(epochs),
-                              tuple(step.name for step in steps), samples.note(preset, trained))
+                              tuple(step.name for step in steps), samples.note(preset, trained, pair),
+                              tuple(copies), pair, partner)
 
 
 def make_plan(preset: Preset, expert: str | None, layout: DatasetLayout, run_id: str,
               paths: ContainerPaths | None = None, lock: Mapping[str, Mapping] | None = None,
-              locations: Mapping[str, str] | None = None) -> Plan:
+              locations: Mapping[str, str] | None = None, pair: str | None = None) -> Plan:
     """The complete, validated plan for one run. Pure: the same inputs always give the same plan.
 
     `locations` ("repo:path" -> container path) overrides `<weights>/<repo>/<path>` for files an image stores
-    otherwise (the first of a DiT's shards; a file joined from parts into the cache volume).
+    otherwise (the first of a DiT's shards; a file joined from parts into the cache volume). `pair`: see
+    _sample_steps (LORA_GYM_PAIR_DIR).
     """
     paths = paths or ContainerPaths()
     experts = experts_to_train(preset, expert)
+    if pair and (len(experts) != 1 or experts[0] is None):
+        raise UserError("LORA_GYM_PAIR_DIR names the other expert's run folder of a Wan 2.2 `both` run trained in "
+                        "two containers: set LORA_GYM_EXPERT to high or low with it, or leave it empty")
     weights = _Weights(paths.weights, lock or {}, locations or {})
     run_dir = f"{paths.output}/{run_id}"
     config_path = f"{run_dir}/dataset.toml"
@@ -360,7 +385,7 @@ def make_plan(preset: Preset, expert: str | None, layout: DatasetLayout, run_id:
         outputs.append(f"{run_dir}/{name}.safetensors")
         dits[exp], loras[exp] = dit, (run_dir, name, preset.train.max_train_epochs)
     frugal, inactive_dit_gb = _sampling_memory(preset, choices)
-    sample_steps, samples_plan = _sample_steps(preset, layout, paths, weights, dits, loras, frugal)
+    sample_steps, samples_plan = _sample_steps(preset, layout, paths, weights, dits, loras, frugal, pair)
     # Each data-parallel process keeps its own swapped blocks and offloaded activations in host RAM; sampling
     # (one process, after training) holds the inactive Wan 2.2 expert there instead.
     gpus, trained_host = preset.resources.gpus, max(c.estimated_host_gb for c in choices.values())

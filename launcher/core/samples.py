@@ -17,6 +17,7 @@ from launcher.core.errors import UserError
 from launcher.core.schema import Preset
 
 SAMPLES_FOLDER = "samples"
+DIT_KEYS_MARKER = ".lora-gym-dit-keys.ok"
 FPS = 16  # Wan's frame rate; also what the videos are written at
 # wan_train_network's --attention flags, as wan_generate_video's --attn_mode names them.
 ATTN_MODE = {"sdpa": "sdpa", "flash_attn": "flash", "xformers": "xformers", "flash3": "flash3"}
@@ -40,6 +41,23 @@ class SamplesPlan:
     epochs: tuple[int, ...]
     steps: tuple[str, ...]  # the sample steps (and any merge only they need): their failure spares the LoRAs
     note: str
+    # (DiT, its bare-key copy): the entrypoint samples from the copy where its dit-keys step wrote one.
+    dit_copies: tuple[tuple[str, str], ...] = ()
+    pair: str | None = None  # the other expert's run folder (LORA_GYM_PAIR_DIR)
+    pair_loras: tuple[str, ...] = ()  # that run's checkpoints the samples load: all whole once it has trained
+
+
+def dit_keys(expert: str | None, dit: str, key: str, paths) -> tuple[str, tuple[str, ...], str, str]:
+    """(step name, argv, marker, copy) of the bare-key copy a sample step loads instead of `dit` when its keys carry
+    `model.diffusion_model.`: musubi's generator names the LoRA modules it merges after the DiT file's own keys
+    (utils/lora_utils.py, load_safetensors_with_lora_and_fp8) and strips that prefix only afterwards
+    (wan/modules/model.py, load_wan_model: "1.3B model has this prefix"), so with it no LoRA key matches. The step
+    reads the header and writes the copy only then (entrypoints/ditkeys.py); the entrypoint swaps it in where it
+    exists. `key`: the DiT's content key, so one copy serves every run."""
+    name = dit.rsplit("/", 1)[-1]
+    folder = f"{paths.cache}/dit-keys/{key}"
+    argv = (paths.python, "-m", "lora_gym_entrypoint.ditkeys", "--dit", dit, "--output", f"{folder}/{name}")
+    return f"dit-keys{'-' + expert if expert else ''}", argv, f"{folder}/{DIT_KEYS_MARKER}", f"{folder}/{name}"
 
 
 def sampled_epochs(max_epochs: int, save_every: int, every: int) -> list[int]:
@@ -161,7 +179,11 @@ def no_prompt_note(preset: Preset) -> str:
     return "no sample: samples.captions=0 and no samples.prompts"
 
 
-def note(preset: Preset, trained: list) -> str:
+def note(preset: Preset, trained: list, pair: str | None = None) -> str:
+    if pair:
+        other = {"high": "low", "low": "high"}[trained[0]]
+        return (f"each sampled checkpoint with both experts' LoRAs, the {other}-noise one from {pair} (trained in "
+                "another container): the run that finishes training last samples the pair")
     if preset.family == "wan21" or len(trained) == 2:
         return "each sampled checkpoint with every LoRA this run trains"
     other = {"high": "low", "low": "high"}[trained[0]]

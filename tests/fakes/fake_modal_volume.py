@@ -153,6 +153,29 @@ class FakeContainer:
         self.calls = 0
         self.log = io.StringIO()
 
+    @contextmanager
+    def running(self):
+        """While a call runs, its container's folder lies at `<root>/running`: every container of an app sees its
+        mounts and local disk at the same paths, as on Modal (a volume mounts where the function says), so a
+        stage's paths, and the plan made of them, do not depend on which container runs it. Calls run one at a
+        time here; an orchestrator's container, which mounts nothing, stays where it is."""
+        if not self.views:
+            yield
+            return
+        home, stable = self.dir, self.dir.parent.parent / "running"
+        os.rename(home, stable)
+        self._move(home, stable)
+        try:
+            yield
+        finally:
+            os.rename(stable, home)
+            self._move(stable, home)
+
+    def _move(self, old: Path, new: Path) -> None:
+        self.dir, self.local = new, new / self.local.relative_to(old)
+        for view in self.views.values():
+            view.path = new / view.path.relative_to(old)
+
     def path(self, container_path: str, local_prefixes: tuple[str, ...] = ()) -> str:
         """Where a path inside the container lies on this machine: under a mount's view, or local disk."""
         for mount, view in self.views.items():
@@ -180,7 +203,8 @@ class FakeFunctionCall:
     def get(self, timeout=None):
         if not self._done:
             try:
-                self._result = self.function.body(self.container, *self.args)
+                with self.container.running():
+                    self._result = self.function.body(self.container, *self.args)
             except Exception as exc:  # the function's exception travels back to the caller, as Modal's does
                 self._error = exc
             self._done = True

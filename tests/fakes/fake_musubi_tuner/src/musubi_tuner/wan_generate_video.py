@@ -1,6 +1,8 @@
 """Fake wan_generate_video (test double): checks argv against the contract and what the real script needs after
 parsing (DiT, LoRA and I2V image files present), then writes one tiny mp4 per `--from_file` prompt, named like
-musubi's `<time>_<seed>.mp4`. Each video's colour follows its LoRA files, so different epochs look different.
+musubi's `<time>_<seed>.mp4`. Each video's colour follows the model it renders: each DiT with the LoRA data that
+musubi's merge would put into it (_fake_merge.merge, which also prints musubi's warning for LoRA keys that match
+no DiT key). A LoRA that lands nowhere changes nothing, so its videos are the base model's, the same every epoch.
 """
 
 if not __package__:  # run as a file, like the real scripts: make the package importable
@@ -9,6 +11,7 @@ import hashlib
 import time
 from pathlib import Path
 
+from musubi_tuner import _fake_merge
 from musubi_tuner._fake_common import add_options, progress, start, value, values
 
 
@@ -52,7 +55,13 @@ def main():
              *values(args, "--lora_weight_high_noise")]
     for file in filter(None, files):
         assert Path(file).is_file(), f"fake musubi: {file} does not exist"
-    shade = hashlib.sha256(b"".join(Path(f).read_bytes() for f in files[2:])).digest()
+    models = [(value(args, "--dit"), values(args, "--lora_weight")),
+              (value(args, "--dit_high_noise"), values(args, "--lora_weight_high_noise"))]
+    merged = [_fake_merge.merge(dit, loras) for dit, loras in models if dit]
+    if all(merged):
+        shade = hashlib.sha256(b"".join(merged)).digest()
+    else:  # a stand-in DiT or LoRA: which keys would land is unknown; the LoRA files as a whole colour it
+        shade = hashlib.sha256(b"".join(Path(f).read_bytes() for f in files[2:])).digest()
     size, length = [int(v) for v in values(args, "--video_size")], int(value(args, "--video_length"))
     out = Path(value(args, "--save_path"))
     out.mkdir(parents=True, exist_ok=True)
