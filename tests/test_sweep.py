@@ -82,6 +82,16 @@ def test_bad_grids_are_one_error_line_and_write_nothing(case, capsys, tmp_path):
     assert (sorted(runs.home().rglob("*")) if runs.home().exists() else []) == before
 
 
+@pytest.mark.parametrize("backend", ["modal", "runpod"])
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry run", "launch"])
+def test_a_refused_image_is_the_only_output_of_a_cloud_sweep(backend, dry_run, capsys, monkeypatch):
+    monkeypatch.delenv("LORA_GYM_REGISTRY", raising=False)  # the default image is then a bare local tag
+    args = sweep_cli("--grid", "train.seed=1,2", "--backend", backend, "--no-check", *(["--dry-run"] * dry_run))
+    assert main(args) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and "names no registry" in err, (out, err)
+
+
 def test_bad_grid_files_are_one_error_line(tmp_path, capsys):
     cases = {"missing.toml": "not found", "bad.toml": "not valid TOML", "scalar.toml": "is not a list"}
     (tmp_path / "bad.toml").write_text("[grid\n")

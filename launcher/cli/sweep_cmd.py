@@ -67,14 +67,20 @@ def sweep(preset, expert, dataset_dir, grid_options, grid_file, yes, overrides, 
     axes = grid.combine(grid_options, grid_file)
     base = with_gpus_per_run(with_gpu_memory(overrides, gpu_memory), gpus_per_run)
     planned = prepare_sweep(preset, expert, base, dataset_dir, axes, yes)
-    click.echo("\n".join(describe(planned)))
     if backend is None:
+        click.echo("\n".join(describe(planned)))
         return 0
     options = LaunchOptions(dataset=dataset_dir, output=output, image=image, gpus=gpus, cache_volume=cache_volume,
                             gpu_type=gpu_type, max_hours=max_hours, max_cost=max_cost, volume=volume)
     module = _module(backend)
+    # The plan is printed only once the backend's checks passed: its dry run makes them all, a launch the
+    # module's check (image, credentials, GPU), so a refusal is the only output.
+    backend_text = module.dry_run(planned, options) if dry_run else None
+    if not dry_run and hasattr(module, "check"):
+        module.check(planned, options)
+    click.echo("\n".join(describe(planned)))
     if dry_run:
-        click.echo(module.dry_run(planned, options))
+        click.echo(backend_text)
         return 0
     if hasattr(module, "quotes"):
         options = _budget(module, planned, options, dataset_dir, no_check)

@@ -66,6 +66,12 @@ def quotes(sweep: Sweep, options: LaunchOptions) -> tuple[list[cost.Quote], cost
     return runs, dataclasses.replace(runs[0], gpus=1)  # a cache pass is one call on one GPU
 
 
+def check(sweep: Sweep, options: LaunchOptions) -> None:
+    """What Modal refuses, checked before the sweep's plan is printed: the image and the one GPU type."""
+    modal_backend.image_ref(sweep.trainings[0].job, options)
+    gpu(sweep, options)
+
+
 def launch(sweep: Sweep, options: LaunchOptions) -> int:
     from launcher.backends import modal_app
 

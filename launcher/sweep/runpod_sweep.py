@@ -74,6 +74,11 @@ def _wait(backend, record: dict, pods: list[dict]) -> list[str]:
     return failed
 
 
+def check(sweep: Sweep, options: LaunchOptions) -> None:
+    """What RunPod needs to pull the image, checked before the sweep's plan is printed."""
+    runpod.check_pull(sweep.trainings[0].job, options)
+
+
 def launch(sweep: Sweep, options: LaunchOptions) -> int:
     from launcher.backends import runpod_s3
 
