@@ -223,8 +223,10 @@ def test_dry_run_lists_files_and_front_matter_without_token_or_network(run_dir, 
     assert "no token read, nothing sent" in done.stdout
 
 
-def split_by_expert(run_dir: Path, target: Path, layout: str) -> None:
-    """The run as Modal (<id>/high, <id>/low) or RunPod (<id>-high, <id>-low) leave it: one folder per expert."""
+def split_by_expert(run_dir: Path, target: Path, layout: str, pair: bool) -> None:
+    """The run as Modal (<id>/high, <id>/low) or RunPod (<id>-high, <id>-low) leave it: one folder per expert.
+    `pair`: the low folder sampled both LoRAs and the high one deferred to it (entrypoints/samples.py pair_turn);
+    else each folder sampled alone (runs from before the pair samples)."""
     for expert in ("high", "low"):
         folder = target / run_dir.name / expert if layout == "modal" else target / f"{run_dir.name}-{expert}"
         shutil.copytree(run_dir, folder)
@@ -232,20 +234,25 @@ def split_by_expert(run_dir: Path, target: Path, layout: str) -> None:
         record["outputs"] = [o for o in record["outputs"] if f"-{expert}" in o["path"]]
         record |= {"expert": expert, "run_id": expert if layout == "modal" else folder.name,
                    "training": {f"train-{expert}": record["training"][f"train-{expert}"]}}
+        if pair and expert == "high":
+            record["samples"] |= {"status": "deferred", "reason": "the run in ../low samples the pair", "videos": []}
+            shutil.rmtree(folder / "samples")
         (folder / "run.json").write_text(json.dumps(record))
 
 
-@pytest.mark.parametrize("layout", ["modal", "runpod"])
-def test_a_run_id_finds_the_pulled_folders_of_both_experts(run_dir, tmp_path, layout):
+@pytest.mark.parametrize(("layout", "pair"), [("modal", True), ("runpod", True), ("modal", False)])
+def test_a_run_id_finds_the_pulled_folders_of_both_experts(run_dir, tmp_path, layout, pair):
     from launcher import runs
 
     runs.save({"run_id": run_dir.name, "backend": layout, "preset": "wan22-t2v-lightning"})
-    split_by_expert(run_dir, tmp_path, layout)
+    split_by_expert(run_dir, tmp_path, layout, pair)
     done = publish(None, run_dir.name, "--repo", REPO, "--dry-run", token=None, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    for name in ("wan22-t2v-lightning-high.safetensors", "wan22-t2v-lightning-low.safetensors",
-                 "samples/high/e000004/prompt-1.mp4", "samples/low/e000004/prompt-1.mp4"):
+    videos = ["samples/e000004/prompt-1.mp4"] if pair else ["samples/high/e000004/prompt-1.mp4",
+                                                            "samples/low/e000004/prompt-1.mp4"]
+    for name in ("wan22-t2v-lightning-high.safetensors", "wan22-t2v-lightning-low.safetensors", *videos):
         assert name in done.stdout
+    assert pair == ("samples/low/" not in done.stdout)
     (tmp_path / "elsewhere").mkdir()
     one_error(publish(None, run_dir.name, "--repo", REPO, "--dry-run", cwd=tmp_path / "elsewhere"), "not pulled into",
               "launcher pull")
@@ -271,7 +278,8 @@ def test_a_wan21_image_to_video_run_gets_its_own_base_task_and_workflow(tmp_path
     assert (meta["base_model"], meta["pipeline_tag"]) == ("Wan-AI/Wan2.1-I2V-14B-480P", "image-to-video")
     assert "instance_prompt" not in meta and "widget" not in meta
     card = files["README.md"].read().decode()
-    assert "samples were off" in card and "ComfyUI/input/" in card and "clip_vision_h.safetensors" in card
+    assert "Samples were off" in card and "No loss recorded" in card
+    assert "ComfyUI/input/" in card and "clip_vision_h.safetensors" in card
     assert "KSamplerAdvanced" not in card and "WanImageToVideoPipeline" in card
     api = json.loads(files["comfyui/workflow-api.json"].read())
     sampler = next(n for n in api.values() if n["class_type"] == "KSampler")

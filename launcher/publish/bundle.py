@@ -54,26 +54,32 @@ def _json(data) -> bytes:
     return (json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n").encode()
 
 
+def _why_none(record: dict | None) -> str | None:
+    """Why a run folder shows no sample video; None when another folder holds them (a deferred pair)."""
+    if not record or record.get("status") == "none":
+        return "samples were off for this run"
+    if record.get("status") == "deferred":  # Wan 2.2 in two containers: the other folder sampled the pair
+        return None
+    reason = record.get("reason") or f"the sample step {record.get('failed_step') or ''} did not succeed"
+    return f"no video is shown: {reason} (status {record.get('status')})"
+
+
 def _samples(run: Run) -> tuple[list[card.Sample], list[Entry], str]:
-    samples, entries, notes = [], [], []
-    for part in run.parts:
-        record = part.record.get("samples")
-        label = part.expert if len(run.parts) > 1 else ""
-        if not record:
-            notes.append("samples were off for this run")
-            continue
-        if record.get("status") != "succeeded":
-            notes.append(f"the sample step {record.get('failed_step') or ''} did not succeed, so no video is shown")
-            continue
-        notes.append(record.get("note") or "")
+    """The sample videos of every folder whose samples succeeded; a failed sample step shows nothing, since its
+    videos may not show the LoRA at all (the entrypoint removes them then, too)."""
+    done = [(p, p.record["samples"]) for p in run.parts if (p.record.get("samples") or {}).get("status") == "succeeded"]
+    samples, entries = [], []
+    for part, record in done:
+        label = part.expert if len(done) > 1 else ""  # folders that each sampled alone (older Modal/RunPod runs)
         prompts = {n: p["text"] for n, p in enumerate(record.get("prompts", []), 1)}
         for video in record.get("videos", []):
             path = part.folder / video["path"]
             if not path.is_file():
                 raise UserError(f"{path} is missing (run.json lists it): pull the run again")
-            repo_path = video["path"] if not label else video["path"].replace("samples/", f"samples/{label}/", 1)
+            repo_path = video["path"].replace("samples/", f"samples/{label}/", 1) if label else video["path"]
             entries.append(Entry.of_file(repo_path, path))
             samples.append(card.Sample(repo_path, video["epoch"], prompts.get(video["prompt"], ""), label))
+    notes = [r.get("note") or "" for _, r in done] or [_why_none(p.record.get("samples")) for p in run.parts]
     return samples, entries, "; ".join(n for n in dict.fromkeys(notes) if n) or "none recorded"
 
 
@@ -89,7 +95,7 @@ def _loss(run: Run) -> tuple[list[Entry], str | None]:
         return [], None
     entries = [Entry.of_bytes(LOSS_CSV, ("training,step,loss\n" + "\n".join(rows) + "\n").encode())]
     if importlib.util.find_spec("matplotlib") is None:  # the report extra; without it the card links the CSV
-        return entries, None
+        return entries, LOSS_CSV
     from launcher import report
 
     return [*entries, Entry.of_bytes(LOSS_PNG, report.loss_plot(trainings))], LOSS_PNG
@@ -147,7 +153,7 @@ def build(run: Run, repo_id: str, endpoint: str, trigger: str | None, checkpoint
     url = f"{endpoint}/{repo_id}"
     files = loras.lora_files(run, checkpoints)
     samples, sample_entries, note = _samples(run)
-    loss_entries, loss_image = _loss(run)
+    loss_entries, loss = _loss(run)
     downloads = _downloads(run, files, url, endpoint)
     api = comfyui.api_workflow(_spec(run, files, trigger))
     entries = [Entry(f.repo_path, f.path, f.size, f.sha256) for f in files] + sample_entries + loss_entries
@@ -157,7 +163,7 @@ def build(run: Run, repo_id: str, endpoint: str, trigger: str | None, checkpoint
     comfy_files = [(name, d["directory"], d["url"]) for name, d in downloads.items()]
     text = card.render(card.CardInput(
         repo_id=repo_id, url=url, title=repo_id.split("/")[-1], settings=run.settings, record=run.first.record,
-        experts=run.experts, loras=files, samples=samples, samples_note=note, loss_image=loss_image,
+        experts=run.experts, loras=files, samples=samples, samples_note=note, loss=loss,
         files=comfy_files, trigger=trigger))
     front = text.split("---\n", 2)[1]
     return Bundle([Entry.of_bytes(README, text.encode()), *entries], front)

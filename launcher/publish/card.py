@@ -36,7 +36,7 @@ class CardInput:
     loras: list[LoraFile]
     samples: list[Sample]
     samples_note: str
-    loss_image: str | None
+    loss: str | None  # loss.png (shown) or loss.csv (linked), or None without a loss history
     files: list[tuple[str, str, str]]  # ComfyUI model files: (name, models/ folder, download URL)
     trigger: str | None
 
@@ -147,9 +147,10 @@ def _diffusers(c: CardInput) -> str:
 
 
 def _samples(c: CardInput) -> str:
+    note = f"{c.samples_note[:1].upper()}{c.samples_note[1:]}.\n"
     if not c.samples:
-        return f"No samples: {c.samples_note}.\n"
-    out = [f"{c.samples_note[:1].upper()}{c.samples_note[1:]}.\n"]
+        return note
+    out = [note]
     for epoch in sorted({s.epoch for s in c.samples}):
         out.append(f"### Epoch {epoch}\n")
         for s in (x for x in c.samples if x.epoch == epoch):
@@ -162,7 +163,8 @@ def _samples(c: CardInput) -> str:
 def render(c: CardInput) -> str:
     s = models.sampling(c.settings)
     trigger = f"Trigger word: `{c.trigger}`." if c.trigger else "No trigger word given (publish with --trigger)."
-    loss = f"![training loss]({c.loss_image})\n" if c.loss_image else "Loss per step: [`loss.csv`](loss.csv).\n"
+    loss = {None: "No loss recorded.\n", "loss.csv": "Loss per step: [`loss.csv`](loss.csv).\n"}.get(
+        c.loss, f"![training loss]({c.loss})\n")
     body = [f"# {c.title}\n", f"A {models.pipeline_tag(c.settings['model']['task'])} LoRA for "
             f"[{models.base_model(c.settings['model']['task'], _dits(c.settings)[0])}]"
             f"(https://huggingface.co/{models.base_model(c.settings['model']['task'], _dits(c.settings)[0])}), "
