@@ -140,6 +140,11 @@ def _spec(run: Run, files: list[loras.LoraFile], trigger: str | None) -> comfyui
                         ours, lightning, models.sampling(s), _prompt(run, trigger))
 
 
+def _lora_checked(run: Run) -> bool:
+    checks = [c for p in run.parts for c in (p.record.get("lora_check") or {}).values()]
+    return bool(checks) and all(c.get("status") == "passed" for c in checks)
+
+
 def _settings_record(run: Run) -> dict:
     r = run.first.record
     return {"run_id": run.run_id, "lora_gym_version": r.get("lora_gym_version"), "preset": r.get("preset"),
@@ -164,6 +169,6 @@ def build(run: Run, repo_id: str, endpoint: str, trigger: str | None, checkpoint
     text = card.render(card.CardInput(
         repo_id=repo_id, url=url, title=repo_id.split("/")[-1], settings=run.settings, record=run.first.record,
         experts=run.experts, loras=files, samples=samples, samples_note=note, loss=loss,
-        files=comfy_files, trigger=trigger))
+        files=comfy_files, trigger=trigger, lora_checked=_lora_checked(run)))
     front = text.split("---\n", 2)[1]
     return Bundle([Entry.of_bytes(README, text.encode()), *entries], front)

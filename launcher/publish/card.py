@@ -39,6 +39,7 @@ class CardInput:
     loss: str | None  # loss.png (shown) or loss.csv (linked), or None without a loss history
     files: list[tuple[str, str, str]]  # ComfyUI model files: (name, models/ folder, download URL)
     trigger: str | None
+    lora_checked: bool  # run.json's lora_check passed for every training: every key lands on the DiT
 
 
 def _front_matter(c: CardInput) -> str:
@@ -171,7 +172,9 @@ def render(c: CardInput) -> str:
             f"trained with LoRA Gym on musubi-tuner. {trigger}\n",
             "## Files\n", _table(_lora_rows(c, s.boundary), ("file", "what")),
             "\nThe files are musubi-tuner's own format (`lora_unet_...` keys), unconverted: ComfyUI and diffusers "
-            "load every key as they are.\n", "## ComfyUI\n", _comfyui(c), "## diffusers\n", _diffusers(c),
+            "load every key as they are." + (" After training, LoRA Gym checked every key against the DiT it was "
+                                             "trained on (names, shapes, rank, alpha)." if c.lora_checked else "")
+            + "\n", "## ComfyUI\n", _comfyui(c), "## diffusers\n", _diffusers(c),
             "## Samples\n", _samples(c), "## Training\n", _table(_settings_rows(c), ("setting", "value")), "",
             "## Loss\n", loss]
     return f"---\n{_front_matter(c)}\n---\n\n" + "\n".join(body)
