@@ -297,3 +297,12 @@ def test_a_wan21_image_to_video_run_gets_its_own_base_task_and_workflow(tmp_path
     sampler = next(n for n in api.values() if n["class_type"] == "KSampler")
     assert (sampler["inputs"]["sampler_name"], sampler["inputs"]["steps"], sampler["inputs"]["cfg"]) == ("uni_pc", 40,
                                                                                                          5.0)
+
+
+def test_publish_help_imports_no_heavy_sdk():
+    from test_imports import DRIVER, HEAVY
+
+    done = subprocess.run([sys.executable, "-c", DRIVER.format(heavy=HEAVY, argv=["publish", "--help"])],
+                          capture_output=True, text=True, env=clean_env())
+    assert done.returncode == 0 and "--dry-run" in done.stdout, done.stderr
+    assert json.loads(done.stderr.rsplit("LOADED=", 1)[1]) == []  # huggingface_hub loads only when it publishes
