@@ -152,15 +152,15 @@ def keep_epoch(record: dict, samples, epoch: int, watch: LoraWatch, log) -> str 
     return found and found[0]
 
 
-def _claim(path: Path, run_dir: str) -> str:
-    """The run folder holding the pair's samples: ours if the exclusive create is ours (or was, before a restart)."""
+def _claim(path: Path, run_dir: str, other: str) -> str:
+    """The run folder that samples the pair: ours if the exclusive create is ours (or was, before a restart)."""
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
         try:
             return json.loads(path.read_text(encoding="utf-8"))["run_dir"]
         except (OSError, ValueError, KeyError, TypeError):
-            return str(path.parent)  # being written this moment: not by us
+            return other  # being written this moment, so not by us
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump({"run_dir": run_dir, "at": now()}, handle)
     return run_dir
@@ -178,5 +178,5 @@ def pair_turn(samples, run_dir: str, stage: str) -> tuple[str, str] | None:
         return "failed", f"the other expert's LoRA {missing[0]} is not in {samples.pair} (or not whole): train it first"
     if missing:
         return "deferred", f"the run in {samples.pair} samples the pair when its training ends"
-    holder = _claim(Path(min(run_dir, samples.pair)) / PAIR_CLAIM, run_dir)
+    holder = _claim(Path(min(run_dir, samples.pair)) / PAIR_CLAIM, run_dir, samples.pair)
     return None if holder == run_dir else ("deferred", f"the run in {holder} samples the pair")

@@ -125,7 +125,8 @@ def _samples(run_dir: Path, record: dict | None) -> str:
         return "<p>no samples (samples.enabled=false, or the run planned none)</p>"
     out = [f"<p>{_esc(record.get('note'))}. Status: <b>{_esc(record.get('status'))}</b>"
            + (f" (failed at {_esc(record.get('failed_step'))})" if record.get("failed_step") else "")
-           + (f': <span class=failed>{_esc(record["reason"])}</span>' if record.get("reason") else "") + "</p>"]
+           + (f": <span class={'failed' if record.get('status') == 'failed' else 'ok'}>{_esc(record['reason'])}</span>"
+              if record.get("reason") else "") + "</p>"]
     for number, prompt in enumerate(record.get("prompts", []), 1):
         out.append(f"<h3>prompt {number}: {_esc(prompt['text'])}</h3>")
         for sheet in (s for s in record.get("sheets", []) if s["prompt"] == number):
