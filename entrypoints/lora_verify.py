@@ -94,6 +94,9 @@ def check(plan: Plan, step: Step, lock: Mapping[str, Mapping]) -> loracheck.Outc
     """Stamps and checks every LoRA file of one train step against the DiT it trained on."""
     out_dir, name, dit = _arg(step.argv, "--output_dir"), _arg(step.argv, "--output_name"), _arg(step.argv, "--dit")
     expected = want(plan, step, lock)
+    for leftover in Path(out_dir).glob(f".*{STAMP}"):  # a stamp an earlier attempt left cut
+        if loracheck.is_lora_file(leftover.name[1:].removesuffix(STAMP), name):
+            leftover.unlink(missing_ok=True)
     files = loracheck.lora_files(out_dir, name)
     for path in files:
         with contextlib.suppress(loracheck.NotSafetensors):  # the check names a file that is no safetensors
@@ -117,6 +120,9 @@ def after_training(ctx, step: Step, log: Callable[[str], None]) -> int:
         return 0
     reason = f"LoRA check failed: {outcome.reason}"
     manifest.data["failure"] = {"step": step.name, "kind": "lora_check", "hint": reason}
+    last = manifest.data["steps"][-1] if manifest.data["steps"] else {}
+    if last.get("name") == step.name:  # musubi exited 0, but the step did not make a usable LoRA
+        last.update(status="failed", reason=reason)
     manifest.write()
     log(f"{step.name}: {reason}")
     return EXIT_CODE

@@ -32,8 +32,8 @@ LABELS = {"down": "lora_down", "up": "lora_up", "alpha": "alpha"}
 # lora_wan.py's default exclude pattern; modules of a WanAttentionBlock are named blocks.<i>.<child>.
 EXCLUDE = re.compile(r".*(patch_embedding|text_embedding|time_embedding|time_projection|norm|head).*")
 IN_BLOCK = re.compile(r"blocks\.\d+\..+")
-# musubi's get_split_weight_filenames (utils/safetensors_utils.py): a DiT stored as shards.
-FIRST_SHARD = re.compile(r"(.*-)00001-of-(\d{5})\.safetensors")
+# musubi's get_split_weight_filenames (utils/safetensors_utils.py): a DiT stored as shards, named by any of them.
+SPLIT = re.compile(r"^(.*?)(\d+)-of-(\d+)\.safetensors$")
 SCALARS = {"F32": ("<f", 4), "F64": ("<d", 8), "F16": ("<e", 2)}
 EXAMPLES = 3
 
@@ -71,11 +71,11 @@ def read_header(path: str | Path, what: str = "file") -> Header:
 
 def shards(path: str | Path) -> list[Path]:
     path = Path(path)
-    match = FIRST_SHARD.fullmatch(path.name)
+    match = SPLIT.match(path.name)
     if not match:
         return [path]
-    count = int(match[2])
-    return [path.with_name(f"{match[1]}{i:05d}-of-{count:05d}.safetensors") for i in range(1, count + 1)]
+    prefix, count = path.name[: match.start(2)], int(match[3])
+    return [path.with_name(f"{prefix}{i:05d}-of-{count:05d}.safetensors") for i in range(1, count + 1)]
 
 
 def dit_weights(path: str | Path) -> dict[str, list[int]]:
@@ -95,8 +95,9 @@ def lora_name(dit_key: str) -> str:
 
 def trained(weights: Mapping[str, list[int]]) -> set[str]:
     """The LoRA modules musubi creates for this DiT: its nn.Linear weights (2-D) inside the attention blocks."""
-    return {lora_name(key) for key, shape in weights.items()
-            if len(shape) == 2 and IN_BLOCK.fullmatch(key[:-7]) and not EXCLUDE.fullmatch(key[:-7])}
+    modules = {key.removesuffix(".weight"): shape for key, shape in weights.items()}
+    return {lora_name(module) for module, shape in modules.items()
+            if len(shape) == 2 and IN_BLOCK.fullmatch(module) and not EXCLUDE.fullmatch(module)}
 
 
 @dataclass(frozen=True)
@@ -226,12 +227,12 @@ def check_file(path: str | Path, want: Want, dit: Mapping[str, list[int]] | None
                         f"{DIT_PREFIX!r}, dots as _>)")
     if misfit:
         problems.append(f"{len(misfit)} module(s) do not fit their DiT weight (e.g. {_examples(misfit)})")
-    if dit is not None and (missing := sorted(trained(dit) - set(modules))):
-        problems.append(f"{len(missing)} of the DiT's {len(trained(dit))} trained module(s) have no LoRA module "
+    targets = trained(dit) if dit is not None else set()
+    if missing := sorted(targets - set(modules)):
+        problems.append(f"{len(missing)} of the DiT's {len(targets)} trained module(s) have no LoRA module "
                         f"(e.g. {_examples(missing)})")
     problems += _network_problems(modules, header, path, want) + _metadata_problems(header.metadata, want)
     return result
-
 
 
 @dataclass
@@ -251,11 +252,14 @@ class Outcome:
         return asdict(self)
 
 
+def is_lora_file(file_name: str, name: str) -> bool:
+    """Whether a training named `name` writes this file: `<name>.safetensors` or a `<name>-<epoch>` checkpoint."""
+    return re.fullmatch(rf"{re.escape(name)}(-\d{{6}})?\.safetensors", file_name) is not None
+
+
 def lora_files(folder: str | Path, name: str) -> list[Path]:
-    """The LoRA files a training named `name` leaves: `<name>.safetensors` and its `<name>-<epoch>` checkpoints."""
-    pattern = re.compile(rf"{re.escape(name)}(-\d{{6}})?\.safetensors")
     folder = Path(folder)
-    return sorted(p for p in folder.iterdir() if pattern.fullmatch(p.name)) if folder.is_dir() else []
+    return sorted(p for p in folder.iterdir() if is_lora_file(p.name, name)) if folder.is_dir() else []
 
 
 def check_training(files: Iterable[Path], dit_path: str, want: Want, output_name: str,
@@ -275,7 +279,7 @@ def check_training(files: Iterable[Path], dit_path: str, want: Want, output_name
     if failed and not reason:
         first = failed[0]
         more = f" ({len(failed)} of {len(results)} LoRA files fail)" if len(results) > 1 else ""
-        reason = f"{first['path']} would load partially: {'; '.join(first['problems'])}{more}"
+        reason = f"{first['path']}: {'; '.join(first['problems'])}{more}"
     return Outcome("failed" if reason else "passed", dit_path, dit is not None, output_name, asdict(want),
                    results, reason, str(local) if dit is not None else None)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from conftest import FAKES, ROOT, clean_env
 from container_support import ensure_base_image, remove_named, require_podman
+from fakes import tiny_wan
 from fakes.fake_hub import FakeHub
 
 from launcher.imagebuild import image_tag
@@ -24,11 +25,14 @@ TOKEN = "hf_BuildTimeSecret_" + uuid.uuid4().hex[:12]
 
 
 def tiny_repos(family: str) -> dict[str, dict[str, bytes]]:
-    """Every file the family's lock needs, a few KB of random bytes each, at its real repo and path."""
+    """Every file the family's lock needs at its real repo and path: each DiT a tiny real Wan DiT (the trainer
+    double writes a LoRA for it, the entrypoint checks every key against it), the rest 2 KB of random bytes."""
     rnd, repos = random.Random(0), {}
     for entry in lockfile.skeleton(family):
         files = repos.setdefault(entry["repo"], {})
-        if entry["kind"] == "weight":
+        if entry.get("shardable"):  # DiTs only (lockfile.skeleton)
+            files[entry["path"]] = tiny_wan.dit_bytes(i2v="i2v" in entry["path"] and "2.1" in entry["path"])
+        elif entry["kind"] == "weight":
             files[entry["path"]] = rnd.randbytes(2048)
         else:
             for name in ("tokenizer.json", "tokenizer_config.json", "spiece.model"):

@@ -265,12 +265,16 @@ def test_a_lora_that_would_load_partially_fails_the_run_and_a_restart(box):
     run = json.loads((box.output / "partial" / "run.json").read_text())
     reason = run["failure"]["hint"]
     assert run["status"] == "failed" and run["failure"]["kind"] == "lora_check" and "\n" not in reason
-    assert reason.startswith(f"LoRA check failed: {PRESET}-000002.safetensors would load partially: 20 of 20 "
+    assert reason.startswith(f"LoRA check failed: {PRESET}-000002.safetensors: 20 of 20 "
                              "module(s) name no weight of the DiT (e.g. lora_unet_model_diffusion_model_blocks_0_")
     assert reason.endswith("(2 of 2 LoRA files fail)")
+    assert [(s["name"], s["status"], s["exit_code"]) for s in run["steps"]][-1] == ("train", "failed", 0)
     assert result.stdout.strip().splitlines()[-1].endswith(reason)  # the line a platform's status page shows
     assert html.escape(reason) in (box.output / "partial" / "report.html").read_text()
+    leftover = box.output / "partial" / f".{PRESET}.safetensors{lora_verify.STAMP}"
+    leftover.write_bytes(b"a stamp cut short by a kill")
     again = box.run(env)  # the restart skips the finished training, and checks it again
+    assert not leftover.exists()
     assert again.returncode == lora_verify.EXIT_CODE and "train: skipped, it finished before the restart" in \
         again.stdout and again.stdout.strip().splitlines()[-1].endswith(reason)
 
@@ -298,7 +302,7 @@ def test_launcher_report_checks_again_where_the_dit_is(box, tmp_path):
     write_lora(wrong, dim=16, alpha=16.0, shapes={"blocks.0.self_attn.q": (tiny_wan.DIM, 20)}, metadata=meta)
     found = report(run_dir, "--dit", moved)
     assert found.returncode == 1 and f"DiT {moved}" in found.stdout
-    assert found.stderr.splitlines() == [f"error: LoRA check train failed: {PRESET}.safetensors would load partially: "
+    assert found.stderr.splitlines() == [f"error: LoRA check train failed: {PRESET}.safetensors: "
                                          "1 module(s) do not fit their DiT weight (e.g. lora_unet_blocks_0_self_attn_q "
                                          "has lora_down [16, 20] and lora_up [16, 16] for blocks.0.self_attn.q.weight "
                                          "[16, 16]) (1 of 2 LoRA files fail)"]
