@@ -114,15 +114,13 @@ def _downloads(run: Run, files: list[loras.LoraFile], url: str, endpoint: str) -
     """File name in ComfyUI -> where to get it and which models/ folder it goes in."""
     m, experts = run.settings["model"], run.settings.get("experts") or {}
     refs = [(e["dit"], "diffusion_models") for e in experts.values()] or [(m["dit"], "diffusion_models")]
-    refs += [(m["vae"], "vae"), (":".join(models.TEXT_ENCODER), "text_encoders")]
-    refs += [(":".join(models.CLIP_VISION), "clip_vision")] if m.get("clip") else []
-    found = {models.hub_file(ref)[1].rsplit("/", 1)[-1]: {"url": f"{endpoint}/{models.hub_file(ref)[0]}/resolve/main/"
-                                                          f"{models.hub_file(ref)[1]}", "directory": folder}
-             for ref, folder in refs}
+    refs += [(m["vae"], "vae"), (models.TEXT_ENCODER, "text_encoders")]
+    refs += [(models.CLIP_VISION, "clip_vision")] if m.get("clip") else []
+    found = {models.file_name(ref): {"url": models.url(endpoint, ref), "directory": folder} for ref, folder in refs}
     for e in experts.values():  # keep the Lightning repo's folder: its high and low files share one name
         if e.get("lightning"):
-            repo, path = models.hub_file(e["lightning"]["lora"])
-            found[path] = {"url": f"{endpoint}/{repo}/resolve/main/{path}", "directory": "loras"}
+            found[models.hub_file(e["lightning"]["lora"])[1]] = {"url": models.url(endpoint, e["lightning"]["lora"]),
+                                                                 "directory": "loras"}
     for f in files:
         if f.epoch is None:
             found[f.repo_path] = {"url": f"{url}/resolve/main/{f.repo_path}", "directory": "loras"}
@@ -131,13 +129,12 @@ def _downloads(run: Run, files: list[loras.LoraFile], url: str, endpoint: str) -
 
 def _spec(run: Run, files: list[loras.LoraFile], trigger: str | None) -> comfyui.Spec:
     s, experts = run.settings, run.settings.get("experts") or {}
-    dits = {e: models.hub_file(x["dit"])[1].rsplit("/", 1)[-1] for e, x in experts.items()} or \
-        {"": models.hub_file(s["model"]["dit"])[1].rsplit("/", 1)[-1]}
+    dits = {e: models.file_name(x["dit"]) for e, x in experts.items()} or {"": models.file_name(s["model"]["dit"])}
     lightning = {e: (models.hub_file(x["lightning"]["lora"])[1], x["lightning"]["strength"])
                  for e, x in experts.items() if x.get("lightning")}
     ours = {f.expert or "": f.repo_path for f in files if f.epoch is None}
-    return comfyui.Spec(s["family"], s["model"]["task"], dits, models.hub_file(s["model"]["vae"])[1].rsplit("/")[-1],
-                        ours, lightning, models.sampling(s), _prompt(run, trigger))
+    return comfyui.Spec(s["family"], s["model"]["task"], dits, models.file_name(s["model"]["vae"]), ours, lightning,
+                        models.sampling(s), _prompt(run, trigger))
 
 
 def _lora_checked(run: Run) -> bool:

@@ -100,7 +100,7 @@ def _latent(g: Graph, spec: Spec, clip: str, vae: str) -> tuple[list, list, list
     image = out(g.add("LoadImage", "Start image", image=p.image or "start.png"))
     extra = {}
     if spec.family == "wan21":  # Wan 2.1 I2V also reads the image through CLIP vision; Wan 2.2 I2V does not
-        vision = g.add("CLIPVisionLoader", "Load CLIP Vision", clip_name=models.CLIP_VISION[1].rsplit("/", 1)[-1])
+        vision = g.add("CLIPVisionLoader", "Load CLIP Vision", clip_name=models.file_name(models.CLIP_VISION))
         extra["clip_vision_output"] = out(g.add("CLIPVisionEncode", "CLIP Vision Encode", clip_vision=out(vision),
                                                 image=image, crop="none"))
     node = g.add("WanImageToVideo", "Image to video", positive=positive, negative=negative, vae=out(vae),
@@ -129,7 +129,7 @@ def _sample(g: Graph, spec: Spec, conditioning: tuple[list, list, list]) -> list
 
 def api_workflow(spec: Spec) -> dict:
     g = Graph()
-    clip = g.add("CLIPLoader", "Load CLIP (umT5)", clip_name=models.TEXT_ENCODER[1].rsplit("/", 1)[-1], type="wan",
+    clip = g.add("CLIPLoader", "Load CLIP (umT5)", clip_name=models.file_name(models.TEXT_ENCODER), type="wan",
                  device="default")
     vae = g.add("VAELoader", "Load VAE", vae_name=spec.vae)
     latent = _sample(g, spec, _latent(g, spec, clip, vae))

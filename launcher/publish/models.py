@@ -21,8 +21,8 @@ from launcher import contract
 
 LICENSE = "apache-2.0"
 COMFY_WAN21 = "Comfy-Org/Wan_2.1_ComfyUI_repackaged"
-TEXT_ENCODER = (COMFY_WAN21, "split_files/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors")
-CLIP_VISION = (COMFY_WAN21, "split_files/clip_vision/clip_vision_h.safetensors")
+TEXT_ENCODER = f"{COMFY_WAN21}:split_files/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors"
+CLIP_VISION = f"{COMFY_WAN21}:split_files/clip_vision/clip_vision_h.safetensors"
 # musubi's wan/configs/wan_{t2v_A14B,i2v_A14B,t2v_14B,t2v_1_3B,i2v_14B}.py: sample_steps
 DEFAULT_STEPS = {"t2v-A14B": 40, "i2v-A14B": 40, "t2v-14B": 50, "t2v-1.3B": 50, "i2v-14B": 40}
 NEGATIVE_PROMPT = ("色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，"
@@ -54,6 +54,16 @@ def hub_file(ref: str) -> tuple[str, str]:
     """"owner/repo:path" (the preset's form) -> (repo, path)."""
     repo, _, path = ref.partition(":")
     return repo, path
+
+
+def file_name(ref: str) -> str:
+    """The file's name alone, as ComfyUI lists it in its models folder."""
+    return hub_file(ref)[1].rsplit("/", 1)[-1]
+
+
+def url(endpoint: str, ref: str) -> str:
+    repo, path = hub_file(ref)
+    return f"{endpoint}/{repo}/resolve/main/{path}"
 
 
 @dataclass(frozen=True)
