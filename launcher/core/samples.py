@@ -39,7 +39,7 @@ class SamplesPlan:
     prompts_file: str  # musubi --from_file syntax, written by the entrypoint before the first sample step
     prompts: tuple[SamplePrompt, ...]
     epochs: tuple[int, ...]
-    steps: tuple[str, ...]  # the sample steps (and any merge only they need): their failure spares the LoRAs
+    steps: tuple[str, ...]  # the sample steps (and merges or key copies only they need): failing spares the LoRAs
     note: str
     # (DiT, its bare-key copy): the entrypoint samples from the copy where its dit-keys step wrote one.
     dit_copies: tuple[tuple[str, str], ...] = ()
