@@ -28,7 +28,7 @@ from pathlib import Path
 DIT_PREFIX = "model.diffusion_model."  # the 1.3B file's keys (wan/modules/model.py, load_wan_model)
 LORA_PREFIX = "lora_unet_"
 ROLES = {"lora_down.weight": "down", "lora_up.weight": "up", "alpha": "alpha"}
-LABELS = {"down": "lora_down", "up": "lora_up", "alpha": "alpha"}
+LABELS = {role: suffix.removesuffix(".weight") for suffix, role in ROLES.items()}  # "down" -> "lora_down"
 # lora_wan.py's default exclude pattern; modules of a WanAttentionBlock are named blocks.<i>.<child>.
 EXCLUDE = re.compile(r".*(patch_embedding|text_embedding|time_embedding|time_projection|norm|head).*")
 IN_BLOCK = re.compile(r"blocks\.\d+\..+")

@@ -21,6 +21,7 @@ from container_support import ensure_base_image, remove_named, require_podman, r
 from fakes.fake_hub import FakeHub
 from test_layers import DIT, repos
 
+from launcher import loracheck
 from launcher.imagebuild import image_tag
 from launcher.weights import lockfile
 
@@ -114,5 +115,8 @@ def test_the_container_trains_from_the_first_shard_and_joins_the_t5_once(built, 
     assert re.search(r"-00001-of-0000[2-9]\.safetensors$", shard) and f"--dit {shard}" in first.stdout
     assert "--t5 /cache/weights/" in first.stdout
     lora = next(output.glob("*/wan21-t2v-1.3b.safetensors"))
-    assert shard.encode() in lora.read_bytes()  # the fake trainer records the --dit it loaded
+    # musubi records the --dit file's name; the entrypoint checked every LoRA key against all the shards.
+    assert loracheck.read_header(lora).metadata["ss_sd_model_name"] == Path(shard).name
+    record = json.loads((lora.parent / "run.json").read_text())["lora_check"]["train"]
+    assert record["status"] == "passed" and record["dit"] == shard and record["files"][0]["modules"] == 24
 
