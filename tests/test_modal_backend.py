@@ -19,7 +19,7 @@ import pytest
 from conftest import EXAMPLE_DATASET, clean_env
 
 from launcher import cost, runs
-from launcher.backends import LaunchOptions, modal_app, modal_backend
+from launcher.backends import LaunchOptions, modal_app, modal_backend, modal_runs
 from launcher.core.errors import UserError
 from launcher.core.job import prepare
 
@@ -343,7 +343,7 @@ def test_status_shows_each_experts_progress_from_the_volume(monkeypatch):
     rows = modal_backend.status(RECORD)
     assert rows["progress high"].startswith("train-high: epoch 2/4, step 7/12 (58%), 2.00 s/it, loss 0.09, ETA 0:00:10")
     assert "updated" in rows["progress high"] and "progress low" not in rows
-    single = modal_backend.progress_rows(RECORD | {"expert": "high", "run_id": "r1/high"})
+    single = modal_runs.progress_rows(RECORD | {"expert": "high", "run_id": "r1/high"})
     assert list(single) == ["progress"]
 
 
