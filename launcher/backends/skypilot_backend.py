@@ -108,8 +108,11 @@ def task_env(job: Job, run_id: str, hours: float | None) -> dict[str, str]:
         env["LORA_GYM_EXPERT"] = job.plan.expert
     if job.loaded.overrides:
         env["LORA_GYM_SET"] = shlex.join(job.loaded.overrides)
+    # No cache-folder lock: the store is an rclone bucket mount (sky/data/mounting_utils.py get_mount_cached_cmd),
+    # where an exclusive create on one machine is not seen by another; cache files still land whole by content key.
     env |= {"LORA_GYM_RUN_ID": run_id, "LORA_GYM_DATASET_DIR": f"{MOUNT}/dataset",
-            "LORA_GYM_OUTPUT_DIR": f"{MOUNT}/store/output", "LORA_GYM_CACHE_DIR": f"{MOUNT}/store/cache"}
+            "LORA_GYM_OUTPUT_DIR": f"{MOUNT}/store/output", "LORA_GYM_CACHE_DIR": f"{MOUNT}/store/cache",
+            "LORA_GYM_CACHE_LOCK": "none"}
     if hours:
         env["LORA_GYM_MAX_HOURS"] = f"{hours:.4g}"
     return env
