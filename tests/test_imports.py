@@ -14,7 +14,7 @@ import pytest
 from conftest import EXAMPLE_DATASET, clean_env
 
 HEAVY = ("modal", "docker", "httpx", "google.genai", "replicate", "boto3", "botocore", "torch", "safetensors",
-         "numpy", "PIL", "av", "requests", "huggingface_hub", "sky")
+         "numpy", "PIL", "av", "requests", "huggingface_hub", "sky", "mcp")
 
 DRIVER = """
 import importlib.abc, json, sys
@@ -41,6 +41,7 @@ COMMANDS = [
     ["run", "--help"],
     ["caption", "--help"],
     ["dataset", "--help"],
+    ["mcp", "--help"],  # the MCP SDK is imported only when `launcher mcp` serves
     ["run", "--preset", "wan22-t2v-lightning", "--expert", "both", "--dataset", str(EXAMPLE_DATASET), "--dry-run"],
     ["run", "--preset", "wan21-i2v-720p", "--dataset", str(EXAMPLE_DATASET), "--dry-run", "--format", "json"],
     ["run", "--preset", "wan21-t2v-1.3b", "--dataset", str(EXAMPLE_DATASET), "--dry-run", "--backend", "local",

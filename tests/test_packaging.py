@@ -12,7 +12,7 @@ from conftest import ROOT, clean_env
 DATA_FILES = ("launcher/backends/runpod_gpu_types.json", "launcher/contract/musubi-tuner-30c658c4f4b0.json",
               "launcher/presets_data/wan22-t2v-lightning.toml", "launcher/caption/prompts/character.md",
               "lora_gym_entrypoint/README.md", "launcher/publish/comfyui_nodes.json",
-              "launcher/publish/lora_format.json")
+              "launcher/publish/lora_format.json", "launcher/mcp_server/guide.md")
 
 
 def test_the_wheel_holds_the_data_files_and_the_build_is_quiet(tmp_path):

@@ -22,17 +22,24 @@ def presets():
 @presets.command("list")
 def list_presets():
     """Every shipped preset, with its task, experts and GPU class."""
+    rows = [(r["name"], r["task"], ", ".join(r["experts"]) or "-", f"{r['gpu_memory_gb']} GB", r["description"])
+            for r in preset_rows()]
+    header = ("PRESET", "TASK", "EXPERTS", "GPU", "DESCRIPTION")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(4)]
+    for row in [header, *rows]:
+        click.echo("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[4])
+
+
+def preset_rows() -> list[dict]:
+    """One row per shipped preset: what `presets list` prints (and `launcher mcp` returns as data)."""
     from launcher.core.presets import load_preset, preset_names
 
     rows = []
     for name in preset_names():
         p = load_preset(name).preset
-        experts = "high, low" if p.experts else "-"
-        rows.append((name, p.model.task, experts, f"{p.resources.gpu_memory_gb} GB", p.description))
-    header = ("PRESET", "TASK", "EXPERTS", "GPU", "DESCRIPTION")
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(4)]
-    for row in [header, *rows]:
-        click.echo("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[4])
+        rows.append({"name": name, "task": p.model.task, "experts": ["high", "low"] if p.experts else [],
+                     "gpu_memory_gb": p.resources.gpu_memory_gb, "description": p.description})
+    return rows
 
 
 @presets.command("show")

@@ -65,12 +65,8 @@ def run(preset, expert, dataset_dir, overrides, gpu_memory, gpus_per_run, sample
     from launcher.backends import LaunchOptions, load_backend
     from launcher.cli import render
     from launcher.core.errors import UserError
-    from launcher.core.job import prepare
 
-    if samples_file:  # as an override, so it reaches every backend's container in LORA_GYM_SET
-        overrides = (*overrides, samples_override(samples_file))
-    # Bad input fails here, before any backend; --gpu-memory travels as an override, to the container too.
-    job = prepare(preset, expert, with_gpus_per_run(with_gpu_memory(overrides, gpu_memory), gpus_per_run), dataset_dir)
+    job = build_job(preset, expert, dataset_dir, overrides, gpu_memory, gpus_per_run, samples_file)
     if backend is None:
         if not dry_run:
             raise UserError("running needs a backend: add --backend local (Docker or Podman on this machine), "
@@ -83,8 +79,7 @@ def run(preset, expert, dataset_dir, overrides, gpu_memory, gpus_per_run, sample
     chosen = load_backend(backend)
     _note_hour_limit(job, max_hours)
     if dry_run and fmt == "json":
-        launch = chosen.dry_run_data(job, options)
-        click.echo(json.dumps({"plan": render.plan_data(job), "backend": backend, "launch": launch}, indent=2))
+        click.echo(json.dumps(plan_document(job, backend, options), indent=2))
         return 0
     if dry_run:
         click.echo(chosen.dry_run(job, options))
@@ -121,7 +116,8 @@ def samples_override(path: str) -> str:
     return "samples.prompts=" + json.dumps(parse_samples_file(text, path), separators=(",", ":"))
 
 
-def quote_run(backend, job, options, seconds: float | None) -> None:
+def quote_run(backend, job, options, seconds: float | None):
+    """Print the estimate and refuse a run over --max-cost; the launcher.cost.Estimate (None without one)."""
     from launcher import cost
     from launcher.core.errors import UserError
 
@@ -129,10 +125,31 @@ def quote_run(backend, job, options, seconds: float | None) -> None:
         if options.max_cost is not None:
             raise UserError("--max-cost needs the time estimate of the media check: drop --no-check")
         click.echo("estimate: none (the media check was skipped with --no-check)", err=True)
-        return
+        return None
     est = cost.estimate(seconds, backend.quote(job, options))
     click.echo(est.line(), err=True)
     cost.check_budget(est, options.max_cost)
+    return est
+
+
+def build_job(preset, expert, dataset_dir, overrides, gpu_memory=None, gpus_per_run=None, samples_file=None):
+    """The validated Job of a run's inputs (also `launcher mcp`'s): bad input fails here, before any backend."""
+    from launcher.core.job import prepare
+
+    if samples_file:  # as an override, so it reaches every backend's container in LORA_GYM_SET
+        overrides = (*overrides, samples_override(samples_file))
+    # --gpu-memory travels as an override, to the container too.
+    return prepare(preset, expert, with_gpus_per_run(with_gpu_memory(overrides, gpu_memory), gpus_per_run),
+                   dataset_dir)
+
+
+def plan_document(job, backend: str, options) -> dict:
+    """`run --dry-run --backend B --format json`: the plan and what the backend would send, one document."""
+    from launcher.backends import load_backend
+    from launcher.cli import render
+
+    return {"plan": render.plan_data(job), "backend": backend,
+            "launch": load_backend(backend).dry_run_data(job, options)}
 
 
 def check_media(job, expert: str | None, dataset_dir: str) -> tuple[list[str], float]:
