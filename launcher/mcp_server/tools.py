@@ -97,13 +97,14 @@ def caption(directory: Annotated[str, Field(description="The dataset folder.")],
 def _estimate(run: RunRequest):
     """The job, options, backend and the CLI's own estimate (media check, quote, --max-cost)."""
     from launcher.backends import load_backend
-    from launcher.cli.run_cmd import check_media, quote_run
+    from launcher.cli.run_cmd import _note_hour_limit, check_media, quote_run
 
     if run.backend is None:
         raise InputError("an estimate needs a backend: set backend to runpod, modal, skypilot or local",
                          input_name="run.backend")
     job, options = _job_and_options(run)
     chosen = load_backend(run.backend)
+    _note_hour_limit(job, run.max_hours)
     warnings, seconds = check_media(job, run.expert, run.dataset)
     est = quote_run(chosen, job, options, seconds) if hasattr(chosen, "quote") else None
     return job, options, chosen, est, warnings
