@@ -184,3 +184,49 @@ def test_a_bad_input_is_the_clis_one_line_naming_the_input(dataset, capsys):
     for case, name in (("override", "run.overrides"), ("dataset", "run.dataset"), ("preset", "preset")):
         assert found[case].structuredContent["input"] == name, found[case].structuredContent
         assert re.fullmatch(r"error: [^\n]+", found[case].content[0].text)
+
+
+NOISY_SERVER = """
+import os, sys
+from launcher.mcp_server import server
+from launcher.mcp_server.calls import tool
+
+built = server.build
+
+def build():  # the real server plus a tool that prints as a backend, an SDK and a child process might
+    app = built()
+
+    def noise() -> dict:
+        print("printed by python")
+        os.write(1, b"written to file descriptor 1\\n")
+        os.system("echo printed by a child process")
+        return {"ok": True}
+
+    app.add_tool(tool(noise), name="noise")
+    return app
+
+server.build = build
+sys.exit(server.serve())
+"""
+
+
+def test_nothing_printed_reaches_the_protocol_channel(tmp_path):
+    found = {}
+    errlog = (tmp_path / "stderr.txt").open("w+")
+
+    async def session():
+        params = StdioServerParameters(command=sys.executable, args=["-c", NOISY_SERVER], env=clean_env(),
+                                       cwd=str(ROOT))
+        async with stdio_client(params, errlog=errlog) as (read, write), ClientSession(read, write) as client:
+            await client.initialize()
+            found["noise"] = await client.call_tool("noise", {})
+            found["presets"] = await client.call_tool("list_presets", {})
+
+    asyncio.run(asyncio.wait_for(session(), timeout=60))
+    assert not found["noise"].isError and not found["presets"].isError
+    assert found["presets"].structuredContent["presets"]
+    # Python's prints are the tool's output; what bypasses sys.stdout went to stderr, not into the protocol.
+    assert found["noise"].structuredContent["output"] == "printed by python\n"
+    errlog.seek(0)
+    stderr = errlog.read()
+    assert "written to file descriptor 1" in stderr and "printed by a child process" in stderr
