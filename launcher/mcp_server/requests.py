@@ -7,7 +7,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Backend = Literal["local", "modal", "runpod", "skypilot"]
+from launcher.backends import backend_names
+
+Backend = Literal[tuple(backend_names())]
 
 
 class RunRequest(BaseModel):

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
+from launcher.caption import LORA_TYPES, PROVIDERS  # the CLI's choices (its module imports no SDK)
 from launcher.mcp_server.calls import InputError
 from launcher.mcp_server.requests import RunRequest
 
@@ -79,8 +80,8 @@ def check_dataset(directory: Annotated[str, Field(description="The dataset folde
 
 def caption(directory: Annotated[str, Field(description="The dataset folder.")],
             anchor: Annotated[str, Field(description="The word(s) the LoRA will be called by.")],
-            lora_type: Literal["character", "style", "motion", "object"] = "character",
-            provider: Literal["gemini", "replicate"] = "gemini",
+            lora_type: Literal[LORA_TYPES] = "character",
+            provider: Literal[tuple(sorted(PROVIDERS))] = "gemini",
             model: str | None = None,
             overwrite: bool = False,
             run: Annotated[bool, Field(description="Send the files to the captioning service (it may bill the "
