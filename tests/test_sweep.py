@@ -206,9 +206,10 @@ def test_local_sweep_caches_once_and_trains_every_combination(engine, dataset, t
     assert [s for _, s, _ in engine.started] == ["cache"] + ["train"] * 4
     for entry in record["runs"]:
         manifest = json.loads((engine.output / entry["run_id"] / "run.json").read_text())
-        # The train stage is every step without cache markers: the training, then its samples.
-        assert manifest["status"] == "succeeded" and [s["name"] for s in manifest["steps"]] == ["train",
-                                                                                               "samples-e000002"]
+        # The train stage is every step without cache markers: the training, then its samples (their DiT's
+        # key check first).
+        assert manifest["status"] == "succeeded"
+        assert [s["name"] for s in manifest["steps"]] == ["train", "dit-keys", "samples-e000002"]
     capsys.readouterr()
     assert main(["status", record["run_id"]]) == 0
     table = capsys.readouterr().out.splitlines()
