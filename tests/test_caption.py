@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from fakes.fake_replicate import FakeReplicate
 from google.genai import errors as genai_errors
 from PIL import Image
 
-from launcher.caption import LORA_TYPES, core, gemini, prompts, replicate_provider
+from launcher.caption import LORA_TYPES, core, gemini, pacing, prompts, replicate_provider
 from launcher.cli.main import main
 from launcher.core.dataset import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
@@ -74,8 +75,9 @@ def media(tmp_path) -> Path:
 
 @pytest.fixture
 def fast(monkeypatch):
-    """Backoff and polling in milliseconds instead of seconds."""
+    """Backoff and polling in milliseconds instead of seconds; the pace starts at --rpm, not at 10 a minute."""
     monkeypatch.setattr(core, "RetryPolicy", functools.partial(core.RetryPolicy, base_delay=0.001, max_delay=0.01))
+    monkeypatch.setattr(pacing, "START_RPM", 1_000_000)
     monkeypatch.setattr(gemini, "POLL_INTERVAL_S", 0.001)
     monkeypatch.setattr(replicate_provider, "POLL_INTERVAL_S", 0.001)
 
@@ -113,7 +115,7 @@ def test_gemini_images_inline_videos_through_files_api_and_existing_captions_kep
     (media / "images" / "b.txt").write_text("hand-written, keep me\n")
     code, out, err = cli(capsys, media, "--anchor", "annika", "--rpm", FAST)
     assert code == 0, err
-    assert out.splitlines()[0] == "captioned 3, skipped 1, failed 0"
+    assert out.splitlines()[0].startswith("captioned 3, skipped 1, failed 0; settled at ")
     for path in (media / "top.jpg", media / "images" / "a.png", media / "videos" / "clip.mp4"):
         assert path.with_suffix(".txt").read_text() == expected(path)
     assert (media / "images" / "b.txt").read_text() == "hand-written, keep me\n"
@@ -191,7 +193,8 @@ def test_gemini_429_waits_as_long_as_retry_after_says(tmp_path, gemini_api):
 def test_gemini_retry_delay_from_the_body_when_no_header():
     body = {"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "details": [
         {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "17s"}]}}
-    assert gemini.classify(genai_errors.ClientError(429, body)) == core.Retry("429 RESOURCE_EXHAUSTED from Gemini", 17)
+    assert gemini.classify(genai_errors.ClientError(429, body)) == core.Retry(
+        "429 RESOURCE_EXHAUSTED from Gemini", 17, throttled=True)
     assert gemini.classify(genai_errors.ClientError(400, {"error": {"code": 400}})) is None
 
 
@@ -236,6 +239,16 @@ def test_faults_lose_or_duplicate_no_caption(tmp_path, gemini_api, capsys):
     assert code == 0, out
     assert [p.with_suffix(".txt").read_text() for p in images] == [expected(p) for p in images]
     assert gemini_api.generated == 24 and gemini_api.count("POST", "generateContent") > 24
+
+
+def test_summary_says_the_settled_pace_and_the_429s_it_heard(tmp_path, gemini_api, capsys):
+    images = [make_image(tmp_path / f"img{i:02}.png", i) for i in range(4)]
+    gemini_api.faults.fail_next("generate", 429, retry_after="0")
+    code, out, _ = cli(capsys, tmp_path, "--anchor", "annika", "--rpm", "600")  # the ceiling, and the start here
+    assert code == 0 and [p.with_suffix(".txt").read_text() for p in images] == [expected(p) for p in images]
+    settled = re.fullmatch(r"captioned 4, skipped 0, failed 0; settled at (\d+) requests/min \(1 answered 429\)",
+                           out.splitlines()[0])
+    assert settled and int(settled[1]) < 600  # cut by the 429, and never above --rpm
 
 
 def test_prompt_file_replaces_the_builtin_prompts(media, gemini_api, capsys, tmp_path):
@@ -292,14 +305,6 @@ def test_replicate_version_reference_and_429_on_create(tmp_path, replicate_api):
 
 
 # ------------------------------------------------------------------------------------------- the runner
-
-def test_rate_limiter_spaces_requests_evenly():
-    now = [100.0]
-    limiter = core.RateLimiter(rpm=60, clock=lambda: now[0])
-    assert [limiter.reserve() for _ in range(4)] == [0.0, 1.0, 2.0, 3.0]
-    now[0] += 10
-    assert limiter.reserve() == 0.0
-
 
 class SlowProvider:
     """Stands in for a service: takes `latency` per caption, and goes through the caller like a real one."""

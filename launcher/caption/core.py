@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from launcher.caption.pacing import AdaptiveRate, RateLimiter  # noqa: F401  (re-exported: the CLI builds them)
 from launcher.caption.prompts import anchor_pattern, clean_caption
 from launcher.core.dataset import CAPTION_EXTENSION, SUBFOLDERS, caption_problem, media_kind
 from launcher.core.errors import UserError
@@ -157,6 +158,7 @@ class Retry:
 
     reason: str
     after: float | None = None
+    throttled: bool = False  # a 429: the pace was too fast (a 5xx says nothing about the pace)
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -176,23 +178,6 @@ def is_network_error(exc: BaseException) -> bool:
     names = {cls.__name__ for cls in type(exc).__mro__}
     return isinstance(exc, TimeoutError | ConnectionError) or bool(
         names & {"TimeoutException", "NetworkError", "RemoteProtocolError"})
-
-
-class RateLimiter:
-    """At most `rpm` starts per minute, evenly spaced: a slot every 60/rpm s, shared by all workers."""
-
-    def __init__(self, rpm: float, clock: Callable[[], float] = time.monotonic):
-        self.interval, self.clock = 60.0 / rpm, clock
-        self._next = 0.0
-        self._lock = threading.Lock()
-
-    def reserve(self) -> float:
-        """Claim the next free slot; returns how long to wait for it."""
-        with self._lock:
-            now = self.clock()
-            slot = max(now, self._next)
-            self._next = slot + self.interval
-            return slot - now
 
 
 @dataclass
@@ -236,13 +221,15 @@ class Caller:
         for attempt in range(1, self.policy.attempts + 1):
             if self.stop.is_set() and not (cleanup and attempt == 1):
                 raise Stopped()
-            if limited and self.limiter:
-                self.sleep(self.limiter.reserve())
+            limiter = self.limiter if limited else None
+            sent_at, paced = self._take_slot(limiter) if limiter else (0.0, False)
             try:
-                return fn()
+                result = fn()
             except Exception as exc:
                 retry = classify(exc) or (Retry(f"network error ({type(exc).__name__})")
                                           if is_network_error(exc) else None)
+                if limiter and retry and retry.throttled:
+                    limiter.throttled(sent_at, retry.after)
                 if retry is None:
                     raise
                 if retry.after is not None and retry.after > self.policy.max_retry_after:
@@ -251,7 +238,21 @@ class Caller:
                 if attempt == self.policy.attempts:
                     raise CaptionError(f"gave up after {attempt} attempts: {retry.reason}") from None
                 self.sleep(self.policy.backoff(attempt, retry.after))
+            else:
+                if limiter:
+                    limiter.answered(sent_at, paced)
+                return result
         raise AssertionError("unreachable")
+
+    def _take_slot(self, limiter: RateLimiter) -> tuple[float, bool]:
+        """Wait for a start slot: (when it was taken on the limiter's clock, whether the pace held us back)."""
+        paced = False
+        while (wait := limiter.reserve()) > 0:
+            self.sleep(wait)
+            if self.stop.is_set():
+                raise Stopped()
+            paced = True
+        return limiter.clock(), paced
 
 
 # ------------------------------------------------------------------------------------------------ the run
@@ -268,9 +269,12 @@ class Summary:
     skipped: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
     interrupted: bool = False
+    pace: RateLimiter | None = None  # the limiter: its rate when the run ended, and the 429s it heard
 
     def lines(self) -> list[str]:
         head = f"captioned {len(self.captioned)}, skipped {len(self.skipped)}, failed {len(self.failed)}"
+        if self.pace is not None and self.captioned:
+            head += f"; settled at {self.pace.rate:.0f} requests/min ({self.pace.throttled_count} answered 429)"
         out = [head + (" (interrupted: run the same command again to resume)" if self.interrupted else "")]
         return out + [f"failed: {name}: {reason}" for name, reason in sorted(self.failed)]
 

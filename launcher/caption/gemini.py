@@ -28,7 +28,7 @@ def classify(exc: BaseException) -> Retry | None:
     headers = getattr(exc.response, "headers", None)
     after = parse_retry_after(headers.get("retry-after")) if headers is not None else None
     return Retry(f"{exc.code} {exc.status or 'error'} from Gemini", after if after is not None else
-                 _retry_info_delay(exc.details))
+                 _retry_info_delay(exc.details), throttled=exc.code == 429)
 
 
 def _retry_info_delay(details) -> float | None:
@@ -46,7 +46,8 @@ class GeminiProvider:
     def __init__(self, api_key: str, model: str, caller: Caller, base_url: str | None = None):
         self.model, self.caller = model, caller
         self.poll_interval, self.active_timeout = POLL_INTERVAL_S, ACTIVE_TIMEOUT_S
-        # No retry_options: the client then tries once, and Caller owns retries, pacing and Retry-After.
+        # No retry_options: the client then tries once (google-genai 3.6 _api_client.py retry_args: None means
+        # stop_after_attempt(1)), so every 429 reaches Caller, which owns retries, pacing and Retry-After.
         options = types.HttpOptions(base_url=base_url, timeout=TIMEOUT_S * 1000)
         # vertexai=False: GOOGLE_GENAI_USE_VERTEXAI in the environment must not reroute an API-key client.
         self.client = genai.Client(vertexai=False, api_key=api_key, http_options=options)

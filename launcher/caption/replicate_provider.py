@@ -38,10 +38,12 @@ def _raise_transient(response) -> None:
 
 
 def classify(exc: BaseException) -> Retry | None:
+    # Only the POST that creates a prediction is paced. The client's RetryTransport (replicate 1.0 client.py)
+    # retries GET/PUT/DELETE on 429/503/504 by itself, never POST, so every 429 on a create reaches the pace.
     if isinstance(exc, TransientStatus):
-        return Retry(str(exc), exc.after)
+        return Retry(str(exc), exc.after, throttled=exc.status == 429)
     if isinstance(exc, ReplicateError) and exc.status in RETRY_STATUS:
-        return Retry(f"HTTP {exc.status} from Replicate")
+        return Retry(f"HTTP {exc.status} from Replicate", throttled=exc.status == 429)
     return None
 
 

@@ -28,8 +28,9 @@ Environment: GEMINI_API_KEY or REPLICATE_API_TOKEN (the key); GEMINI_BASE_URL or
                               "(replicate; owner/name or owner/name:version).")
 @click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True,
               help="Files captioned at the same time.")
-@click.option("--rpm", type=click.IntRange(1, 100_000), default=60, show_default=True,
-              help="Most model requests per minute, retries included (Gemini's free tier allows about 10).")
+@click.option("--rpm", type=click.IntRange(1, 100_000), default=100_000, show_default=True,
+              help="Most model requests per minute, retries included: a ceiling. Below it the pace adapts, "
+                   "from 10 a minute up to what the key allows (the server's 429s tell).")
 @click.option("--prompt-file", type=click.Path(path_type=Path),
               help="Your own instructions instead of the built-in ones; {anchor} and {media} are filled in.")
 @click.option("--overwrite", is_flag=True, help="Caption files that already have a non-empty caption too.")
@@ -59,7 +60,8 @@ def caption(directory, anchor, lora_type, provider, model, concurrency, rpm, pro
     if not todo:
         click.echo(f"nothing to caption: all {len(items)} files have a caption (add --overwrite to redo them)")
         return 0
-    caller = core.Caller(core.RetryPolicy(), core.RateLimiter(rpm))
+    summary.pace = core.AdaptiveRate(ceiling=rpm)
+    caller = core.Caller(core.RetryPolicy(), summary.pace)
     engine, key = open_provider(provider, model, caller)
     job = core.Job(engine, prompt_by_kind, anchor, caller, concurrency=concurrency, hidden=(key,))
     click.echo(f"captioning {len(todo)} files with {provider} ({model or PROVIDERS[provider].default_model}), "

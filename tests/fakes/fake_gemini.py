@@ -67,6 +67,33 @@ class Faults:
         return None
 
 
+class RequestLimit:
+    """A per-key limit of `rpm` requests a minute that the client is not told: a token bucket (GCRA) refilled
+    at rpm/minute, holding one second's worth (at least one). A refused request gets 429 with Retry-After: the
+    seconds until a token is free. `minute` scales time, so a benchmark can run an hour's pace in a minute.
+
+    Google does not publish how Gemini counts a minute; a bucket is how most APIs describe theirs.
+    """
+
+    def __init__(self, rpm: float, minute: float = 60.0, clock: Callable[[], float] = time.perf_counter):
+        self.interval = minute / rpm
+        self.tolerance = (max(1.0, rpm / 60) - 1) * self.interval  # the burst, as time ahead of schedule
+        self.clock, self.refused = clock, 0
+        self._tat = 0.0  # the theoretical arrival time of the next request
+        self._lock = threading.Lock()
+
+    def admit(self) -> float | None:
+        """None if the request may go; else the seconds to wait."""
+        with self._lock:
+            now = self.clock()
+            tat = max(self._tat, now)
+            if tat - now > self.tolerance:
+                self.refused += 1
+                return tat - self.tolerance - now
+            self._tat = tat + self.interval
+            return None
+
+
 def _file_of(body: bytes | None) -> str:
     """What a generateContent request is about, for per-file fault draws: its uploaded file's URI, else (inline
     media) the digest of the request, which is the same on every retry for the same file and prompt."""
@@ -153,8 +180,9 @@ class FakeGemini(LoopbackServer):
 
     def __init__(self, api_key: str = "test-gemini-key", anchor: str = "annika", reply: Reply | None = None,
                  latency: float = 0.0, processing_polls: int = 1, final_state: str = "ACTIVE",
-                 faults: Faults | None = None):
+                 faults: Faults | None = None, limit: RequestLimit | None = None):
         super().__init__()
+        self.limit = limit  # on generateContent only: the request that costs quota
         self.api_key, self.latency = api_key, latency
         self.reply = reply or default_reply(anchor)
         self.processing_polls, self.final_state = processing_polls, final_state
@@ -185,6 +213,8 @@ class FakeGemini(LoopbackServer):
             match = re.match(pattern, path)
             if method == route_method and match:
                 fault = self.faults.draw(op, random_ops=("generate",), key=_file_of(handler.body))
+                if not fault and op == "generate" and self.limit and (wait := self.limit.admit()) is not None:
+                    fault = (429, f"{wait:.3f}")
                 if fault:
                     if op == "generate":
                         time.sleep(self.latency)
