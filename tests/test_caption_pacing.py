@@ -127,6 +127,22 @@ def test_429s_for_requests_sent_just_after_a_cut_meet_the_old_pace_and_do_not_cu
     assert pace.rate == pytest.approx(85 * pacing.CUT)
 
 
+def test_no_429_puts_the_estimate_below_what_the_server_let_through_in_the_last_minute():
+    pace, clock = adaptive()
+    pace.rate = 120.0
+    for _ in range(130):  # a minute and more of answers, two a second
+        clock.sleep(0.5)
+        pace.answered(sent_at=clock.now - 0.5, paced=False)
+    pace.throttled(sent_at=clock.now, after=None)
+    assert pace.peak == 120 and pace.rate == pytest.approx(102)
+    for _ in range(4):
+        clock.sleep(0.5)
+        pace.answered(sent_at=clock.now - 0.5, paced=False)
+    # A rolling-window server refuses while its minute still holds the old pace: the floor keeps the rate.
+    pace.throttled(sent_at=clock.now, after=None)
+    assert pace.peak == 120 and pace.rate == pytest.approx(102)
+
+
 def test_throttled_retries_reach_the_pace_and_other_failures_do_not():
     clock = Clock()
     pace = pacing.AdaptiveRate(1000, clock=clock)

@@ -14,8 +14,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-# A key's limit is not told to the client: Gemini's free tier allows about 10 requests a minute for the Flash
-# models, a paid tier thousands (ai.google.dev/gemini-api/docs/rate-limits). Start where any key is safe.
+# A key's limit is not told to the client. Gemini's free tier allows 10 to 15 requests a minute for the Flash
+# models, tier 1 (billing on) 1,000 to 2,000, per project (ai.google.dev/gemini-api/docs/rate-limits); how the
+# minute is counted is not published. Start where any key is safe.
 START_RPM = 10.0
 FLOOR_RPM = 1.0
 DOUBLING = 1 / 40  # before the first 429 the rate doubles every 1.5 s (of a minute) of clean answers
@@ -72,7 +73,8 @@ class AdaptiveRate(RateLimiter):
     Growth is earned only by requests that waited for their slot, so a run held back by its concurrency does
     not inflate a rate it never uses. A 429 for a request sent before the last cut (or within HOLD after it)
     does not cut again, but the pace at which answers came since the cut, slower than sent, is the server's
-    own: it becomes the estimate. A Retry-After pauses every worker.
+    own: it becomes the estimate. No estimate goes below the clean answers of the last minute: the server let
+    those through, whichever way it counts its minute. A Retry-After pauses every worker.
     """
 
     def __init__(self, ceiling: float, clock: Callable[[], float] = time.monotonic, minute: float = 60.0,
@@ -84,6 +86,8 @@ class AdaptiveRate(RateLimiter):
         self._cut_at = -math.inf
         self._grown_at: float | None = None
         self._recent: deque[float] = deque(maxlen=RECENT)  # when the last clean answers came
+        self._minute: deque[float] = deque()  # ... and all of those in the last minute
+        self._started = clock()
 
     def _wait(self, now: float) -> float:
         return max(self._last + self.minute / self.rate, self._paused_until) - now
@@ -94,6 +98,7 @@ class AdaptiveRate(RateLimiter):
             since = now - (sent_at if self._grown_at is None else self._grown_at)
             self._grown_at = now
             self._recent.append(now)
+            self._minute.append(now)
             if paced:
                 self.rate = min(self.ceiling, self._grown(max(0.0, since)))
 
@@ -115,17 +120,23 @@ class AdaptiveRate(RateLimiter):
                 # Recent answers may span a ramp or a pause, and underrate the server: trust them down to the rate
                 # before the last doubling in slow start (at most a round trip ago), else down to one cut.
                 floor = self.rate * (0.5 if self.peak is None else CUT)
-                self.peak = min(self.rate, max(self._let_through(), floor))
+                # But what the server let through in the last minute it allows: a floor for any estimate.
+                self.peak = max(self._last_minute(now), min(self.rate, max(self._let_through(), floor)))
                 target = self.peak * CUT
             elif self.peak is not None and self._let_through(since=self._cut_at) < min(self.peak, self.rate):
                 # Old news; but answers since the cut came slower than we sent: that is the server's own pace,
                 # measured, not guessed. Go near it at once.
-                self.peak = self._let_through(since=self._cut_at)
+                self.peak = max(self._last_minute(now), self._let_through(since=self._cut_at))
                 target = self.peak * NEAR
             else:
                 return
             self._cut_at = now
             self.rate = max(min(FLOOR_RPM, self.ceiling), min(self.rate, target))
+
+    def _last_minute(self, now: float) -> float:
+        while self._minute and self._minute[0] <= now - self.minute:
+            self._minute.popleft()
+        return len(self._minute) if now - self._started >= self.minute else 0.0
 
     def _let_through(self, since: float | None = None) -> float:
         """Clean answers a minute, over the last RECENT of them: over as few as 2 when `since` is None, else

@@ -94,6 +94,28 @@ class RequestLimit:
             return None
 
 
+class RollingLimit(RequestLimit):
+    """The other reading of "N requests a minute": at most `rpm` let through in any minute (a rolling window,
+    no smoothing). A refused request gets 429 with Retry-After: the seconds until the oldest of them is a minute
+    old. Google's example ("if your RPM limit is 20, making 21 requests within a minute will result in an
+    error", ai.google.dev/gemini-api/docs/rate-limits) fits this and a bucket alike."""
+
+    def __init__(self, rpm: float, minute: float = 60.0, clock: Callable[[], float] = time.perf_counter):
+        super().__init__(rpm, minute, clock)
+        self.rpm, self.minute, self._times = int(rpm), minute, deque()
+
+    def admit(self) -> float | None:
+        with self._lock:
+            now = self.clock()
+            while self._times and self._times[0] <= now - self.minute:
+                self._times.popleft()
+            if len(self._times) >= self.rpm:
+                self.refused += 1
+                return self._times[0] + self.minute - now
+            self._times.append(now)
+            return None
+
+
 def _file_of(body: bytes | None) -> str:
     """What a generateContent request is about, for per-file fault draws: its uploaded file's URI, else (inline
     media) the digest of the request, which is the same on every retry for the same file and prompt."""
