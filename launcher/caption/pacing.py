@@ -99,6 +99,7 @@ class AdaptiveRate(RateLimiter):
             self._grown_at = now
             self._recent.append(now)
             self._minute.append(now)
+            self._last_minute(now)  # drops the older ones
             if paced:
                 self.rate = min(self.ceiling, self._grown(max(0.0, since)))
 
@@ -134,6 +135,7 @@ class AdaptiveRate(RateLimiter):
             self.rate = max(min(FLOOR_RPM, self.ceiling), min(self.rate, target))
 
     def _last_minute(self, now: float) -> float:
+        """Clean answers in the last minute; 0 until the pace is a minute old (a part-minute says too little)."""
         while self._minute and self._minute[0] <= now - self.minute:
             self._minute.popleft()
         return len(self._minute) if now - self._started >= self.minute else 0.0
