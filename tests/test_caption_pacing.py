@@ -160,6 +160,28 @@ def test_throttled_retries_reach_the_pace_and_other_failures_do_not():
     assert clock.now >= 1000 + 2.0  # the Retry-After was waited
 
 
+def test_429s_on_a_paced_request_have_their_own_budget():
+    clock = Clock()
+    caller = core.Caller(core.RetryPolicy(), pacing.AdaptiveRate(1000, clock=clock), sleep=clock.sleep)
+    throttled = core.Retry("429", after=1.0, throttled=True)
+
+    def refused(times):
+        outcomes = iter([throttled] * times + ["ok"])
+
+        def request():
+            outcome = next(outcomes)
+            if isinstance(outcome, core.Retry):
+                raise RuntimeError(outcome)
+            return outcome
+        return request
+
+    assert caller(refused(12), lambda exc: exc.args[0], limited=True) == "ok"  # twice the 6 attempts for errors
+    with pytest.raises(core.CaptionError, match="gave up after 30 attempts: 429"):
+        caller(refused(30), lambda exc: exc.args[0], limited=True)
+    with pytest.raises(core.CaptionError, match="gave up after 6 attempts: 429"):  # not paced: a plain error
+        caller(refused(6), lambda exc: exc.args[0])
+
+
 def test_providers_tell_a_429_from_other_transient_errors():
     assert gemini.classify(genai_errors.ClientError(429, {"error": {"code": 429}})).throttled
     assert not gemini.classify(genai_errors.ServerError(503, {"error": {"code": 503}})).throttled

@@ -183,6 +183,9 @@ def is_network_error(exc: BaseException) -> bool:
 @dataclass
 class RetryPolicy:
     attempts: int = 6  # tries per request, the first included
+    # 429s on a paced request: while a server that counts a rolling minute frees its slots, every waiting worker
+    # competes for each, and an unlucky one may lose many times; that says nothing about the file.
+    throttled_attempts: int = 30
     base_delay: float = 1.0  # the first backoff; doubles each retry
     max_delay: float = 60.0
     max_retry_after: float = 300.0  # a longer Retry-After means a spent quota: fail the file, don't stall
@@ -218,31 +221,34 @@ class Caller:
 
         limited: the call counts against --rpm. cleanup: it runs even after Ctrl-C (once), e.g. deleting an upload.
         """
-        for attempt in range(1, self.policy.attempts + 1):
-            if self.stop.is_set() and not (cleanup and attempt == 1):
+        limiter = self.limiter if limited else None
+        failures = throttled = 0  # a 429 on a paced call is the pace's business, and has its own budget
+        while True:
+            if self.stop.is_set() and not (cleanup and failures + throttled == 0):
                 raise Stopped()
-            limiter = self.limiter if limited else None
             sent_at, paced = self._take_slot(limiter) if limiter else (0.0, False)
             try:
                 result = fn()
             except Exception as exc:
                 retry = classify(exc) or (Retry(f"network error ({type(exc).__name__})")
                                           if is_network_error(exc) else None)
-                if limiter and retry and retry.throttled:
-                    limiter.throttled(sent_at, retry.after)
                 if retry is None:
                     raise
                 if retry.after is not None and retry.after > self.policy.max_retry_after:
                     raise CaptionError(f"{retry.reason}, and the service asks to wait {retry.after:.0f} s "
                                        "(quota spent?): run again later to resume") from None
-                if attempt == self.policy.attempts:
-                    raise CaptionError(f"gave up after {attempt} attempts: {retry.reason}") from None
-                self.sleep(self.policy.backoff(attempt, retry.after))
+                if limiter and retry.throttled:
+                    limiter.throttled(sent_at, retry.after)
+                    throttled += 1
+                else:
+                    failures += 1
+                if failures == self.policy.attempts or throttled == self.policy.throttled_attempts:
+                    raise CaptionError(f"gave up after {failures + throttled} attempts: {retry.reason}") from None
+                self.sleep(self.policy.backoff(failures + throttled, retry.after))
             else:
                 if limiter:
                     limiter.answered(sent_at, paced)
                 return result
-        raise AssertionError("unreachable")
 
     def _take_slot(self, limiter: RateLimiter) -> tuple[float, bool]:
         """Wait for a start slot: (when it was taken on the limiter's clock, whether the pace held us back)."""
