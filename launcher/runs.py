@@ -15,10 +15,7 @@ from pathlib import Path
 from launcher.core.errors import UserError, closest
 from launcher.core.inputs import SAFE_NAME, shown
 from launcher.core.secrets import secret_values
-
-
-def home() -> Path:
-    return Path(os.environ.get("LORA_GYM_HOME") or Path.home() / ".local" / "state" / "lora-gym")
+from launcher.core.state import home  # noqa: F401  (runs.home() is the registry's folder for its callers)
 
 
 def _path(run_id: str) -> Path:

@@ -16,7 +16,7 @@ from launcher.core import memory
 from launcher.core.errors import UserError
 from launcher.core.memory import Load, Settings, Shape
 from launcher.core.schema import Preset
-from launcher.media.buckets import DEFAULT_MAX_FRAMES
+from launcher.core.tokens import DEFAULT_MAX_FRAMES
 
 USABLE = 0.95  # of the card: the driver, ECC and a display take the rest
 # The GPU sizes rented or sold (GB); "the next tier" of an out-of-memory hint is the next one up.

@@ -68,7 +68,7 @@ class _Progress:
 
 def sha256_files(paths: Sequence[Path]) -> dict[Path, str]:
     """path -> sha256 hex of each file; unchanged files since an earlier call are not read again."""
-    from launcher.runs import home  # the launcher's state folder, beside the run registry
+    from launcher.core.state import home  # the launcher's state folder, beside the run registry
     from launcher.weights.fetch import sha256_file  # the one implementation, standard library only
 
     cache = home() / CACHE_NAME

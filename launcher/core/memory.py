@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 
 from launcher import contract
-from launcher.media.buckets import STEP, latent_tokens
+from launcher.core.tokens import STEP, latent_tokens
 
 GB = 2 ** 30  # a "24 GB" RTX 4090 or an "80 GB" H100 has 24 or 80 GiB: GPU classes are named in binary units
 # FFN width per model width, from musubi's wan/configs (wan_t2v_14B.py: dim 5120, ffn_dim 13824;

@@ -12,12 +12,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 
-STEP = 16  # musubi's RESOLUTION_STEPS_WAN: bucket sides are multiples of 16 pixels
+from launcher.core.tokens import DEFAULT_MAX_FRAMES, STEP, latent_tokens  # noqa: F401  (also this module's API)
 
 # musubi's defaults for the video keys a preset may leave unset (config_utils.VideoDatasetParams).
 DEFAULT_FRAME_STRIDE = 1
 DEFAULT_FRAME_SAMPLE = 1
-DEFAULT_MAX_FRAMES = 129
 
 
 def divisible_by(value: int, step: int = STEP) -> int:
@@ -112,11 +111,6 @@ def _linspace_int(stop: int, num: int) -> list[int]:
     step = stop / (num - 1)
     starts = [int(i * step) for i in range(num - 1)] + [stop]
     return sorted(set(starts))
-
-
-def latent_tokens(width: int, height: int, frames: int = 1) -> int:
-    """DiT tokens of one item: the VAE packs 4 frames (plus the first) and 8x8 pixels, the DiT patches 2x2."""
-    return ((frames - 1) // 4 + 1) * (width // STEP) * (height // STEP)
 
 
 def batches(items_per_bucket: Mapping[object, int], num_repeats: int, batch_size: int) -> int:
