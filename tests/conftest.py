@@ -53,6 +53,17 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env | extra
 
 
+@pytest.fixture(scope="module")
+def s3_url():
+    """A loopback S3 server (moto's), one per test module: RunPod's volume API stands on it (RunPod, sweeps, MCP)."""
+    moto_server = pytest.importorskip("moto.server")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
 @pytest.fixture
 def dataset(tmp_path) -> Path:
     """A private copy of the example dataset (4 images, 2 videos, captions) that a test may change."""

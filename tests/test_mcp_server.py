@@ -17,7 +17,6 @@ from launcher.cli.main import main
 
 pytest.importorskip("mcp")
 boto3 = pytest.importorskip("boto3")
-moto_server = pytest.importorskip("moto.server")
 
 from mcp import ClientSession, StdioServerParameters  # noqa: E402
 from mcp.client.stdio import stdio_client  # noqa: E402
@@ -28,15 +27,6 @@ HF_SECRET = "hf_McpNeverLeavesThisMachine"
 REGISTRY = "ghcr.io/lora-gym-test"
 TOOLS = {"list_presets", "show_preset", "plan", "check_dataset", "caption", "estimate", "start", "status", "logs",
          "stop", "pull", "report_path"}
-
-
-@pytest.fixture(scope="module")
-def s3_url():
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 @pytest.fixture

@@ -22,7 +22,6 @@ from launcher.core.errors import UserError
 from lora_gym_entrypoint import pod as pod_side
 
 boto3 = pytest.importorskip("boto3")
-moto_server = pytest.importorskip("moto.server")
 
 API_KEY = "rpa_test-account-key"
 S3_SECRET = "rps_S3-Secret-Value"
@@ -35,15 +34,6 @@ def registry(monkeypatch):
     """Images pushed to a registry RunPod can pull from (a bare local tag is refused, tested below)."""
     monkeypatch.setenv("LORA_GYM_REGISTRY", REGISTRY)
     monkeypatch.delenv("RUNPOD_REGISTRY_AUTH_ID", raising=False)
-
-
-@pytest.fixture(scope="module")
-def s3_url():
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 @pytest.fixture

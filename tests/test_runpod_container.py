@@ -35,7 +35,6 @@ from test_runpod_backend import (  # noqa: F401  (fixtures)
     launch,
     registry,
     s3,
-    s3_url,
     volume,
 )
 

@@ -16,7 +16,6 @@ from test_runpod_backend import (  # noqa: F401  (fixtures)
     one_error,
     pod_exits,
     registry,
-    s3_url,
     volume,
     write_run_output,
 )
