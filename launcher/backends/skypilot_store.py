@@ -24,9 +24,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from launcher import runs
 from launcher.core.errors import UserError
 from launcher.core.inputs import shown
+from launcher.core.state import home
 
 ID_FILE = "skypilot-store-id"
 ID = re.compile(r"[0-9a-f]{10}")
@@ -36,7 +36,7 @@ BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 def user_id() -> str:
     """This user's random store id, made on first use; of two launchers making it at once, the first wins."""
-    path = runs.home() / ID_FILE
+    path = home() / ID_FILE
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         draft = path.with_name(f".{ID_FILE}.{os.getpid()}")
