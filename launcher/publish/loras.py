@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import json
-import struct
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -41,18 +40,14 @@ def expert_of(name: str) -> str | None:
     return next((e for e in EXPERTS if stem.endswith(f"-{e}")), None)
 
 
-def _header(path: Path) -> dict:
+def _tensor_names(path: Path) -> list[str]:
+    """The tensor names of a LoRA file, read from its header by the LoRA check's reader."""
+    from launcher.loracheck import NotSafetensors, read_header
+
     try:
-        with path.open("rb") as handle:
-            (size,) = struct.unpack("<Q", handle.read(8))
-            header = json.loads(handle.read(size)) if size < 100 << 20 else None
-    except (OSError, struct.error, ValueError) as exc:
-        raise UserError(f"{path} is not a readable safetensors file ({type(exc).__name__}): pull the run again") \
-            from None
-    if not isinstance(header, dict):
-        raise UserError(f"{path} is not a readable safetensors file: pull the run again")
-    header.pop("__metadata__", None)
-    return header
+        return list(read_header(path, "LoRA").tensors)
+    except NotSafetensors as exc:
+        raise UserError(f"{exc}: pull the run again") from None
 
 
 def format_problem(keys: list[str], network_module: str) -> str | None:
@@ -78,7 +73,7 @@ def format_problem(keys: list[str], network_module: str) -> str | None:
 
 
 def check_format(path: Path, network_module: str) -> None:
-    problem = format_problem(list(_header(path)), network_module)
+    problem = format_problem(_tensor_names(path), network_module)
     if problem:
         raise UserError(f"{path} is not a musubi-tuner LoRA ({problem}): ComfyUI and diffusers would not load all "
                         "of it; publish the files the run wrote")
