@@ -15,13 +15,16 @@ import ctypes
 import json
 import math
 import os
-import re
 import shutil
 import struct
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+# One rule for a DiT's shard names (`<stem>-00001-of-0000N.safetensors`, musubi-tuner's, which an image with a
+# layer cap uses for big DiTs), shared with the key copy (ditkeys.py) and the LoRA check.
+from launcher.loracheck import shards as shards_of
 
 DIT_PREFIX = "model.diffusion_model."
 # Longest first, so "model.diffusion_model." is not mistaken for "diffusion_model." plus junk.
@@ -263,16 +266,6 @@ def _check_inputs(dit: Path, lora: Path, output: Path, strength: float, overwrit
         raise MergeError(f"output {output} would overwrite an input; choose another path")
     if output.exists() and not overwrite:
         raise MergeError(f"output {output} already exists; delete it or pass overwrite=True / --overwrite")
-
-
-def shards_of(path: Path) -> list[Path]:
-    """Every shard when `path` is the first of `<stem>-00001-of-0000N.safetensors` (musubi-tuner's naming,
-    which an image with a layer cap uses for big DiTs), else just `path`."""
-    match = re.fullmatch(r"(.*-)00001-of-(\d{5})\.safetensors", path.name)
-    if not match:
-        return [path]
-    count = int(match.group(2))
-    return [path.with_name(f"{match.group(1)}{i:05d}-of-{count:05d}.safetensors") for i in range(1, count + 1)]
 
 
 def merge_lora(dit: Path, lora: Path, strength: float, output: Path, *,

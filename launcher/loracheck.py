@@ -70,6 +70,8 @@ def read_header(path: str | Path, what: str = "file") -> Header:
 
 
 def shards(path: str | Path) -> list[Path]:
+    """Every shard of a DiT split as musubi-tuner names it (`<stem>-00001-of-0000N.safetensors`; any shard's
+    name gives all of them), else just `path`."""
     path = Path(path)
     match = SPLIT.match(path.name)
     if not match:
