@@ -259,22 +259,6 @@ def test_prompt_file_replaces_the_builtin_prompts(media, gemini_api, capsys, tmp
                                                "Describe this video of annika in five words."]
 
 
-def test_keys_never_appear_in_output(media, monkeypatch, capsys, caplog, fast):
-    caplog.set_level("DEBUG")
-    with FakeGemini(api_key="some-other-key") as fake:  # rejects our key, and echoes it in the error
-        monkeypatch.setenv("GEMINI_API_KEY", GEMINI_KEY)
-        monkeypatch.setenv("GEMINI_BASE_URL", fake.base_url)
-        code, out, err = cli(capsys, media, "--anchor", "annika", "--rpm", FAST)
-    assert code == 1 and "403" in out and "***" in out
-    with FakeReplicate(api_token=REPLICATE_KEY, fail_with="model crashed") as fake:
-        monkeypatch.setenv("REPLICATE_API_TOKEN", REPLICATE_KEY)
-        monkeypatch.setenv("REPLICATE_BASE_URL", fake.base_url)
-        code2, out2, err2 = cli(capsys, media, "--anchor", "annika", "--rpm", FAST, "--provider", "replicate")
-    assert code2 == 1 and "model crashed" in out2
-    for text in (out, err, out2, err2, caplog.text):
-        assert GEMINI_KEY not in text and REPLICATE_KEY not in text
-
-
 # --------------------------------------------------------------------------------------------- Replicate
 
 def test_replicate_uploads_files_and_polls_one_prediction_per_file(media, replicate_api, capsys):

@@ -43,6 +43,10 @@ class Stopped(Exception):
     """The run was interrupted while this worker was waiting."""
 
 
+class KeyRejected(Exception):
+    """The service refused the key (Caller.rejected says how): no request with it can succeed."""
+
+
 INTERRUPTED = "\0interrupted"  # a worker's outcome that is neither a caption nor a failure
 
 
@@ -161,6 +165,14 @@ class Retry:
     throttled: bool = False  # a 429: the pace was too fast (a 5xx says nothing about the pace)
 
 
+@dataclass(frozen=True)
+class Rejected:
+    """Not transient, and not about one file: the service refused the key (401, 403). The run stops."""
+
+    reason: str  # what the service said, secrets and all: Job scrubs it before it is shown
+    key_var: str  # the environment variable to fix
+
+
 def parse_retry_after(value: str | None) -> float | None:
     """Retry-After as seconds (fractions accepted) or an HTTP date; None if absent or unreadable."""
     if not value:
@@ -205,6 +217,7 @@ class Caller:
                  sleep: Callable[[float], None] | None = None):
         self.policy, self.limiter = policy or RetryPolicy(), limiter
         self.stop = threading.Event()
+        self.rejected: Rejected | None = None  # the first refusal of the key; from then on nothing is sent
         self._sleep = sleep
 
     def sleep(self, seconds: float) -> None:
@@ -215,23 +228,33 @@ class Caller:
         elif self.stop.wait(seconds):  # Ctrl-C sets `stop`: waiting workers give up at once
             raise Stopped()
 
-    def __call__(self, fn: Callable[[], object], classify: Callable[[BaseException], Retry | None], *,
+    def __call__(self, fn: Callable[[], object], classify: Callable[[BaseException], Retry | Rejected | None], *,
                  limited: bool = False, cleanup: bool = False):
         """fn(), retried while `classify` (or `is_network_error`) calls the error transient.
 
         limited: the call counts against --rpm. cleanup: it runs even after Ctrl-C (once), e.g. deleting an upload.
+        Once any call hears that the key is refused, no call sends anything more, cleanup included: with that key
+        it would be refused too.
         """
         limiter = self.limiter if limited else None
         failures = throttled = 0  # a 429 on a paced call is the pace's business, and has its own budget
         while True:
+            if self.rejected:
+                raise KeyRejected()
             if self.stop.is_set() and not (cleanup and failures + throttled == 0):
                 raise Stopped()
             sent_at, paced = self._take_slot(limiter) if limiter else (0.0, False)
+            if self.rejected:  # refused while this call waited for its slot
+                raise KeyRejected()
             try:
                 result = fn()
             except Exception as exc:
                 retry = classify(exc) or (Retry(f"network error ({type(exc).__name__})")
                                           if is_network_error(exc) else None)
+                if isinstance(retry, Rejected):
+                    self.rejected = self.rejected or retry
+                    self.stop.set()  # wakes every worker waiting for a slot or a backoff
+                    raise KeyRejected() from None
                 if retry is None:
                     raise
                 if retry.after is not None and retry.after > self.policy.max_retry_after:
@@ -267,6 +290,13 @@ def redact(text: str, hidden: tuple[str, ...]) -> str:
     for secret in hidden:
         text = text.replace(secret, "***")
     return text
+
+
+def shown(text: str, hidden: tuple[str, ...], limit: int = 300) -> str:
+    """`text` as one line of at most `limit` characters, secrets removed FIRST: shortening first could cut a key
+    in two, and leave a piece of it that no longer matches the whole."""
+    text = " ".join(redact(text, hidden).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 @dataclass
@@ -309,12 +339,12 @@ class Job:
         try:
             self.caption_one(item)
             return None
-        except Stopped:
+        except (Stopped, KeyRejected):
             return INTERRUPTED
         except CaptionError as exc:
-            return redact(str(exc), self.hidden)
+            return shown(str(exc), self.hidden)
         except Exception as exc:  # one broken file (or an SDK surprise) must not stop the others
-            return redact(f"{type(exc).__name__}: {exc}".splitlines()[0][:300], self.hidden)
+            return shown(f"{type(exc).__name__}: {exc}", self.hidden)
 
     def run(self, todo: list[MediaItem], summary: Summary, progress: bool = True) -> Summary:
         from tqdm import tqdm  # lazy: `--help` and `--dry-run` stay fast
@@ -324,13 +354,20 @@ class Job:
         futures = {pool.submit(self._attempt, item): item for item in todo}
         try:
             for future in as_completed(futures):
+                if future.cancelled():
+                    continue
                 item, error = futures[future], future.result()
                 if error is None:
                     summary.captioned.append(item.shown)
                 elif error != INTERRUPTED:
                     summary.failed.append((item.shown, error))
+                if self.caller.rejected:  # files not yet begun are not begun at all
+                    for waiting in futures:
+                        waiting.cancel()
                 bar.set_postfix(failed=len(summary.failed), refresh=False)
                 bar.update()
+            if self.caller.rejected:
+                raise UserError(self._rejected_line(summary))
         except KeyboardInterrupt:
             summary.interrupted = True
             self.caller.stop.set()  # waiting workers quit; requests in flight finish and are written whole
@@ -340,3 +377,9 @@ class Job:
             bar.close()
             pool.shutdown(wait=not summary.interrupted)
         return summary
+
+    def _rejected_line(self, summary: Summary) -> str:
+        rejected = self.caller.rejected
+        kept = f"; the {len(summary.captioned)} captions written before it are kept" if summary.captioned else ""
+        return (f"the service refused the key in {rejected.key_var} ({shown(rejected.reason, self.hidden, 200)}): "
+                f"set {rejected.key_var} to a valid key and run the same command again{kept}")

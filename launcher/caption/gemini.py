@@ -13,17 +13,28 @@ from pathlib import Path
 from google import genai
 from google.genai import errors, types
 
-from launcher.caption.core import Caller, CaptionError, Retry, parse_retry_after, sendable
+from launcher.caption import PROVIDERS
+from launcher.caption.core import Caller, CaptionError, Rejected, Retry, parse_retry_after, sendable
 
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+KEY_STATUS = {401, 403}  # UNAUTHENTICATED, PERMISSION_DENIED: the key, not the file
 TIMEOUT_S = 300  # per HTTP request; an upload is sent in 8 MiB chunks, each its own request
 POLL_INTERVAL_S = 2.0  # between files.get calls while a video is PROCESSING
 ACTIVE_TIMEOUT_S = 300.0  # a video that is not ACTIVE by then fails
 
 
-def classify(exc: BaseException) -> Retry | None:
-    """Transient: 408, 429 and 5xx. The wait comes from Retry-After, else from the body's RetryInfo."""
-    if not isinstance(exc, errors.APIError) or exc.code not in RETRY_STATUS:
+def classify(exc: BaseException) -> Retry | Rejected | None:
+    """Transient: 408, 429 and 5xx. The wait comes from Retry-After, else from the body's RetryInfo.
+
+    The key refused: 401, 403, and the 400 Google answers for a key that does not exist ("API key not valid.
+    Please pass a valid API key.", firebase.google.com/docs/ai-logic/error-codes), told by its ErrorInfo reason.
+    """
+    if not isinstance(exc, errors.APIError):
+        return None
+    if exc.code in KEY_STATUS or exc.code == 400 and _error_info_reason(exc.details) == "API_KEY_INVALID":
+        return Rejected(f"{exc.code} {exc.status or 'error'} from Gemini: {exc.message or 'no message'}",
+                        PROVIDERS["gemini"].key_var)
+    if exc.code not in RETRY_STATUS:
         return None
     headers = getattr(exc.response, "headers", None)
     after = parse_retry_after(headers.get("retry-after")) if headers is not None else None
@@ -33,12 +44,24 @@ def classify(exc: BaseException) -> Retry | None:
 
 def _retry_info_delay(details) -> float | None:
     # Gemini's 429 body carries google.rpc.RetryInfo, {"retryDelay": "17s"}, where a header may be missing.
-    try:
+    detail = _detail(details, "RetryInfo")
+    with contextlib.suppress(KeyError, TypeError, ValueError, AttributeError):
+        return float(str(detail["retryDelay"]).rstrip("s"))
+    return None
+
+
+def _error_info_reason(details) -> str | None:
+    # google.rpc.ErrorInfo: {"reason": "API_KEY_INVALID", "domain": "googleapis.com", ...}
+    detail = _detail(details, "ErrorInfo")
+    return detail.get("reason") if isinstance(detail, dict) else None
+
+
+def _detail(details, kind: str) -> dict | None:
+    """The first google.rpc detail of type `kind` in an error body, if any."""
+    with contextlib.suppress(KeyError, TypeError, AttributeError):
         for detail in details["error"]["details"]:
-            if str(detail.get("@type", "")).endswith("RetryInfo"):
-                return float(str(detail["retryDelay"]).rstrip("s"))
-    except (KeyError, TypeError, ValueError, AttributeError):
-        pass
+            if str(detail.get("@type", "")).endswith(kind):
+                return detail
     return None
 
 

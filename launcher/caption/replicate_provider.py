@@ -14,10 +14,11 @@ from pathlib import Path
 import replicate
 from replicate.exceptions import ReplicateError
 
-from launcher.caption import parse_replicate_ref
-from launcher.caption.core import Caller, CaptionError, Retry, parse_retry_after, sendable
+from launcher.caption import PROVIDERS, parse_replicate_ref
+from launcher.caption.core import Caller, CaptionError, Rejected, Retry, parse_retry_after, sendable
 
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+KEY_STATUS = {401, 403}  # the token is wrong, or may not do this: no file would fare better
 TERMINAL = ("succeeded", "failed", "canceled")
 POLL_INTERVAL_S = 1.0
 PREDICTION_TIMEOUT_S = 600.0  # a prediction still running after this is cancelled and the file fails
@@ -37,11 +38,14 @@ def _raise_transient(response) -> None:
         raise TransientStatus(response.status_code, parse_retry_after(response.headers.get("retry-after")))
 
 
-def classify(exc: BaseException) -> Retry | None:
+def classify(exc: BaseException) -> Retry | Rejected | None:
     # Only the POST that creates a prediction is paced. The client's RetryTransport (replicate 1.0 client.py)
     # retries GET/PUT/DELETE on 429/503/504 by itself, never POST, so every 429 on a create reaches the pace.
     if isinstance(exc, TransientStatus):
         return Retry(str(exc), exc.after, throttled=exc.status == 429)
+    if isinstance(exc, ReplicateError) and exc.status in KEY_STATUS:
+        said = ": ".join(part for part in (exc.title, exc.detail) if part) or "no detail"
+        return Rejected(f"HTTP {exc.status} from Replicate: {said}", PROVIDERS["replicate"].key_var)
     if isinstance(exc, ReplicateError) and exc.status in RETRY_STATUS:
         return Retry(f"HTTP {exc.status} from Replicate", throttled=exc.status == 429)
     return None

@@ -206,6 +206,10 @@ class FakeGemini(LoopbackServer):
         super().__init__()
         self.limit = limit  # on generateContent only: the request that costs quota
         self.api_key, self.latency = api_key, latency
+        # What a request with another key gets: (status, its name, a message in which {key} is the key received,
+        # echoed: the worst case for leaks, so tests prove the launcher scrubs it). A 400 comes with the ErrorInfo
+        # reason Google gives a key that does not exist, API_KEY_INVALID.
+        self.refusal = (403, "PERMISSION_DENIED", "API key not valid: {key!r}")
         self.reply = reply or default_reply(anchor)
         self.processing_polls, self.final_state = processing_polls, final_state
         self.faults = faults or Faults()
@@ -221,9 +225,12 @@ class FakeGemini(LoopbackServer):
     def handle(self, method, path, handler):
         # The upload session URL is itself the credential (as with Google's), so it needs no key.
         if not path.startswith("/upload-session/") and handler.headers.get("x-goog-api-key") != self.api_key:
-            # Echoes the key it got: the worst case for leaks, so tests prove the launcher scrubs it.
-            received = handler.headers.get("x-goog-api-key")
-            return _error(403, "PERMISSION_DENIED", f"API key not valid: {received!r}")
+            status, name, message = self.refusal
+            code, headers, body = _error(status, name, message.format(key=handler.headers.get("x-goog-api-key")))
+            if status == 400:
+                body["error"]["details"] = [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                                             "reason": "API_KEY_INVALID", "domain": "googleapis.com"}]
+            return code, headers, body
         routes = [
             ("POST", r"^/upload/[^/]+/files$", "upload", self._start_upload),
             ("POST", r"^/upload-session/(\w+)$", "upload", self._upload_bytes),

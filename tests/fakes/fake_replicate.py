@@ -50,6 +50,8 @@ class FakeReplicate(LoopbackServer):
         self.api_token, self.latency, self.fail_with = api_token, latency, fail_with
         self.reply = reply or default_reply(anchor)
         self.faults = faults or Faults()
+        # What a request with another token gets: (status, title, detail in which {key} is the token received).
+        self.refusal = (401, "Unauthenticated", "You did not pass a valid token")
         self.files: dict[str, bytes] = {}
         self.deleted: list[str] = []
         self.predictions: dict[str, dict] = {}
@@ -80,7 +82,8 @@ class FakeReplicate(LoopbackServer):
 
     def _answer(self, method, path, handler):
         if handler.headers.get("Authorization") != f"Bearer {self.api_token}":
-            return problem(401, "Unauthenticated", "You did not pass a valid token")
+            status, title, detail = self.refusal
+            return problem(status, title, detail.format(key=handler.headers.get("Authorization", "")[7:]))
         routes = [
             ("POST", r"^/v1/files$", "upload", self._upload),
             ("DELETE", r"^/v1/files/(\w+)$", "delete", self._delete),
