@@ -10,18 +10,22 @@ answering each generateContent after a fixed latency (500 ms, times --scale). Fi
    as a share of the limit. Target >= 90%.
 4. faults: 20% of requests answered 429 (with Retry-After) and 5% 500; every file must end with exactly its
    own caption, and the server must have answered exactly one successful request per file.
-5. adaptive pace, one run per limit (10, 120 and 2,000 requests a minute): the launcher's own pace
-   (AdaptiveRate, no --rpm, concurrency 32) against a fake whose limit it is not told (RequestLimit: a token
-   bucket holding a second's worth, 429 with Retry-After; --window rolling: at most that many in any minute).
-   TIME IS SCALED per limit (ADAPTIVE_RUNS), so that a run takes half a minute to three minutes of wall time:
-   the fake counts requests per scaled minute, and the latency, the pace's own minute and the retry backoff are
-   scaled alike; every figure is in scaled minutes. Reported: the rate the server let through over the second
-   half of the first minute ("reached in minute 1", target >= 90% of the limit), over all of the first minute
-   (no target: the start from 10 a minute costs it), and over the whole run (target >= 90%); the share of
-   requests answered 429 (target <= 5%); captions lost or duplicated (target 0).
+5. adaptive pace, one run per limit (10, 120 and 2,000 requests a minute) and per way of counting a minute:
+   the launcher's own pace (AdaptiveRate, no --rpm, concurrency 32) against a fake whose limit it is not told,
+   answering 429 with Retry-After: a token bucket holding a second's worth (RequestLimit, "bucket"), or at most
+   that many in any minute (RollingLimit, "rolling"). TIME IS SCALED per limit (ADAPTIVE_RUNS), so that a run
+   takes half a minute to three minutes of wall time: the fake counts requests per scaled minute, and the
+   latency, the pace's own minute and the retry backoff are scaled alike; every figure is in scaled minutes.
+   Reported: the rate the server let through over the second half of the first minute and over all of it; the
+   target (>= 90% of the limit) applies to the second half against a bucket (the first half is the climb from
+   10 a minute) and to the whole minute against a window (a window's limit is a count per minute: the climb
+   cannot see it before the window is full, so the first minute's count comes early in that minute, and the
+   window frees no slot before its oldest request is a minute old); the rate over the whole run (target
+   >= 90%); the share of requests answered 429 (target <= 5%), and how many came after the first minute;
+   captions lost or duplicated (target 0).
 
     .venv/bin/python benchmarks/caption_throughput.py [--scale 0.1] [--files 64] [--limits 10,120,2000]
-        [--window bucket|rolling]
+        [--windows bucket,rolling]
 
 Exits 1 if a target is missed.
 """
@@ -31,6 +35,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -58,10 +63,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--rpm", type=int, default=1200, help="the binding limit of test 3 (default: %(default)s)")
     parser.add_argument("--limits", default="10,120,2000",
                         help="the fake's limits for test 5, requests a minute (default: %(default)s; empty: skip)")
-    parser.add_argument("--window", choices=("bucket", "rolling"), default="bucket",
-                        help="how the fake of test 5 counts a minute: a token bucket, or a rolling window "
-                             "(default: %(default)s)")
-    return parser.parse_args(argv)
+    parser.add_argument("--windows", default="bucket,rolling",
+                        help="how the fake of test 5 counts a minute, each in turn: a token bucket (bucket) "
+                             "and a rolling window (rolling) (default: %(default)s)")
+    args = parser.parse_args(argv)
+    args.windows = [window.strip() for window in args.windows.split(",") if window.strip()]
+    if set(args.windows) - {"bucket", "rolling"}:
+        parser.error("--windows: name bucket, rolling or both, separated by a comma")
+    return args
 
 
 def make_images(folder: Path, count: int) -> list[core.MediaItem]:
@@ -163,31 +172,39 @@ def measure_faults(fake, tmp: Path, args) -> tuple[tuple, bool]:
 
 
 # (limit a minute, time scale, minutes of work): about 3 to 67 requests a second of wall time, which two
-# shared CPU cores serve through the real client without becoming the bottleneck.
-ADAPTIVE_RUNS = {10: (0.05, 10), 120: (0.1, 5), 2000: (0.5, 5)}
+# shared CPU cores serve through the real client without becoming the bottleneck (unless other jobs load them).
+# Ten minutes at 10 and 120 a minute: a run's 429s come at its start (the climb; against a window, the requests
+# in flight when it first fills, up to the 32 workers), and a few minutes' files would make those the figure.
+ADAPTIVE_RUNS = {10: (0.05, 10), 120: (0.1, 10), 2000: (0.5, 5)}
 
 
 def measure_adaptive(tmp: Path, limit: int, window: str = "bucket") -> tuple[tuple, bool]:
     scale, minutes = ADAPTIVE_RUNS.get(limit, (min(1.0, limit / 2000), 3))
     minute = 60.0 * scale
     quota = (RollingLimit if window == "rolling" else RequestLimit)(limit, minute=minute)
-    items = make_images(tmp / f"limit{limit}", limit * minutes)
+    items = make_images(tmp / f"{window}{limit}", limit * minutes)
     pace = core.AdaptiveRate(ceiling=UNLIMITED, minute=minute)
+    refused_in_minute_1 = threading.Timer(minute, lambda: setattr(quota, "in_minute_1", quota.refused))
     with FakeGemini(api_key=KEY, latency=LATENCY_S * scale, limit=quota) as fake:
         start = time.perf_counter()
+        refused_in_minute_1.start()
         launcher_run(fake, items, 32, UNLIMITED, scale, pace)
         stamps = [t - start for t in fake.answered_at]
         sent = fake.count("POST", "generateContent")
     problems, duplicated = check_no_loss(items), len(stamps) - len(items)
-    reached = 2 * sum(minute / 2 <= t < minute for t in stamps) / limit
+    second_half = 2 * sum(minute / 2 <= t < minute for t in stamps) / limit
     first = sum(t < minute for t in stamps) / limit
+    reached = first if window == "rolling" else second_half  # why: the module's docstring, test 5
     whole = (len(stamps) - 1) / (stamps[-1] - stamps[0]) * minute / limit
     refused = quota.refused / sent
     ok = reached >= 0.9 and whole >= 0.9 and refused <= 0.05 and not problems and duplicated == 0
+    target = "whole minute" if window == "rolling" else "second half"
     return (f"5. adaptive, limit {limit}/min, {window} ({len(items)} files, time × {scale:g})",
-            f"minute 1: {reached:.0%} reached, {first:.0%} on average; whole run {whole:.0%}; "
-            f"settled at {pace.rate:.0f}/min",
-            f"{quota.refused} of {sent} answered 429 ({refused:.1%}); {len(problems)} lost or wrong, "
+            f"minute 1: second half {second_half:.0%}, whole minute {first:.0%} (target on the {target}); "
+            f"whole run {whole:.0%}; settled at {pace.rate:.0f}/min",
+            f"{quota.refused} of {sent} answered 429 ({refused:.1%}), "
+            f"{quota.refused - getattr(quota, 'in_minute_1', quota.refused)} after minute 1; "
+            f"{len(problems)} lost or wrong, "
             f"{duplicated} duplicated"), ok
 
 
@@ -199,7 +216,7 @@ def main(argv=None) -> int:
         measured = [measure_reference(fake, tmp, args, pause), measure_concurrency(fake, tmp, args),
                     measure_rate_limit(fake, tmp, args), measure_faults(fake, tmp, args)]
         limits = [int(limit) for limit in args.limits.split(",") if limit.strip()]
-        measured += [measure_adaptive(tmp, limit, args.window) for limit in limits]
+        measured += [measure_adaptive(tmp, limit, window) for window in args.windows for limit in limits]
     print(f"scale {args.scale:g}: latency {latency * 1000:.0f} ms, reference sleep {pause:g} s; "
           f"concurrency {args.concurrency}, {args.files} files per run\n")
     print("| measurement | throughput | result |\n|---|---|---|")

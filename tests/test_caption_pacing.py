@@ -1,8 +1,8 @@
 """The pace of `launcher caption` (launcher/caption/pacing.py), on a fake clock: nothing here sleeps.
 
 How fast a real run gets near an unknown limit is measured by benchmarks/caption_throughput.py (test 5);
-these tests pin the controller's rules, and a simulation (workers, latency and the fake's token bucket, in
-simulated time) checks that together they settle near a limit.
+these tests pin the controller's rules, and a simulation (workers, latency and the fake's limit, a token bucket
+or a rolling window, in simulated time) checks that together they settle near a limit.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import heapq
 import itertools
 
 import pytest
-from fakes.fake_gemini import RequestLimit
+from fakes.fake_gemini import RequestLimit, RollingLimit
 from google.genai import errors as genai_errors
 
 from launcher.caption import core, gemini, pacing, replicate_provider
@@ -51,15 +51,16 @@ def test_starts_at_a_rate_any_key_allows_and_never_above_the_ceiling():
 
 def test_slow_start_doubles_while_answers_come_back_clean_up_to_the_ceiling():
     pace, clock = adaptive(ceiling=50)
+    half = pacing.DOUBLING * 60 / 2
     for _ in range(2):  # two answers in DOUBLING of a minute, counted from the first request's start
-        clock.sleep(0.75)
-        pace.answered(sent_at=clock.now - 0.75, paced=True)
+        clock.sleep(half)
+        pace.answered(sent_at=clock.now - half, paced=True)
     assert pace.rate == pytest.approx(20)
     clock.sleep(60)  # a late answer at a low rate is no licence to leap
     pace.answered(sent_at=clock.now - 0.5, paced=True)
     assert pace.rate == pytest.approx(20 * pacing.MAX_STEP)
     for _ in range(5):
-        clock.sleep(1.5)
+        clock.sleep(2 * half)
         pace.answered(sent_at=clock.now - 0.5, paced=True)
     assert pace.rate == 50
 
@@ -143,6 +144,55 @@ def test_no_429_puts_the_estimate_below_what_the_server_let_through_in_the_last_
     assert pace.peak == 120 and pace.rate == pytest.approx(102)
 
 
+def clean_minute(pace, clock, count: int, spacing: float) -> list[float]:
+    """`count` requests, one every `spacing` s, each answered cleanly half a second later: their starts."""
+    starts = []
+    for _ in range(count):
+        assert pace.reserve() == 0.0
+        starts.append(clock.now)
+        clock.sleep(0.5)
+        pace.answered(sent_at=starts[-1], paced=False)
+        clock.sleep(spacing - 0.5)
+    return starts
+
+
+def test_a_long_retry_after_shows_a_rolling_window_and_the_pace_keeps_its_count():
+    pace, clock = adaptive()
+    pace.rate = 600.0
+    starts = clean_minute(pace, clock, count=20, spacing=1.0)  # 20 let through in the last 20 s
+    assert pace.reserve() == 0.0
+    sent = clock.now
+    clock.sleep(0.5)
+    # Refused, to be retried when the first start is a minute old: 40 s, far longer than a bucket's slot at 20
+    # a minute (3 s). Only a window that holds all 20 answers so.
+    pace.throttled(sent_at=sent, after=starts[0] + 60 - clock.now)
+    assert pace.window == 20 and pace.rate == 20 and pace.peak == 20
+    horizon = 60 * (1 + pacing.SLACK)
+    clock.now = starts[0] + 60.1  # Retry-After is over, but the start it was waiting for is not yet out
+    assert pace.reserve() == pytest.approx(starts[0] + horizon - clock.now)
+    clock.now = starts[0] + horizon
+    assert pace.reserve() == 0.0  # the refused request was taken off the count: one slot, not two
+    assert pace.reserve() == pytest.approx(3.0)  # the next start that frees comes a second later, but the
+    clock.sleep(3.0)  # bunch the window frees is spread at its own rate, 20 a minute
+    assert pace.reserve() == 0.0
+
+
+def test_a_retry_after_of_a_slot_or_less_is_a_bucket_and_only_cuts():
+    pace, clock = adaptive()
+    pace.rate = 600.0
+    clean_minute(pace, clock, count=20, spacing=1.0)
+    pace.throttled(sent_at=clock.now, after=2.9)  # 20 a minute: a bucket's slot is 3 s
+    assert pace.window is None and pace.rate < 600
+
+
+def test_no_retry_after_never_shows_a_window():
+    pace, clock = adaptive()
+    pace.rate = 600.0
+    clean_minute(pace, clock, count=20, spacing=1.0)
+    pace.throttled(sent_at=clock.now, after=None)
+    assert pace.window is None
+
+
 def test_throttled_retries_reach_the_pace_and_other_failures_do_not():
     clock = Clock()
     pace = pacing.AdaptiveRate(1000, clock=clock)
@@ -190,12 +240,13 @@ def test_providers_tell_a_429_from_other_transient_errors():
     assert not replicate_provider.classify(replicate_provider.TransientStatus(500, None)).throttled
 
 
-def simulate(limit: int, minutes: int, workers: int = 32, latency: float = 0.5) -> tuple[list[float], int, int]:
+def simulate(limit: int, minutes: int, quota_kind=RequestLimit, workers: int = 32,
+             latency: float = 0.5) -> tuple[list[float], int, int]:
     """A run in simulated time: `workers` workers, each request answered `latency` s after it is sent, by the
-    fake's token bucket; a 429 is retried after its Retry-After. Returns (when the server let each request
-    through, requests sent, requests refused)."""
+    fake's limit (`quota_kind`); a 429 is retried after its Retry-After. Returns (when the server let each
+    request through, requests sent, requests refused)."""
     clock = Clock(0.0)
-    pace, quota = pacing.AdaptiveRate(100_000, clock=clock), RequestLimit(limit, clock=clock)
+    pace, quota = pacing.AdaptiveRate(100_000, clock=clock), quota_kind(limit, clock=clock)
     events, order, left, accepted, sent = [], itertools.count(), [limit * minutes], [], [0]
 
     def at(when, action):
@@ -228,10 +279,16 @@ def simulate(limit: int, minutes: int, workers: int = 32, latency: float = 0.5) 
 
 
 @pytest.mark.parametrize("limit", [10, 120, 2000])
-def test_settles_near_a_limit_it_is_not_told(limit):
-    accepted, sent, refused = simulate(limit, minutes=6)
+@pytest.mark.parametrize("quota_kind", [RequestLimit, RollingLimit], ids=["bucket", "rolling"])
+def test_settles_near_a_limit_it_is_not_told(limit, quota_kind):
+    accepted, sent, refused = simulate(limit, minutes=6, quota_kind=quota_kind)
     assert len(accepted) == limit * 6  # every file let through exactly once
-    assert sum(30 <= t < 60 for t in accepted) * 2 >= 0.9 * limit  # reached within the first minute
-    after_minute_one = (len(accepted) - sum(t < 60 for t in accepted)) / (accepted[-1] - 60) * 60
-    assert 0.95 * limit <= after_minute_one <= 1.01 * limit
+    if quota_kind is RequestLimit:  # the limit's pace reached within the first minute
+        assert sum(30 <= t < 60 for t in accepted) * 2 >= 0.9 * limit
+    else:  # a window's limit is a count: reached when the first minute holds it (see the benchmark)
+        assert sum(t < 60 for t in accepted) >= 0.9 * limit
+    assert (len(accepted) - 1) / (accepted[-1] - accepted[0]) * 60 >= 0.9 * limit  # over the whole run
+    if quota_kind is RequestLimit:  # and near the limit, not above it, once the start is over
+        after_minute_one = (len(accepted) - sum(t < 60 for t in accepted)) / (accepted[-1] - 60) * 60
+        assert 0.95 * limit <= after_minute_one <= 1.01 * limit
     assert refused <= 0.05 * sent

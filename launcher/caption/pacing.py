@@ -8,6 +8,7 @@ measured by benchmarks/caption_throughput.py (test 5).
 
 from __future__ import annotations
 
+import bisect
 import math
 import threading
 import time
@@ -27,6 +28,12 @@ RECOVER = 1 / 4
 PROBE = 0.01  # ... and above that creeps 1% a minute, to find a limit that was raised (and to keep 429s rare)
 HOLD = 1 / 60  # requests sent within a second after a cut still meet the server's bucket as the old pace left it
 RECENT = 8  # answers that tell the rate the server let through, when a 429 says the pace was too fast
+# A server may count "N a minute" as a token bucket or as a rolling window (at most N in any minute); Google does
+# not say which (ai.google.dev/gemini-api/docs/rate-limits). A bucket's Retry-After is at most one slot, 60/N s;
+# a full window's is the time until its oldest request is a minute old, up to a minute. So a Retry-After longer
+# than WINDOW_TELL slots at the rate the server just let through can only come from a window.
+WINDOW_TELL = 2.0
+SLACK = 1 / 50  # a start waits this much (of a minute) past the client's own count: the server counts on arrival
 
 
 class RateLimiter:
@@ -52,10 +59,14 @@ class RateLimiter:
                 # `now` after an idle spell, so that two starts never come closer than 90% of a slot.
                 slot = self._last + self.minute / self.rate
                 self._last = slot if now - slot < self.minute / self.rate / 10 else now
+                self._started(now)
             return max(0.0, wait)
 
     def _wait(self, now: float) -> float:
         return self._last + self.minute / self.rate - now
+
+    def _started(self, now: float) -> None:
+        """A slot was taken at `now` (under the lock)."""
 
     def answered(self, sent_at: float, paced: bool) -> None:
         """A request sent at `sent_at` came back without a 429; `paced`: it had waited for its slot."""
@@ -75,6 +86,13 @@ class AdaptiveRate(RateLimiter):
     does not cut again, but the pace at which answers came since the cut, slower than sent, is the server's
     own: it becomes the estimate. No estimate goes below the clean answers of the last minute: the server let
     those through, whichever way it counts its minute. A Retry-After pauses every worker.
+
+    A server that counts a rolling window tells itself apart by its Retry-After (WINDOW_TELL). Against a window
+    a cut is no help: the window still holds the requests that filled it, and frees a slot only when one of
+    them is a minute old, in the same bunches they came in (slow start sends them in a burst); a steady pace
+    meets those bunches and is refused again, minute after minute. So the limiter keeps the server's count
+    itself: once a window is seen, `window` is what the server let through in the minute before it refused, and
+    a start waits until fewer than that many of its own unrefused starts lie in the last minute (SLACK more).
     """
 
     def __init__(self, ceiling: float, clock: Callable[[], float] = time.monotonic, minute: float = 60.0,
@@ -87,21 +105,37 @@ class AdaptiveRate(RateLimiter):
         self._grown_at: float | None = None
         self._recent: deque[float] = deque(maxlen=RECENT)  # when the last clean answers came
         self._minute: deque[float] = deque()  # ... and all of those in the last minute
-        self._started = clock()
+        self._began = clock()
+        self.window: int | None = None  # the server's count for any minute, once it shows that it keeps one
+        self._starts: deque[float] = deque()  # starts of the last minute, less those refused: the server's count
+        self._clean_sent: deque[float] = deque()  # when each request answered cleanly was sent
 
     def _wait(self, now: float) -> float:
-        return max(self._last + self.minute / self.rate, self._paused_until) - now
+        wait = max(self._last + self.minute / self.rate, self._paused_until) - now
+        horizon = self.minute * (1 + SLACK)
+        while self._starts and self._starts[0] <= now - horizon:
+            self._starts.popleft()
+        if self.window is not None and len(self._starts) >= self.window:
+            # Until enough of the oldest starts leave the window that this one fits in it.
+            wait = max(wait, self._starts[len(self._starts) - self.window] + horizon - now)
+        return wait
+
+    def _started(self, now: float) -> None:
+        self._starts.append(now)
 
     def answered(self, sent_at: float, paced: bool) -> None:
         with self._lock:
             now = self.clock()
+            self._clean_sent.append(sent_at)
+            while self._clean_sent and self._clean_sent[0] <= now - 2 * self.minute:
+                self._clean_sent.popleft()
             since = now - (sent_at if self._grown_at is None else self._grown_at)
             self._grown_at = now
             self._recent.append(now)
             self._minute.append(now)
             self._last_minute(now)  # drops the older ones
-            if paced:
-                self.rate = min(self.ceiling, self._grown(max(0.0, since)))
+            if paced:  # never above a window's count: it binds anyway, and the summary says the rate kept
+                self.rate = min(self.ceiling, self.window or math.inf, self._grown(max(0.0, since)))
 
     def _grown(self, dt: float) -> float:
         if self.peak is None:
@@ -115,8 +149,16 @@ class AdaptiveRate(RateLimiter):
         with self._lock:
             self.throttled_count += 1
             now = self.clock()
+            self._forget(sent_at)
             if after:
                 self._paused_until = max(self._paused_until, now + after)
+            let = sum(sent_at - self.minute < t <= sent_at for t in self._clean_sent)
+            if after is not None and after * let > WINDOW_TELL * self.minute:
+                # A window, full: it let `let` through in the minute before it refused. Keep that count from now
+                # on, and pace evenly at it, so that the bunches it frees are spread out and the burst dies away.
+                self.window = self.peak = let
+                self.rate = max(min(FLOOR_RPM, self.ceiling), min(self.rate, let))
+                return
             if sent_at >= self._cut_at + HOLD * self.minute:  # news about the current pace: cut
                 # Recent answers may span a ramp or a pause, and underrate the server: trust them down to the rate
                 # before the last doubling in slow start (at most a round trip ago), else down to one cut.
@@ -138,7 +180,13 @@ class AdaptiveRate(RateLimiter):
         """Clean answers in the last minute; 0 until the pace is a minute old (a part-minute says too little)."""
         while self._minute and self._minute[0] <= now - self.minute:
             self._minute.popleft()
-        return len(self._minute) if now - self._started >= self.minute else 0.0
+        return len(self._minute) if now - self._began >= self.minute else 0.0
+
+    def _forget(self, sent_at: float) -> None:
+        """A refused request did not count on the server: take the latest start at or before it off the count."""
+        index = bisect.bisect_right(self._starts, sent_at) - 1
+        if index >= 0:
+            del self._starts[index]
 
     def _let_through(self, since: float | None = None) -> float:
         """Clean answers a minute, over the last RECENT of them: over as few as 2 when `since` is None, else
