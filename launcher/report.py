@@ -13,11 +13,11 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import re
 from datetime import datetime
 from pathlib import Path
 
+from launcher.core import runfiles
 from launcher.core.errors import UserError
 
 REPORT = "report.html"
@@ -28,13 +28,6 @@ vertical-align:top}th{background:#f4f4f6}img{max-width:100%}h2{margin-top:32px}c
 CHECK = """window.__errors=[];window.addEventListener('error',e=>window.__errors.push(String(e.message||e)));
 window.addEventListener('load',()=>{const imgs=[...document.images];document.body.dataset.check=JSON.stringify(
 {images:imgs.length,broken:imgs.filter(i=>!i.complete||i.naturalWidth===0).length,errors:window.__errors});});"""
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def _esc(value) -> str:
@@ -159,10 +152,10 @@ def _lora_checks(run: dict, fresh: dict) -> str:
 
 def render(run_dir: Path, checks: dict | None = None) -> str:
     """The page; `checks` are fresh LoRA checks (launcher/loracheck.recheck), run here when not given."""
-    run = _read_json(run_dir / "run.json")
-    if run is None:
-        raise UserError(f"{run_dir} has no readable run.json: give a run folder (pull it with `launcher pull`)")
-    progress = _read_json(run_dir / "progress.json") or {}
+    if not (run_dir / "run.json").exists():
+        raise UserError(f"{run_dir} has no run.json: give a run folder (pull it with `launcher pull`)")
+    run = runfiles.read(run_dir / "run.json")
+    progress = runfiles.read_if_there(run_dir / "progress.json") or {}
     plot = loss_plot(progress.get("trainings", {}))
     loss = f'<img id="loss" alt="loss curve" src="{_data_uri(plot)}">' if plot else "<p>no loss recorded</p>"
     if checks is None:
