@@ -19,6 +19,7 @@ from pathlib import Path
 
 from launcher.core import runfiles
 from launcher.core.errors import UserError
+from launcher.core.inputs import inside
 
 REPORT = "report.html"
 STYLE = """body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1100px;color:#1c1c1f}
@@ -113,6 +114,14 @@ def _checkpoints(run: dict) -> str:
     return _table(rows, ("file", "epoch", "bytes", "sha256")) if rows else "<p>no checkpoint written</p>"
 
 
+def _sheet(run_dir: Path, path: str, number: int) -> str:
+    """A contact sheet embedded; only a file inside the run folder (run.json names it, and may be edited)."""
+    sheet = run_dir / path
+    if not path or not inside(run_dir, sheet) or not sheet.is_file():
+        return f"<p class=failed>contact sheet {_esc(path)} is not in this run folder: pull the run again</p>"
+    return f'<img class="sheet" alt="contact sheet, prompt {number}" src="{_data_uri(sheet.read_bytes())}">'
+
+
 def _samples(run_dir: Path, record: dict | None) -> str:
     if not record:
         return "<p>no samples (samples.enabled=false, or the run planned none)</p>"
@@ -123,8 +132,7 @@ def _samples(run_dir: Path, record: dict | None) -> str:
     for number, prompt in enumerate(record.get("prompts", []), 1):
         out.append(f"<h3>prompt {number}: {_esc(prompt['text'])}</h3>")
         for sheet in (s for s in record.get("sheets", []) if s["prompt"] == number):
-            data = (run_dir / sheet["path"]).read_bytes()
-            out.append(f'<img class="sheet" alt="contact sheet, prompt {number}" src="{_data_uri(data)}">')
+            out.append(_sheet(run_dir, sheet["path"], number))
         videos = [v for v in record.get("videos", []) if v["prompt"] == number]
         out.append('<div class="videos">' + "".join(
             f'<figure><video controls preload="metadata" src="{_esc(v["path"])}"></video><figcaption>epoch '

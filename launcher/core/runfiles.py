@@ -173,7 +173,7 @@ SAMPLES = Obj({"status": TEXT}, {
 LORA_CHECK = Obj({"status": TEXT, "dit": TEXT, "output_name": TEXT,
                   "want": Obj({"network_dim": WHOLE, "network_alpha": NUMBER, "network_module": TEXT},
                               {"metadata": MapOf(TEXT)})},
-                 {"files": ListOf(Obj({"path": TEXT}, {"modules": WHOLE, "keys": WHOLE, "problems": ListOf(TEXT)})),
+                 {"files": ListOf(Obj({"path": TEXT, "modules": WHOLE, "keys": WHOLE, "problems": ListOf(TEXT)})),
                   "reason": Maybe(TEXT), "dit_checked": FLAG, "dit_read": Maybe(TEXT)})
 RUN_JSON = Obj({"status": TEXT}, {
     "run_id": TEXT,
@@ -218,8 +218,9 @@ def _decoded(data: bytes | str, where: str, fix: str):
     except UnicodeDecodeError:
         raise DamagedRunFile(f"{where} is not UTF-8 text: {fix}") from None
     except json.JSONDecodeError as exc:
-        cut = " (cut short?)" if exc.pos >= len(data.rstrip()) else ""
-        raise DamagedRunFile(f"{where} is not valid JSON{cut}: {exc.msg} at line {exc.lineno} column {exc.colno}: "
+        # The parser stopped at the end, or inside a string that never closed: the file ends too early.
+        cut = " (cut short?)" if exc.pos >= len(data.rstrip()) or exc.msg.startswith("Unterminated") else ""
+        raise DamagedRunFile(f"{where} is not valid JSON{cut}: {exc.msg} (line {exc.lineno}, column {exc.colno}): "
                              f"{fix}") from None
     except ValueError as exc:  # e.g. an integer of more digits than Python converts
         raise DamagedRunFile(f"{where} is not valid JSON: {str(exc).splitlines()[0][:120]}: {fix}") from None
