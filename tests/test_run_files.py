@@ -83,7 +83,8 @@ DAMAGES = [
     ("run.json not UTF-8", raw("run.json", lambda b: b"\xff\xfe\xfa" + b), ("not UTF-8",)),
     ("run.json a list", edit("run.json", lambda d: [d]), ("the file is a list, not an object",)),
     ("run.json a string", edit("run.json", lambda d: "succeeded"), ("the file is text 'succeeded'",)),
-    ("status missing", edit("run.json", setting("status", drop=True)), ("status is missing",)),
+    ("output without its sha256", edit("run.json", setting("outputs", 0, "sha256", drop=True)),
+     ("outputs[0].sha256 is missing",)),
     ("status a number", edit("run.json", setting("status", value=0)), ("status is a number, not text",)),
     ("steps a string", edit("run.json", setting("steps", value="all")), ("steps is text 'all', not a list",)),
     ("step name a number", edit("run.json", setting("steps", 0, "name", value=7)), ("steps[0].name",)),
@@ -102,6 +103,7 @@ DAMAGES = [
      ("updated_at is text 'yesterday'", "ISO 8601")),
     ("loss NaN", raw("progress.json", lambda b: b.replace(b'"loss_avg": 0.', b'"loss_avg": NaN, "x": 0.', 1)),
      ("loss_avg is nan (not finite)",)),
+    ("progress status missing", edit("progress.json", setting("status", drop=True)), ("status is missing",)),
     ("current step text", edit("progress.json", setting("current", value={"step": "7"})), ("current.step",)),
 ]
 

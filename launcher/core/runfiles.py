@@ -175,8 +175,10 @@ LORA_CHECK = Obj({"status": TEXT, "dit": TEXT, "output_name": TEXT,
                               {"metadata": MapOf(TEXT)})},
                  {"files": ListOf(Obj({"path": TEXT, "modules": WHOLE, "keys": WHOLE, "problems": ListOf(TEXT)})),
                   "reason": Maybe(TEXT), "dit_checked": FLAG, "dit_read": Maybe(TEXT)})
-RUN_JSON = Obj({"status": TEXT}, {
-    "run_id": TEXT,
+# Required: what a reader cannot do without. run.json's top-level fields are optional (its readers show what is
+# there: an earlier version, or a run that ended early, wrote fewer); inside its records, most are required.
+RUN_JSON = Obj({}, {
+    "run_id": TEXT, "status": TEXT,
     "exit_code": Maybe(WHOLE), "expert": Maybe(TEXT), "stage": Maybe(TEXT), "reason": Maybe(TEXT),
     "plan_sha256": TEXT, "started_at": Maybe(TEXT), "ended_at": Maybe(TEXT),
     "preset": Obj({}, {"name": Maybe(TEXT), "origin": Maybe(TEXT), "sha256": TEXT, "overrides": ListOf(TEXT)}),
@@ -190,7 +192,7 @@ RUN_JSON = Obj({"status": TEXT}, {
 CURRENT = {"epoch": Maybe(WHOLE), "epochs": Maybe(WHOLE), "step": Maybe(WHOLE), "steps": Maybe(WHOLE),
            "it_per_s": Maybe(NUMBER), "loss_avg": Maybe(NUMBER), "eta_s": Maybe(WHOLE), "elapsed_s": Maybe(WHOLE),
            "checkpoint": Maybe(TEXT)}
-PROGRESS_JSON = Obj({"status": TEXT}, {
+PROGRESS_JSON = Obj({"status": TEXT}, {  # launcher/core/progress.py's status line cannot do without it
     "run_id": TEXT, "stage": Maybe(TEXT), "updated_at": Maybe(TIME), "current": Obj({}, CURRENT),
     "trainings": MapOf(Obj({}, CURRENT | {"history": ListOf(Pair(NUMBER, NUMBER))}))})
 RECORD = Obj({"run_id": TEXT, "backend": TEXT}, {"kind": TEXT, "preset": Maybe(TEXT), "expert": Maybe(TEXT),
@@ -214,7 +216,8 @@ def repull(where: str) -> str:
 
 def _decoded(data: bytes | str, where: str, fix: str):
     try:
-        return json.loads(data)
+        # UTF-8, as written; json.loads would also guess UTF-16 or 32 from the bytes and parse garbage.
+        return json.loads(data.decode("utf-8-sig") if isinstance(data, bytes) else data)
     except UnicodeDecodeError:
         raise DamagedRunFile(f"{where} is not UTF-8 text: {fix}") from None
     except json.JSONDecodeError as exc:
