@@ -44,7 +44,7 @@ LAYOUTS = [
     ("folder in videos/", "videos/old/zorbix_clip.mp4", ("videos/old/ holds 1", "directly in videos/")),
     ("videos/ inside images/", "images/videos/zorbix_clip.mp4", ("images/videos/ holds 1",)),
     ("images/ inside images/", "images/images/zorbix_more.png", ("images/images/ holds 1",)),
-    ("deep folder", "images/a/b/zorbix_deep.jpg", ("images/a/ holds 1", "a/b/zorbix_deep.jpg")),
+    ("deep folder", "images/a/b/zorbix_deep.jpg", ("images/a/ holds 1", "e.g. images/a/b/zorbix_deep.jpg")),
     ("folder in the dataset", "clips/zorbix_clip.mp4", ("clips/ holds 1", "directly in the dataset folder")),
     ("hidden image", "images/.zorbix_more.png", ("images/.zorbix_more.png is hidden", "musubi-tuner would skip",
                                                  "without the leading dot")),

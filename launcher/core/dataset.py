@@ -137,7 +137,7 @@ def _folder_problem(path: Path, shown: str, at_root: bool) -> str | None:
         return None
     parent = shown.rsplit("/", 1)[0] + "/" if "/" in shown else "the dataset folder"
     if media := _nested_media(path):
-        first = media[0].relative_to(path.parent)
+        first = f"{shown}/{media[0].relative_to(path).as_posix()}"
         return (f"{shown}/ holds {len(media)} image/video file(s) musubi-tuner would skip (it reads only the files "
                 f"directly in {parent}, no subfolder), e.g. {first}: move them to images/ or videos/, or remove "
                 f"{shown}/")
