@@ -369,5 +369,5 @@ class LocalBackend:
         raise UserError(local_runs.not_detached(record, "it stops with Ctrl-C in the terminal that runs it"))
 
     def pull(self, record: dict, dest: str) -> int:
-        print(f"local run {record['run_id']} is already in {record['output']}: nothing to download")
+        print(f"local run {record['run_id']} is already in {local_runs.run_folder(record)}: nothing to download")
         return 0
