@@ -347,3 +347,42 @@ def test_a_local_runs_state_follows_its_run_folder(run_dir, capsys):
     (run_dir / "run.json").unlink()
     (run_dir / "progress.json").unlink()
     assert main(["status", RUN_ID]) == 0 and "not started (no run.json yet)" in capsys.readouterr().out
+
+
+# --- the same reader for run files on a platform's volume ---------------------------------------------------
+
+def test_a_damaged_progress_json_on_a_modal_volume_is_one_error_line(monkeypatch, capsys):
+    import modal
+    from test_modal_backend import RECORD, FakeCall, ProgressVolume
+
+    volume = ProgressVolume()
+    volume.files = {"r1/high/progress.json": json.dumps({"status": "running", "current": []})}
+    monkeypatch.setattr(modal.Volume, "from_name", lambda name: volume)
+    monkeypatch.setattr(modal.FunctionCall, "from_id", lambda call_id: FakeCall(error=TimeoutError()))
+    runs.save(RECORD)
+    one_error(capsys, main(["status", "r1"]), "lora-gym-outputs:/r1/high/progress.json: current is a list",
+              "pull it again with `launcher pull r1`")
+
+
+class S3Object:
+    """Test double of a boto3 S3 client holding one object."""
+
+    def __init__(self, body: bytes):
+        self.body = body
+
+    def get_object(self, Bucket, Key):  # noqa: N803 - boto3's argument names
+        import io
+
+        return {"Body": io.BytesIO(self.body)}
+
+
+@pytest.mark.parametrize("body, words", [(b'{"status": "running", "trainings": {"train": 3}}',
+                                          "trainings.train is a number, not an object"),
+                                         (b"[1, 2", "is not valid JSON (cut short?)")])
+def test_a_damaged_run_file_on_a_runpod_volume_is_refused_by_name(body, words):
+    from launcher.backends import runpod_s3
+
+    with pytest.raises(runfiles.DamagedRunFile) as refused:
+        runpod_s3.read_json(S3Object(body), "vol-1", "lora-gym/output/r1/progress.json")
+    assert str(refused.value).startswith("s3://vol-1/lora-gym/output/r1/progress.json") and words in str(refused.value)
+    assert "launcher pull r1" in str(refused.value)
