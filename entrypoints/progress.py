@@ -13,6 +13,8 @@ import os
 import time
 from pathlib import Path
 
+from launcher.core import runfiles
+from launcher.core.errors import UserError
 from launcher.core.progress import Progress
 from lora_gym_entrypoint.manifest import now
 
@@ -26,9 +28,9 @@ class ProgressFile:
                      "trainings": {}}
         self.progress: Progress | None = None
         self.written_at: float | None = None
-        if self.path.is_file():  # a continued run keeps the loss history of its earlier attempts
-            with contextlib.suppress(OSError, ValueError):
-                self.data["trainings"] = json.loads(self.path.read_text(encoding="utf-8")).get("trainings", {})
+        # A continued run keeps the loss history of its earlier attempts (rundir checked the file's shape).
+        with contextlib.suppress(UserError):
+            self.data["trainings"] = (runfiles.read_if_there(self.path) or {}).get("trainings", {})
 
     def start(self, stage: str) -> None:
         self.data.update(stage=stage, current={})

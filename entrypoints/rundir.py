@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from launcher import __version__
+from launcher.core import runfiles
 from launcher.core.errors import UserError
 from launcher.core.job import Job, read_lock
 from launcher.core.plan import Plan, make_plan
@@ -83,11 +84,12 @@ def _claim(job: Job, settings) -> Job:
 def _earlier(job: Job, run_dir: Path, stage: str) -> dict:
     """The earlier attempt's run.json, if this run may continue it (a succeeded one only for its samples)."""
     run_id = job.plan.run_id
-    try:
-        data = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise UserError(f"run folder {run_dir} exists without a readable run.json: choose another "
-                        "LORA_GYM_RUN_ID") from None
+    if not (run_dir / "run.json").exists():
+        raise UserError(f"run folder {run_dir} exists without a run.json: choose another LORA_GYM_RUN_ID")
+    # What the continued run reads back must be in the shape it was written (launcher/core/runfiles.py).
+    fix = "this run folder cannot be continued: choose another LORA_GYM_RUN_ID"
+    data = runfiles.read(run_dir / "run.json", fix=fix)
+    runfiles.read_if_there(run_dir / "progress.json", fix=fix)
     if data.get("status") == "succeeded" and stage != "samples":
         raise UserError(f"run {run_id} already succeeded ({run_dir}): choose another LORA_GYM_RUN_ID "
                         "(finished runs are never overwritten)")

@@ -289,12 +289,11 @@ def check_training(files: Iterable[Path], dit_path: str, want: Want, output_name
 def recheck(run_dir: str | Path, dits: Iterable[str | Path] = ()) -> dict[str, Outcome]:
     """The checks the run folder's run.json recorded, run again on its files: against the DiT where the training
     read it, or one of `dits` with the same file name, else without the DiT (the LoRA's own keys, rank, alpha and
-    metadata). Empty when run.json is unreadable or recorded none."""
+    metadata). Empty when there is no run.json or it recorded none; DamagedRunFile when it is not in shape."""
+    from launcher.core import runfiles
+
     run_dir = Path(run_dir)
-    try:
-        recorded = json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("lora_check") or {}
-    except (OSError, ValueError, AttributeError):
-        return {}
+    recorded = (runfiles.read_if_there(run_dir / "run.json") or {}).get("lora_check") or {}
     by_name = {Path(d).name: Path(d) for d in dits}
     fresh = {}
     for step, record in recorded.items():

@@ -13,12 +13,13 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import re
 from datetime import datetime
 from pathlib import Path
 
+from launcher.core import runfiles
 from launcher.core.errors import UserError
+from launcher.core.inputs import inside
 
 REPORT = "report.html"
 STYLE = """body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1100px;color:#1c1c1f}
@@ -28,13 +29,6 @@ vertical-align:top}th{background:#f4f4f6}img{max-width:100%}h2{margin-top:32px}c
 CHECK = """window.__errors=[];window.addEventListener('error',e=>window.__errors.push(String(e.message||e)));
 window.addEventListener('load',()=>{const imgs=[...document.images];document.body.dataset.check=JSON.stringify(
 {images:imgs.length,broken:imgs.filter(i=>!i.complete||i.naturalWidth===0).length,errors:window.__errors});});"""
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def _esc(value) -> str:
@@ -120,6 +114,14 @@ def _checkpoints(run: dict) -> str:
     return _table(rows, ("file", "epoch", "bytes", "sha256")) if rows else "<p>no checkpoint written</p>"
 
 
+def _sheet(run_dir: Path, path: str, number: int) -> str:
+    """A contact sheet embedded; only a file inside the run folder (run.json names it, and may be edited)."""
+    sheet = run_dir / path
+    if not path or not inside(run_dir, sheet) or not sheet.is_file():
+        return f"<p class=failed>contact sheet {_esc(path)} is not in this run folder: pull the run again</p>"
+    return f'<img class="sheet" alt="contact sheet, prompt {number}" src="{_data_uri(sheet.read_bytes())}">'
+
+
 def _samples(run_dir: Path, record: dict | None) -> str:
     if not record:
         return "<p>no samples (samples.enabled=false, or the run planned none)</p>"
@@ -130,8 +132,7 @@ def _samples(run_dir: Path, record: dict | None) -> str:
     for number, prompt in enumerate(record.get("prompts", []), 1):
         out.append(f"<h3>prompt {number}: {_esc(prompt['text'])}</h3>")
         for sheet in (s for s in record.get("sheets", []) if s["prompt"] == number):
-            data = (run_dir / sheet["path"]).read_bytes()
-            out.append(f'<img class="sheet" alt="contact sheet, prompt {number}" src="{_data_uri(data)}">')
+            out.append(_sheet(run_dir, sheet["path"], number))
         videos = [v for v in record.get("videos", []) if v["prompt"] == number]
         out.append('<div class="videos">' + "".join(
             f'<figure><video controls preload="metadata" src="{_esc(v["path"])}"></video><figcaption>epoch '
@@ -159,10 +160,10 @@ def _lora_checks(run: dict, fresh: dict) -> str:
 
 def render(run_dir: Path, checks: dict | None = None) -> str:
     """The page; `checks` are fresh LoRA checks (launcher/loracheck.recheck), run here when not given."""
-    run = _read_json(run_dir / "run.json")
-    if run is None:
-        raise UserError(f"{run_dir} has no readable run.json: give a run folder (pull it with `launcher pull`)")
-    progress = _read_json(run_dir / "progress.json") or {}
+    if not (run_dir / "run.json").exists():
+        raise UserError(f"{run_dir} has no run.json: give a run folder (pull it with `launcher pull`)")
+    run = runfiles.read(run_dir / "run.json")
+    progress = runfiles.read_if_there(run_dir / "progress.json") or {}
     plot = loss_plot(progress.get("trainings", {}))
     loss = f'<img id="loss" alt="loss curve" src="{_data_uri(plot)}">' if plot else "<p>no loss recorded</p>"
     if checks is None:

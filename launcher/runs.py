@@ -12,6 +12,7 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
+from launcher.core import runfiles
 from launcher.core.errors import UserError, closest
 from launcher.core.inputs import SAFE_NAME, shown
 from launcher.core.secrets import secret_values
@@ -43,16 +44,22 @@ def save(record: dict) -> Path:
     return path
 
 
+def _read(path: Path) -> dict:
+    """A record, checked (launcher/core/runfiles.py): a damaged one is one `error:` line naming it."""
+    return runfiles.read(path, runfiles.RECORD, f"fix or remove that run record ({path}); the run's own files "
+                                                "are not in it")
+
+
 def load(run_id: str) -> dict:
     path = _path(run_id)
     if not path.is_file():
         known = [r["run_id"] for r in all_runs()]
         raise UserError(f"no run {run_id!r} in {path.parent}{closest(run_id, known)}: "
                         "see `launcher status` for the list")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return _read(path)
 
 
 def all_runs() -> list[dict]:
     folder = home() / "runs"
-    records = [json.loads(p.read_text(encoding="utf-8")) for p in folder.glob("*.json")] if folder.is_dir() else []
+    records = [_read(p) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
     return sorted(records, key=lambda r: r.get("created_at", ""), reverse=True)

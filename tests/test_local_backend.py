@@ -17,6 +17,7 @@ import pytest
 from conftest import EXAMPLE_DATASET, FAKES, ROOT, clean_env
 from container_support import BASE_IMAGE, ensure_base_image, podman_service, remove_named, require_podman, run_name
 
+from launcher import runs
 from launcher.backends import LaunchOptions, labels, local
 from launcher.cli.main import main
 from launcher.contract import CONTRACT_VERSION
@@ -225,10 +226,12 @@ def test_run_streams_logs_writes_outputs_and_removes_the_container(local_run, tm
     code, out, _ = local_run("wan21-t2v-1.3b", "--set", "train.max_train_epochs=3")
     assert code == 0, out
     assert out.splitlines()[0] == "[cache-latents] preset=wan21-t2v-1.3b expert= set=train.max_train_epochs=3"
-    assert f"[cache-latents] user={os.getuid()}:{os.getgid()} run_id=" in out
+    [record] = runs.all_runs()  # the launcher names the run folder and records the run, as for a cloud run
+    assert record["backend"] == "local" and record["output"] == str(tmp_path / "out" / "new")
+    assert f"[cache-latents] user={os.getuid()}:{os.getgid()} run_id={record['run_id']}" in out
     assert "[cache-latents] dataset is read-only" in out and "[cache-latents] captions: 6" in out
     assert "[cache-text] cache written" in out and out.rstrip().endswith("[train] done, exit 0")
-    lora = tmp_path / "out" / "new" / "fake-run" / "fake-lora.safetensors"
+    lora = tmp_path / "out" / "new" / record["run_id"] / "fake-lora.safetensors"
     assert lora.read_text() == "fake lora\n" and lora.stat().st_uid == os.getuid()
     assert our_containers() == []
 

@@ -172,7 +172,7 @@ class FakeEngine:
         env |= {k: v for k, v in spec.env.items() if not k.endswith("_DIR") and k != "LORA_GYM_PRESET"}
         env["LORA_GYM_OUTPUT_DIR"] = str(self.output)
         with self.lock:
-            self.started.append((spec.env["LORA_GYM_RUN_ID"], spec.env["LORA_GYM_STAGE"], spec.gpus))
+            self.started.append((spec.env["LORA_GYM_RUN_ID"], spec.env.get("LORA_GYM_STAGE", "all"), spec.gpus))
         result = self.box.run(env)
         print(result.stdout[-2000:], result.stderr[-2000:])
         return result.returncode

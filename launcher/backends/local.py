@@ -9,15 +9,19 @@ works without it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import shlex
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
-from launcher.backends import Capabilities, LaunchOptions, labels
+from launcher import runs
+from launcher.backends import Capabilities, LaunchOptions, labels, local_runs
 from launcher.core.errors import UserError
 from launcher.core.inputs import SAFE_NAME, creatable_dir
 from launcher.core.job import DEFAULT_PATHS, Job
@@ -319,21 +323,51 @@ def run_container(client, spec: ContainerSpec, device_requests: list[dict], out=
         _remove(container)
 
 
+def engine_execute(spec: ContainerSpec, job: Job) -> Callable[[ContainerSpec], int]:
+    """The real engine, checked once (reachable, GPU requests, the image's labels): runs a container to its end."""
+    client = connect()
+    requests = gpu_requests(spec.gpus, *engine_of(client))
+    preset = job.loaded.preset
+    labels.check_image(spec.image, image_labels(client, spec.image, preset.family), preset.family,
+                       preset.model.task)
+    return lambda run: run_container(client, run, requests)
+
+
+def _named(job: Job, options: LaunchOptions) -> LaunchOptions:
+    """The run id is chosen here, not in the container, so the run registry knows its run folder."""
+    return dataclasses.replace(options, run_id=options.run_id or job.plan.run_id)
+
+
 class LocalBackend:
     capabilities = Capabilities(name="local", max_runtime_hours=None, detach=False)
 
     def dry_run_data(self, job: Job, options: LaunchOptions) -> dict:
-        return {"argv": docker_run_argv(container_spec(job, options))}
+        return {"argv": docker_run_argv(container_spec(job, _named(job, options)))}
 
     def dry_run(self, job: Job, options: LaunchOptions) -> str:
         return render_command(self.dry_run_data(job, options)["argv"])
 
     def launch(self, job: Job, options: LaunchOptions) -> int:
+        options = _named(job, options)
         spec = container_spec(job, options)  # bad options fail before the engine is touched
-        client = connect()
-        requests = gpu_requests(spec.gpus, *engine_of(client))
-        preset = job.loaded.preset
-        labels.check_image(spec.image, image_labels(client, spec.image, preset.family), preset.family,
-                           preset.model.task)
-        Path(output_dir(options)).mkdir(parents=True, exist_ok=True)  # only now: a refused run writes nothing
-        return run_container(client, spec, requests)
+        execute = engine_execute(spec, job)
+        output = output_dir(options)
+        Path(output).mkdir(parents=True, exist_ok=True)  # only now: a refused run writes nothing
+        # Recorded like a cloud run, so `launcher status` lists it and reads its run folder (local_runs.py).
+        runs.save({"run_id": options.run_id, "backend": "local", "preset": job.loaded.preset.name,
+                   "expert": job.plan.expert, "output": output,
+                   "created_at": datetime.now(UTC).isoformat(timespec="seconds")})
+        return execute(spec)
+
+    def status(self, record: dict) -> dict:
+        return local_runs.status(record)
+
+    def logs(self, record: dict, follow: bool) -> int:
+        raise UserError(local_runs.not_detached(record, "its logs went to the terminal that ran it"))
+
+    def stop(self, record: dict) -> int:
+        raise UserError(local_runs.not_detached(record, "it stops with Ctrl-C in the terminal that runs it"))
+
+    def pull(self, record: dict, dest: str) -> int:
+        print(f"local run {record['run_id']} is already in {local_runs.run_folder(record)}: nothing to download")
+        return 0

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from datetime import UTC, datetime
@@ -63,6 +62,7 @@ def progress_rows(record: dict) -> dict:
     import modal
     from modal.exception import Error as ModalError
 
+    from launcher.core import runfiles
     from launcher.core.progress import status_line
 
     volume, run_id = modal.Volume.from_name(record.get("outputs_volume", OUTPUTS_VOLUME)), record["run_id"]
@@ -71,10 +71,11 @@ def progress_rows(record: dict) -> dict:
     rows = {}
     for label, folder in folders.items():
         try:
-            data = json.loads(b"".join(volume.read_file(f"{folder}/progress.json")))
-        except (ModalError, ValueError, OSError):  # not written yet (still caching) or gone
+            raw = b"".join(volume.read_file(f"{folder}/progress.json"))
+        except (ModalError, OSError):  # not written yet (still caching) or gone
             continue
-        rows[label] = status_line(data, now())
+        where = f"{record.get('outputs_volume', OUTPUTS_VOLUME)}:/{folder}/progress.json"  # the volume's own path
+        rows[label] = status_line(runfiles.parse(raw, where), now())
     return rows
 
 

@@ -178,10 +178,11 @@ def download_prefix(s3, bucket: str, prefix: str, dest: Path) -> int:
 
 
 def read_json(s3, bucket: str, key: str) -> dict | None:
-    import json
+    from launcher.core import runfiles
 
     ClientError, BotoCoreError = _errors()
     try:
-        return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-    except (ClientError, BotoCoreError, ValueError):
+        data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except (ClientError, BotoCoreError):
         return None
+    return runfiles.parse(data, f"s3://{bucket}/{key}")  # a damaged run file: one `error:` line naming it

@@ -26,6 +26,15 @@ def _sweep_module(record: dict):
     return importlib.import_module(f"launcher.sweep.{record['backend']}_sweep")
 
 
+def _local_state(record: dict) -> str:
+    """A local run's state from its run folder, for the list (a cloud run's would cost a platform call)."""
+    if record["backend"] != "local" or record.get("kind") == "sweep":
+        return ""
+    from launcher.backends import local_runs
+
+    return f"  {local_runs.state(record)}"
+
+
 @click.command(epilog="""\b
 Examples:
   launcher status
@@ -40,7 +49,7 @@ def status(run_id):
         rows = runs.all_runs()
         for record in rows:
             click.echo(f"{record['run_id']}  {record['backend']}  {record.get('preset', '')}  "
-                       f"{record.get('created_at', '')}")
+                       f"{record.get('created_at', '')}" + _local_state(record))
         if not rows:
             click.echo(f"no runs recorded in {runs.home() / 'runs'}")
         return 0

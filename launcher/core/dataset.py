@@ -3,6 +3,11 @@ before any GPU time is spent: media present, every file captioned in UTF-8, no s
 
 Media live in the dataset folder itself and/or its `images/` and `videos/` subfolders; each media file
 has a caption `<stem>.txt` beside it (musubi-tuner's `caption_extension`).
+
+musubi-tuner reads a media folder with `glob(<folder>/*<ext>)` per extension (src/musubi_tuner/dataset/
+media_utils.py, glob_images and glob_videos, at 30c658c4): not recursive, exact-case extensions, and Python's
+glob never matches a name starting with '.'. A media file it would not glob is refused here, never planned
+and then silently skipped: one line each, saying where to move it.
 """
 
 from __future__ import annotations
@@ -48,10 +53,20 @@ class DatasetLayout:
         return {kind: sum(len(d.files) for d in self.of_kind(kind)) for kind in ("image", "video")}
 
 
+def looks_like_media(name: str) -> bool:
+    """An image or video extension in any case: what a user means as training data."""
+    return Path(name).suffix.lower() in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
+
+
+def is_hidden(name: str) -> bool:
+    return name.startswith(".")  # Python's glob (musubi's) never matches these with `*.png`
+
+
 def media_kind(name: str) -> str | None:
-    """'image', 'video' or None. musubi globs exact-case extensions, so only all-lower or all-upper count."""
+    """'image', 'video' or None: what musubi's glob reads. It globs exact-case extensions, so only all-lower or
+    all-upper count, and never a hidden name (see the module's docstring)."""
     suffix = Path(name).suffix
-    if suffix not in (suffix.lower(), suffix.upper()):
+    if is_hidden(name) or suffix not in (suffix.lower(), suffix.upper()):
         return None
     lower = suffix.lower()
     return "image" if lower in IMAGE_EXTENSIONS else "video" if lower in VIDEO_EXTENSIONS else None
@@ -88,6 +103,9 @@ def caption_problem(media: Path, shown: str) -> str | None:
         if other_case is not None:
             return (f"{shown} has no caption: rename {Path(shown).with_name(other_case.name)} to {shown_caption} "
                     "(musubi-tuner reads only a lower-case .txt)")
+        if media.with_name(media.name + CAPTION_EXTENSION).is_file():  # `beach.png.txt`: musubi reads `beach.txt`
+            return (f"{shown} has no caption: rename {shown}{CAPTION_EXTENSION} to {shown_caption} (musubi-tuner "
+                    "reads the caption of a file from its name without the extension)")
         return f"{shown} has no caption: write {shown_caption} (one line describing it)"
     text = caption_text(caption.read_bytes())
     if text is None:
@@ -109,14 +127,34 @@ def _link_problem(path: Path, shown: str, root: Path) -> str | None:
     return None
 
 
-def _other_file_problem(path: Path, shown: str, media_stems: set[str]) -> str | None:
-    if path.name.startswith("."):
+def _nested_media(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if looks_like_media(p.name) and not p.is_dir())
+
+
+def _folder_problem(path: Path, shown: str, at_root: bool) -> str | None:
+    """A folder inside a media folder: musubi-tuner globs no subfolder, so what is in it would be skipped."""
+    if at_root and path.name in SUBFOLDERS:
+        return None
+    parent = shown.rsplit("/", 1)[0] + "/" if "/" in shown else "the dataset folder"
+    if media := _nested_media(path):
+        first = f"{shown}/{media[0].relative_to(path).as_posix()}"
+        return (f"{shown}/ holds {len(media)} image/video file(s) musubi-tuner would skip (it reads only the files "
+                f"directly in {parent}, no subfolder), e.g. {first}: move them to images/ or videos/, or remove "
+                f"{shown}/")
+    return f"unexpected folder {shown}/: media go in the dataset folder, images/ or videos/; move it out"
+
+
+def _other_file_problem(path: Path, shown: str, media_stems: set[str], at_root: bool) -> str | None:
+    if is_hidden(path.name):
+        # `._x.png` is macOS's AppleDouble metadata beside a copied x.png, never an image: left alone.
+        if looks_like_media(path.name) and not path.is_dir() and not path.name.startswith("._"):
+            return (f"{shown} is hidden (its name starts with '.'), so musubi-tuner would skip it: rename it "
+                    "without the leading dot, or remove it")
         return None
     if path.is_dir():
         if path.suffix.lower() == CAPTION_EXTENSION and path.with_suffix("").name in media_stems:
             return None  # a folder in a caption's place: reported once, as that media file's caption problem
-        return None if path.name in SUBFOLDERS else (
-            f"unexpected folder {shown}/: media go in the dataset folder, images/ or videos/; move it out")
+        return _folder_problem(path, shown, at_root)
     if not path.is_file():
         return f"{shown} is not a regular file (a pipe, socket or device): move it out of the dataset"
     if path.name in SUBFOLDERS:
@@ -168,7 +206,7 @@ def _scan_folder(folder: Path, relpath: str, problems: list[str], root: Path) ->
     stems = {p.stem for p in media}
     for path in entries:
         if path not in media_set:
-            problems.extend(filter(None, [_other_file_problem(path, prefix + path.name, stems)]))
+            problems.extend(filter(None, [_other_file_problem(path, prefix + path.name, stems, not relpath)]))
     problems.extend(_stem_clashes(media, prefix))
     problems.extend(filter(None, (caption_problem(p, prefix + p.name) for p in media)))
     by_kind = {kind: [p for p in media if media_kind(p.name) == kind] for kind in ("image", "video")}

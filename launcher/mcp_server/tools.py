@@ -136,8 +136,10 @@ def start(run: RunRequest,
     if est is not None:
         require_shown(est, run.key(), job.loaded.content_hash, estimate_id, estimate_usd)
     code = chosen.launch(job, options)
+    # Local runs are recorded too (for `status`), but they ran to their end within this call.
     recorded = any(r["run_id"] == job.plan.run_id for r in runs.all_runs())
-    return {"run_id": job.plan.run_id, "exit_code": code, "detached": recorded, "warnings": warnings}
+    detached = recorded and chosen.capabilities.detach
+    return {"run_id": job.plan.run_id, "exit_code": code, "detached": detached, "warnings": warnings}
 
 
 def status(run_id: Annotated[str | None, Field(description="A run id; without it, every recorded run.")] = None

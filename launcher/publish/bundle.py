@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from launcher.core import runfiles
 from launcher.core.errors import UserError
 from launcher.publish import card, comfyui, comfyui_ui, loras, models
 from launcher.publish.source import Run
@@ -86,10 +87,7 @@ def _samples(run: Run) -> tuple[list[card.Sample], list[Entry], str]:
 def _loss(run: Run) -> tuple[list[Entry], str | None]:
     trainings = {}
     for part in run.parts:
-        try:
-            trainings |= json.loads((part.folder / "progress.json").read_text(encoding="utf-8")).get("trainings", {})
-        except (OSError, ValueError):
-            continue
+        trainings |= (runfiles.read_if_there(part.folder / "progress.json") or {}).get("trainings", {})
     rows = [f"{name},{step},{loss}" for name, t in sorted(trainings.items()) for step, loss in t.get("history", [])]
     if not rows:
         return [], None

@@ -8,11 +8,11 @@ One run can live in more than one folder: `--expert both` on Modal pulls as `<ru
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from launcher.core import runfiles
 from launcher.core.errors import UserError
 from launcher.core.inputs import SAFE_NAME, shown
 
@@ -57,12 +57,8 @@ class Run:
 
 
 def _record(path: Path) -> dict:
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path} is not a readable run.json ({type(exc).__name__}): give the folder `launcher pull` "
-                        "or a local run wrote") from None
-    if not isinstance(record, dict) or "settings" not in record:
+    record = runfiles.read(path)  # a damaged run.json: one `error:` line naming the field
+    if "settings" not in record:
         raise UserError(f"{path} is not a LoRA Gym run.json (no settings): give a run folder")
     return record
 

@@ -90,15 +90,19 @@ def launch(sweep: Sweep, options: LaunchOptions) -> int:
 def reader(record: dict) -> registry.Reader:
     import modal
 
-    volume = modal.Volume.from_name(record.get("outputs_volume", modal_backend.OUTPUTS_VOLUME))
+    from launcher.core import runfiles
+
+    name_of_volume = record.get("outputs_volume", modal_backend.OUTPUTS_VOLUME)
+    volume = modal.Volume.from_name(name_of_volume)
 
     def read(run_id: str, name: str) -> dict | None:
         try:
-            return json.loads(b"".join(volume.read_file(f"{run_id}/{name}")))
+            raw = b"".join(volume.read_file(f"{run_id}/{name}"))
         except Exception as exc:  # modal's NotFoundError: the run has not started yet
-            if type(exc).__name__ not in ("NotFoundError", "FileNotFoundError", "JSONDecodeError"):
+            if type(exc).__name__ not in ("NotFoundError", "FileNotFoundError"):
                 raise
             return None
+        return runfiles.parse(raw, f"{name_of_volume}:/{run_id}/{name}")  # a damaged one: one `error:` line
     return read
 
 

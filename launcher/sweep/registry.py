@@ -5,13 +5,13 @@ where the backend keeps it and prints one row per run."""
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 from launcher import runs
+from launcher.core import runfiles
 from launcher.sweep.prepare import Sweep
 
 # (run id, file name in its run folder) -> that JSON file (run.json, progress.json), or None when there is none yet
@@ -80,9 +80,5 @@ def table(lines: list[tuple[str, ...]]) -> str:
 
 def local_reader(record: dict) -> Reader:
     def read(run_id: str, name: str) -> dict | None:
-        path = Path(record["output"]) / run_id / name
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
+        return runfiles.read_if_there(Path(record["output"]) / run_id / name)
     return read
