@@ -285,3 +285,14 @@ def test_a_prompt_with_a_line_break_is_refused_as_one(before, brk, after):
     with pytest.raises(UserError, match="one line") as exc:
         load_preset("wan21-t2v-1.3b", [f"samples.prompts={value}"])
     assert all("\n" not in p for p in exc.value.problems)
+
+
+def test_a_local_sweep_without_an_engine_prints_no_plan(tmp_path, capsys, monkeypatch):
+    """The engine and image checks come before the plan, like the grid's: the refusal is the only output."""
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    argv = swept("--grid", "train.seed=1,2", "--backend", "local", "--output", "{tmp}/runs")
+    code = launcher_main([a.replace("{dataset}", str(ROOT / "examples/dataset")).replace("{tmp}", str(tmp_path))
+                          for a in argv if a != "--dry-run"])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "" and err.startswith("error: cannot reach Docker") and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
