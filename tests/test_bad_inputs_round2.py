@@ -296,3 +296,18 @@ def test_a_local_sweep_without_an_engine_prints_no_plan(tmp_path, capsys, monkey
     out, err = capsys.readouterr()
     assert code == 2 and out == "" and err.startswith("error: cannot reach Docker") and err.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
+
+
+LIST_TEXT = st.one_of(st.text(max_size=40), st.builds(lambda a, b: f"[{a}{b}]", st.text(max_size=20),
+                                                     st.sampled_from(["", "}", "]", '"', "{text = 'x'}"])))
+
+
+@settings(max_examples=200, deadline=None)
+@given(key=st.sampled_from(["samples.prompts", "dataset.videos", "dataset.videos.0.target_frames",
+                            "dataset.images.resolution"]), value=LIST_TEXT)
+def test_any_list_value_is_data_or_one_line_per_problem(key, value):
+    """Whatever text a list key gets (TOML, broken JSON, line breaks, brackets), each problem stays one line."""
+    try:
+        load_preset("wan21-t2v-1.3b", [f"{key}={value}"])
+    except UserError as exc:
+        assert exc.problems and all(len(p.splitlines()) == 1 for p in exc.problems), exc.problems

@@ -184,7 +184,7 @@ def _not_json(key: str, value: str, item, current) -> str:
         return f"{key}: {_clip(value)} is not a JSON list: write it as {_example(item, current)}"
     if set(parsed) == {"v"}:
         return (f"{key}: {_clip(value)} is TOML, but --set (and LORA_GYM_SET) takes JSON: write "
-                f"{key}='{_clip(json.dumps(parsed['v'], ensure_ascii=False), 160)}'")
+                f"{key}='{_clip(_json(parsed['v']), 160)}'")
     return f"{key}: {_clip(value)} is not one JSON list: write it as {_example(item, current)}"
 
 
@@ -194,8 +194,7 @@ def _example(item, current, given=None) -> str:
     if _is_model(item):
         required = [name for name, f in item.model_fields.items() if f.is_required()]
         if isinstance(given, list) and len(required) == 1 and given:
-            return _clip(json.dumps([g if isinstance(g, dict) else {required[0]: g} for g in given],
-                                    ensure_ascii=False), 160)
+            return _clip(_json([g if isinstance(g, dict) else {required[0]: g} for g in given]), 160)
         if isinstance(current, list) and current:
             return _clip(json.dumps(current[:1], separators=(",", ":")), 160)
         return json.dumps([dict.fromkeys(required or list(item.model_fields)[:1], "...")])
@@ -205,8 +204,16 @@ def _example(item, current, given=None) -> str:
     return "[1,2] or 1,2"
 
 
+def _json(value) -> str:
+    """JSON to paste: non-ASCII text as typed, unless it holds a character that would break the error line."""
+    text = json.dumps(value, ensure_ascii=False)
+    return text if text.isprintable() else json.dumps(value)
+
+
 def _clip(value, limit: int = 60) -> str:
-    text = value if isinstance(value, str) and value.startswith(("[", "{")) else repr(value)
+    """The user's value for an error line: bracketed text as typed when it is printable, else repr; shortened."""
+    printable = isinstance(value, str) and value.startswith(("[", "{")) and value.isprintable()
+    text = value if printable else repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -89,7 +89,7 @@ def prepare_sweep(preset_ref: str, expert: str | None, base: Sequence[str], data
 
 def _value_at(data, key: str):
     for part in key.split("."):
-        data = data[int(part)] if isinstance(data, list) else data.get(part)
+        data = data[int(part)] if isinstance(data, list) else data.get(part) if isinstance(data, dict) else None
     return data
 
 
