@@ -80,6 +80,8 @@ CASES = [
          ("model.task", "the preset decides the task", "wan22-i2v-lightning")),
     Case("grids", "task in a grid file's nested table", swept("--grid-file", "{tmp}/grid.toml"),
          ("model.task", "the preset decides"), write("/grid.toml", '[grid.model]\ntask = ["t2v-1.3B", "t2v-14B"]\n')),
+    Case("grids", "a resolution split by the grid's commas", swept("--grid", "dataset.videos.0.resolution=960,544"),
+         ("dataset.videos.0.resolution takes 2 numbers, got '960'", "write it as 832x480")),
     Case("grids", "family", swept("--grid", "family=wan21,wan22"), ("family", "the preset decides")),
     Case("grids", "checked before the backend's dry run",
          swept("--grid", "train.learning_rate=1e-4,0.0001", "--backend", "modal", "--image",

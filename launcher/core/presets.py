@@ -158,7 +158,8 @@ def _list_value(annotation, key: str, value: str, current):
         if tables:
             raise UserError(f"{key} is a list of tables: write it in JSON, e.g. {key}='{_example(item, current)}'"
                             f"{LIST_HINTS.get(key, '')}")
-        return [part.strip() for part in value.replace("x", ",").split(",") if part.strip()]
+        parts = [part.strip() for part in value.replace("x", ",").split(",") if part.strip()]
+        return _sized(annotation, key, value, parts, current)
     if bracket_depth(value) > MAX_NESTING:
         raise too_deep(f"the value of {key}")
     try:
@@ -170,6 +171,18 @@ def _list_value(annotation, key: str, value: str, current):
                         f"{_clip(_first_not_table(data))}: write {key}='{_example(item, current, data)}'"
                         f"{LIST_HINTS.get(key, '')}")
     return data
+
+
+def _sized(annotation, key: str, value: str, parts: list[str], current) -> list[str]:
+    """A fixed-size tuple (a resolution) written with too few or too many numbers: say so, not 'item missing'.
+    In a --grid, commas separate the values, so each value there is written as 960x544."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is tuple and Ellipsis not in args and len(parts) != len(args):
+        shape = "x".join(str(v) for v in current) if isinstance(current, list | tuple) and current else "x".join(
+            "N" * len(args))
+        raise UserError(f"{key} takes {len(args)} numbers, got {_clip(value)}: write it as {shape} (in a --grid, "
+                        f"commas separate the values: {shape},...)")
+    return parts
 
 
 def _first_not_table(data):
