@@ -2,6 +2,29 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# pyproject.toml's requires-python (">=3.11,<3.13") as the lowest minor version and the first one refused, read
+# from it so the two never disagree.
+PY_MINORS := $(shell sed -n 's/^requires-python *= *">=3\.\([0-9]*\),<3\.\([0-9]*\)".*/\1 \2/p' pyproject.toml)
+PY_LOW := $(word 1,$(PY_MINORS))
+PY_END := $(word 2,$(PY_MINORS))
+GOAL = $(or $(MAKECMDGOALS),install)
+
+# Before the venv is made: $(PYTHON) runs and its version is one pyproject.toml allows (another fails deep inside
+# pip), and a venv already there was made by that same version (a second one on top leaves a venv of two Pythons).
+# Each refusal is one `error:` line with the command that works; nothing is created.
+define CHECK_PYTHON
+fix=python3.$(PY_LOW); for m in $$(seq $$(($(PY_END) - 1)) -1 $(PY_LOW)); do \
+  python3.$$m -c '' >/dev/null 2>&1 && fix=python3.$$m && break; done; \
+need="Python 3.$(PY_LOW) to 3.$$(($(PY_END) - 1)) (pyproject.toml requires-python)"; \
+v=$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) || { \
+  echo "error: PYTHON=$(PYTHON) does not run; LoRA Gym needs $$need: run make $(GOAL) PYTHON=$$fix" >&2; exit 2; }; \
+minor=$${v#3.}; if [ "$${v%%.*}" != 3 ] || [ "$$minor" -lt $(PY_LOW) ] || [ "$$minor" -ge $(PY_END) ]; then \
+  echo "error: $(PYTHON) is Python $$v; LoRA Gym needs $$need: run make $(GOAL) PYTHON=$$fix" >&2; exit 2; fi; \
+if [ -f $(VENV)/pyvenv.cfg ]; then \
+  made=$$(sed -n 's/^version[_info]* *= *\([0-9]*\.[0-9]*\).*/\1/p' $(VENV)/pyvenv.cfg | head -n 1); \
+  if [ "$$made" != "$$v" ]; then echo "error: $(VENV) was made by Python $$made, and $(PYTHON) is $$v: run make \
+clean$(if $(filter-out .venv,$(VENV)), VENV=$(VENV)), then make $(GOAL) PYTHON=$(PYTHON)" >&2; exit 2; fi; fi
+endef
 
 .PHONY: install install-dev test lint demo golden bench clean image-wan21 image-wan22 push-wan21 push-wan22 lock-weights
 
@@ -25,6 +48,7 @@ install-dev: $(VENV)/.installed-dev    ## plus pytest, ruff, torch (CPU), Pillow
 QUIET_PIP = PYTHONWARNINGS="ignore:Editable installation:UserWarning" $(BIN)/pip install --quiet
 
 $(VENV)/.installed: pyproject.toml
+	@$(CHECK_PYTHON)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(QUIET_PIP) -e '.[dataset]'

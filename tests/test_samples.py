@@ -175,7 +175,9 @@ def test_samples_file_lines_mirror_musubis_prompt_options():
     text = "# mine\nzorbix runs --f 49 --d 5\n\nzorbix sits --i images/zorbix_beach_wave.png\n"
     assert parse_samples_file(text, "p.txt") == [{"text": "zorbix runs", "frames": 49, "seed": 5},
                                                  {"text": "zorbix sits", "image": "images/zorbix_beach_wave.png"}]
-    for bad, message in (("x --w 3", "--w is not a sample option"), ("x --f many", "whole number"), ("#", "no prompt")):
+    for bad, message in (("x --w 3", "--w is the same for every prompt: .* --set samples.width=3"),
+                         ("x --n ugly", "--n is not a sample option"), ("x --f many", "whole number"),
+                         ("#", "no prompt")):
         with pytest.raises(UserError, match=message):
             parse_samples_file(bad, "p.txt")
 

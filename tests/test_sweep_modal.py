@@ -106,7 +106,7 @@ def test_max_cost_is_for_the_whole_sweep_and_refuses_before_anything_starts(monk
     err = capsys.readouterr().err
     assert "estimate: 6 runs + 1 cache pass" in err and "over --max-cost 0.5" in err and not started
     assert not [r for r in runs.all_runs() if r.get("kind") == "sweep"]
-    line = next(x for x in err.splitlines() if x.startswith("estimate:"))
+    [line] = err.splitlines()  # the refusal alone, carrying the estimate
     total = float(line.split("= $")[1].split()[0])
     # the sum of six one-GPU runs (each at least the start-up allowance) and one cache pass, at H100's price
     assert total >= 7 * 0.25 * modal_sweep.modal_backend.PRICES["H100"] - 0.01

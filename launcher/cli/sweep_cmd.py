@@ -65,6 +65,7 @@ def sweep(preset, expert, dataset_dir, grid_options, grid_file, yes, overrides, 
     if backend is None and not dry_run:
         raise UserError("a sweep needs a backend: add --backend local, modal or runpod, or --dry-run to see it")
     axes = grid.combine(grid_options, grid_file)
+    grid.check_fixed(axes, _fixed_keys(overrides, gpu_memory, gpus_per_run))
     base = with_gpus_per_run(with_gpu_memory(overrides, gpu_memory), gpus_per_run)
     planned = prepare_sweep(preset, expert, base, dataset_dir, axes, yes)
     if backend is None:
@@ -73,18 +74,27 @@ def sweep(preset, expert, dataset_dir, grid_options, grid_file, yes, overrides, 
     options = LaunchOptions(dataset=dataset_dir, output=output, image=image, gpus=gpus, cache_volume=cache_volume,
                             gpu_type=gpu_type, max_hours=max_hours, max_cost=max_cost, volume=volume)
     module = _module(backend)
-    # The plan is printed only once the backend's checks passed: its dry run makes them all, a launch the
-    # module's check (image, credentials, GPU), so a refusal is the only output.
+    # The plan is printed only once every check passed: the backend's dry run makes them all; a launch makes the
+    # module's check (image, credentials, GPU) and the budget, so a refusal is the only output.
     backend_text = module.dry_run(planned, options) if dry_run else None
     if not dry_run and hasattr(module, "check"):
         module.check(planned, options)
+    estimate = _budget(module, planned, options, dataset_dir, no_check) if not dry_run and hasattr(
+        module, "quotes") else []
     click.echo("\n".join(describe(planned)))
     if dry_run:
         click.echo(backend_text)
         return 0
-    if hasattr(module, "quotes"):
-        options = _budget(module, planned, options, dataset_dir, no_check)
+    for line in estimate:
+        click.echo(line, err=True)
     return module.launch(planned, options)
+
+
+def _fixed_keys(overrides, gpu_memory, gpus_per_run) -> list[tuple[str, str]]:
+    """(key, option) for what the command line sets for every run, which a grid key must not also set."""
+    fixed = [(o.partition("=")[0].strip(), f"--set {o.partition('=')[0].strip()}") for o in overrides]
+    fixed += [("resources.gpu_memory_gb", "--gpu-memory")] if gpu_memory else []
+    return fixed + ([("resources.gpus", "--gpus-per-run")] if gpus_per_run else [])
 
 
 def _module(backend: str):
@@ -93,21 +103,18 @@ def _module(backend: str):
     return importlib.import_module(f"launcher.sweep.{backend}_sweep")
 
 
-def _budget(module, planned, options, dataset_dir: str, no_check: bool):
-    """Print the whole sweep's estimate and refuse it over --max-cost; returns the options each run gets."""
+def _budget(module, planned, options, dataset_dir: str, no_check: bool) -> list[str]:
+    """The whole sweep's estimate as lines for stderr, printed after the plan; over --max-cost is refused here,
+    before anything is printed."""
     from launcher.core.errors import UserError
     from launcher.sweep import budget
 
     if no_check:
         if options.max_cost is not None:
             raise UserError("--max-cost needs the time estimate of the media check: drop --no-check")
-        click.echo("estimate: none (the media check was skipped with --no-check)", err=True)
-        return options
+        return ["estimate: none (the media check was skipped with --no-check)"]
     warnings, seconds = budget.seconds_per_run(planned, dataset_dir)
-    for warning in warnings:
-        click.echo(f"warning: {warning}", err=True)
     quotes, cache_quote = module.quotes(planned, options)
     est = budget.estimate(planned, quotes, seconds, cache_quote)
-    click.echo(est.line(), err=True)
     budget.check_budget(est, options.max_cost)
-    return options
+    return [*(f"warning: {warning}" for warning in warnings), est.line()]

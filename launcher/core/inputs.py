@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import tomllib
 import unicodedata
 from pathlib import Path
 
@@ -109,3 +110,60 @@ def new_dir(target: Path, what: str) -> Path:
         raise UserError(f"{what} {target} already exists: choose a new folder (nothing was changed)")
     writable_dir(target.parent, f"the parent of {what}")
     return target
+
+
+# Far deeper than any preset value (a [[dataset.videos]] entry's resolution is 5 levels down from the file's top)
+# and far below Python's recursion limit, which json, tomllib, copy.deepcopy and pydantic would otherwise reach.
+MAX_NESTING = 16
+
+
+def bracket_depth(text: str, limit: int = MAX_NESTING) -> int:
+    """How deep `[` and `{` nest in JSON text, outside its strings; counting stops past `limit`, so a value nested
+    100000 deep costs one scan and no recursion."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if escaped:
+            escaped = False
+        elif in_string:
+            escaped, in_string = ch == "\\", ch != '"'
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                break
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def data_depth(data: object, limit: int = MAX_NESTING) -> int:
+    """How deep lists and tables nest in parsed data (walked without recursion); counting stops past `limit`."""
+    deepest, stack = 0, [(data, 0)]
+    while stack and deepest <= limit:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is not None:
+            deepest = max(deepest, depth + 1)
+            stack += [(child, depth + 1) for child in children]
+    return deepest
+
+
+def too_deep(where: str) -> UserError:
+    return UserError(f"{where} nests lists or tables more than {MAX_NESTING} levels deep (no preset value nests "
+                     "more than 5): check its brackets")
+
+
+def toml_data(text: str, where: str) -> dict:
+    """A user's TOML (a preset, a grid file), refused when it nests deeper than any preset value: tomllib parses
+    arrays by recursion, and copying or validating such data would recurse again. Syntax errors propagate, for
+    the caller to word."""
+    try:
+        data = tomllib.loads(text)
+    except RecursionError:
+        raise too_deep(where) from None
+    if data_depth(data) > MAX_NESTING:
+        raise too_deep(where)
+    return data

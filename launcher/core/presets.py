@@ -20,8 +20,8 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from launcher.core.errors import UserError, closest
-from launcher.core.inputs import existing_file
-from launcher.core.schema import Preset, cross_checks
+from launcher.core.inputs import MAX_NESTING, bracket_depth, existing_file, toml_data, too_deep
+from launcher.core.schema import PATTERN_MESSAGES, Preset, cross_checks
 
 REGISTRY_PACKAGE = "launcher.presets_data"
 MAX_KEY_DEPTH = 6  # the deepest preset key is dataset.videos.<i>.resolution.<i>
@@ -71,7 +71,7 @@ def read_source(ref: str) -> tuple[str, str]:
 
 def parse_toml(text: str, origin: str) -> dict:
     try:
-        return tomllib.loads(text)
+        return toml_data(text, origin)
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{origin}: TOML syntax error: {exc}: fix the file and try again") from None
 
@@ -132,21 +132,102 @@ def _allows_none(annotation) -> bool:
     return type(None) in typing.get_args(annotation)
 
 
-def _coerce_text(annotation, key: str, value: str):
-    """Turn the override's text into raw data; the schema does the real type conversion."""
+def _coerce_text(annotation, key: str, value: str, current=None):
+    """Turn the override's text into raw data; the schema does the real type conversion. `current`: the value
+    the override replaces, which shows the form a list takes."""
     if value.lower() in ("none", "null") and _allows_none(annotation):
         return None
     base = _unwrap(annotation)
     if _is_model(base):
         raise UserError(f"{key} is a table: set one of its keys, e.g. {_keys_at(base, key + '.')[0]}=...")
     if typing.get_origin(base) in (list, tuple):
-        if value.startswith("["):
-            try:
-                return json.loads(value)
-            except json.JSONDecodeError:
-                raise UserError(f"{key}: {value!r} is not a list: write it as [960,544] or 960,544") from None
-        return [part.strip() for part in value.replace("x", ",").split(",") if part.strip()]
+        return _list_value(base, key, value, current)
     return value
+
+
+# Where a list has a friendlier way in than JSON on the command line.
+LIST_HINTS = {"samples.prompts": ", or write one prompt a line in a file and pass --samples FILE"}
+
+
+def _list_value(annotation, key: str, value: str, current):
+    """A list override: JSON (`[960,544]`, `[{"text": "a cat"}]`), or for plain values `960,544` / `960x544`.
+    The depth is measured before json.loads, which would recurse once per bracket."""
+    item = _unwrap(typing.get_args(annotation)[0])
+    tables = _is_model(item)
+    if not value.startswith("["):
+        if tables:
+            raise UserError(f"{key} is a list of tables: write it in JSON, e.g. {key}='{_example(item, current)}'"
+                            f"{LIST_HINTS.get(key, '')}")
+        parts = [part.strip() for part in value.replace("x", ",").split(",") if part.strip()]
+        return _sized(annotation, key, value, parts, current)
+    if bracket_depth(value) > MAX_NESTING:
+        raise too_deep(f"the value of {key}")
+    try:
+        data = json.loads(value)
+    except json.JSONDecodeError:
+        raise UserError(_not_json(key, value, item, current)) from None
+    if tables and not (isinstance(data, list) and all(isinstance(d, dict) for d in data)):
+        raise UserError(f"{key}: each item is a table of {', '.join(item.model_fields)}, not "
+                        f"{_clip(_first_not_table(data))}: write {key}='{_example(item, current, data)}'"
+                        f"{LIST_HINTS.get(key, '')}")
+    return data
+
+
+def _sized(annotation, key: str, value: str, parts: list[str], current) -> list[str]:
+    """A fixed-size tuple (a resolution) written with too few or too many numbers: say so, not 'item missing'.
+    In a --grid, commas separate the values, so each value there is written as 960x544."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is tuple and Ellipsis not in args and len(parts) != len(args):
+        shape = "x".join(str(v) for v in current) if isinstance(current, list | tuple) and current else "x".join(
+            "N" * len(args))
+        raise UserError(f"{key} takes {len(args)} numbers, got {_clip(value)}: write it as {shape} (in a --grid, "
+                        f"commas separate the values: {shape},...)")
+    return parts
+
+
+def _first_not_table(data):
+    return next((d for d in data if not isinstance(d, dict)), data) if isinstance(data, list) else data
+
+
+def _not_json(key: str, value: str, item, current) -> str:
+    """The preset files' TOML (`[{text = "a"}]`) is the likeliest slip: show it converted."""
+    try:
+        parsed = tomllib.loads(f"v = {value}")
+    except (tomllib.TOMLDecodeError, RecursionError):
+        return f"{key}: {_clip(value)} is not a JSON list: write it as {_example(item, current)}"
+    if set(parsed) == {"v"}:
+        return (f"{key}: {_clip(value)} is TOML, but --set (and LORA_GYM_SET) takes JSON: write "
+                f"{key}='{_clip(_json(parsed['v']), 160)}'")
+    return f"{key}: {_clip(value)} is not one JSON list: write it as {_example(item, current)}"
+
+
+def _example(item, current, given=None) -> str:
+    """A value of the list's own form: the user's scalars as tables when the item has one required field,
+    else the value it replaces, else the item's required fields."""
+    if _is_model(item):
+        required = [name for name, f in item.model_fields.items() if f.is_required()]
+        if isinstance(given, list) and len(required) == 1 and given:
+            return _clip(_json([g if isinstance(g, dict) else {required[0]: g} for g in given]), 160)
+        if isinstance(current, list) and current:
+            return _clip(json.dumps(current[:1], separators=(",", ":")), 160)
+        return json.dumps([dict.fromkeys(required or list(item.model_fields)[:1], "...")])
+    if isinstance(current, list | tuple) and current:
+        text = json.dumps(list(current), separators=(",", ":"))
+        return f"{text} or {text[1:-1]}"
+    return "[1,2] or 1,2"
+
+
+def _json(value) -> str:
+    """JSON to paste: non-ASCII text as typed, unless it holds a character that would break the error line."""
+    text = json.dumps(value, ensure_ascii=False)
+    return text if text.isprintable() else json.dumps(value)
+
+
+def _clip(value, limit: int = 60) -> str:
+    """The user's value for an error line: bracketed text as typed when it is printable, else repr; shortened."""
+    printable = isinstance(value, str) and value.startswith(("[", "{")) and value.isprintable()
+    text = value if printable else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _default_at(annotation, segment: str):
@@ -158,6 +239,20 @@ def _default_at(annotation, segment: str):
     if isinstance(default, list):
         return [d.model_dump(mode="json") if isinstance(d, BaseModel) else d for d in default]
     return {} if default is None else default
+
+
+def _current(raw: dict, path: list[str]):
+    """The value at `path` an override would replace (the schema default where the preset has none), or None."""
+    node, annotation = raw, Preset
+    for segment in path:
+        if isinstance(node, list):
+            node = node[int(segment)] if int(segment) < len(node) else None
+        elif isinstance(node, dict):
+            node = node[segment] if node.get(segment) is not None else _default_at(annotation, segment)
+        else:
+            return None
+        annotation = _child(annotation, segment)
+    return node
 
 
 def _step(node, segment: str, annotation, key: str):
@@ -196,7 +291,7 @@ def apply_overrides(raw: dict, overrides: typing.Iterable[str]) -> dict:
             raise UserError(f"override key {key[:40]!r}... is longer than any preset key: see "
                             "`launcher presets show NAME` for the keys")
         annotation = _annotation_at(path)
-        _assign(result, path, _coerce_text(annotation, key, value.strip()), key)
+        _assign(result, path, _coerce_text(annotation, key, value.strip(), _current(result, path)), key)
     return result
 
 
@@ -215,7 +310,7 @@ def _describe(error: dict) -> str:
         return f"{_dotted(loc)}: required but missing"
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "string_pattern_mismatch":
-        message = "use ASCII letters, digits, '_', '.' and '-', starting with a letter or digit"
+        message = PATTERN_MESSAGES.get(error.get("ctx", {}).get("pattern"), message)
     return f"{_dotted(loc) or 'preset'}: {message}{_shown_input(error['input'])}"
 
 

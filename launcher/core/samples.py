@@ -9,6 +9,7 @@ each video `<time>_<seed>.mp4`, so every prompt gets its own seed and the entryp
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from launcher import contract
@@ -211,24 +212,34 @@ def epoch_folder(folder: str, epoch: int) -> str:
 
 # musubi's own prompt-file options for what a user may set per prompt: frames, seed, I2V start image.
 FILE_OPTIONS = {"f": ("frames", int), "d": ("seed", int), "i": ("image", str)}
+# musubi's options that the preset sets once for every prompt (wan_generate_video.py, parse_prompt_line).
+PRESET_OPTIONS = {"w": "samples.width", "h": "samples.height", "s": "samples.steps", "g": "samples.guidance",
+                  "fs": "samples.flow_shift"}
+# An option starts at `--` at the start of the line or after a space; musubi splits at " --" alike.
+OPTION_START = re.compile(r"(?:^|\s)--(?=\S)")
+
+
+def _file_option(option: str, where: str) -> tuple[str, object]:
+    key, _, value = option.strip().partition(" ")
+    if key in PRESET_OPTIONS:
+        raise UserError(f"{where}: --{key} is the same for every prompt: drop it and use --set "
+                        f"{PRESET_OPTIONS[key]}={value.strip() or '...'}")
+    if key not in FILE_OPTIONS or not value.strip():
+        raise UserError(f"{where}: --{key} is not a sample option: use --f FRAMES, --d SEED or --i IMAGE "
+                        "(a path inside the dataset folder)")
+    field, kind = FILE_OPTIONS[key]
+    try:
+        return field, kind(value.strip())
+    except ValueError:
+        raise UserError(f"{where}: --{key} needs a whole number, got {value.strip()!r}") from None
 
 
 def _file_line(line: str, where: str) -> dict:
-    text, *options = line.split(" --")
-    entry = {"text": text.strip()}
-    for option in options:
-        key, _, value = option.strip().partition(" ")
-        if key not in FILE_OPTIONS or not value.strip():
-            raise UserError(f"{where}: --{key} is not a sample option: use --f FRAMES, --d SEED or --i IMAGE "
-                            "(a path inside the dataset folder)")
-        field, kind = FILE_OPTIONS[key]
-        try:
-            entry[field] = kind(value.strip())
-        except ValueError:
-            raise UserError(f"{where}: --{key} needs a whole number, got {value.strip()!r}") from None
-    if not entry["text"]:
-        raise UserError(f"{where}: the prompt text is empty: write it before the options")
-    return entry
+    text, *options = OPTION_START.split(line)
+    if not text.strip():  # the text's absence is the problem, whatever the options say
+        raise UserError(f"{where}: the line has options but no prompt text: write the prompt first, then its "
+                        "options (text --f FRAMES --d SEED)")
+    return {"text": text.strip(), **dict(_file_option(option, where) for option in options)}
 
 
 def parse_samples_file(text: str, origin: str) -> list[dict]:

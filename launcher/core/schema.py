@@ -8,6 +8,7 @@ musubi-tuner contract (CLIP only for Wan 2.1 I2V, block-swap limits, per-expert 
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -18,6 +19,16 @@ from launcher.core.inputs import SAFE_NAME
 # "owner/repo:path/inside/repo.safetensors", the identity of one Hugging Face file.
 HUB_FILE = re.compile(r"^[\w.-]+/[\w.-]+:[^:\s]+$")
 HubFile = Annotated[str, Field(pattern=HUB_FILE.pattern)]
+PRESET_NAME = r"^[a-z0-9][a-z0-9._-]{0,99}$"
+VIDEO_ENTRY_NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+OUTPUT_NAME = f"^{SAFE_NAME.pattern}$"
+# What each pattern asks for, in words: an error names the rule of the field it is about.
+PATTERN_MESSAGES = {
+    HUB_FILE.pattern: "use a Hugging Face file as owner/repo:path/in/repo.safetensors",
+    PRESET_NAME: "use up to 100 lower-case ASCII letters, digits, '_', '.' and '-', starting with a letter or digit",
+    VIDEO_ENTRY_NAME: "use up to 64 lower-case ASCII letters, digits, '_' and '-', starting with a letter or digit",
+    OUTPUT_NAME: "use ASCII letters, digits, '_', '.' and '-', starting with a letter or digit",
+}
 # musubi buckets at most 4096 pixels a side in practice; beyond that no GPU holds one frame.
 Size = Annotated[int, Field(gt=0, le=4096, multiple_of=16)]
 # Upper bounds that hold every real run with room to spare; beyond them a value is a typo or an attack
@@ -134,7 +145,7 @@ class ImageEntry(Strict):
 
 
 class VideoEntry(Strict):
-    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+    name: Annotated[str, Field(pattern=VIDEO_ENTRY_NAME)]
     resolution: tuple[Size, Size]
     target_frames: list[Annotated[int, Field(ge=1, le=MAX_FRAMES)]] = Field(min_length=1, max_length=16)
     frame_extraction: Literal["head", "chunk", "slide", "uniform", "full"] = "head"
@@ -172,7 +183,7 @@ class Dataset(Strict):
 class SamplePrompt(Strict):
     """One extra sample prompt (`--samples FILE` lines become these)."""
 
-    text: Annotated[str, Field(min_length=1, pattern=r"^[^\n]*$")]
+    text: Annotated[str, Field(min_length=1)]
     frames: int | None = Field(None, gt=0, le=MAX_FRAMES)
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     image: str | None = Field(None, description="I2V start frame, relative to the dataset folder")
@@ -180,6 +191,10 @@ class SamplePrompt(Strict):
     @field_validator("text")
     @classmethod
     def _no_option_marker(cls, text: str) -> str:
+        # musubi's --from_file reads one prompt a line: a line break would make two prompts (and two seeds).
+        if any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in text):
+            raise ValueError("a prompt is one line of text (musubi's prompt file holds one prompt a line): join "
+                             "its lines with spaces and drop control characters")
         # musubi's --from_file splits each line at " --": such a prompt would lose its tail.
         if " --" in text or text.lstrip().startswith("#"):
             raise ValueError("a prompt may not contain ' --' or start with '#' (musubi's prompt file syntax)")
@@ -221,10 +236,10 @@ class Resources(Strict):
 
 
 class Preset(Strict):
-    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,99}$")]
+    name: Annotated[str, Field(pattern=PRESET_NAME)]
     description: str = Field(max_length=500)
     family: Literal["wan21", "wan22"]
-    output_name: Annotated[str, Field(pattern=f"^{SAFE_NAME.pattern}$")] | None = None
+    output_name: Annotated[str, Field(pattern=OUTPUT_NAME)] | None = None
     model: Model
     experts: Experts | None = None
     train: Train

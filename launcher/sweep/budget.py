@@ -55,5 +55,6 @@ def estimate(sweep: Sweep, quotes: list[cost.Quote], seconds: list[float], cache
 
 def check_budget(est: SweepEstimate, max_cost: float | None) -> None:
     if max_cost is not None and est.usd > max_cost:
+        # The estimate travels in the refusal: nothing is printed before it.
         raise UserError(f"the sweep is estimated at ${est.usd:.2f} for {len(est.runs)} runs, over --max-cost "
-                        f"{max_cost:g}: raise --max-cost, drop grid values, or train fewer epochs")
+                        f"{max_cost:g} ({est.line()}): raise --max-cost, drop grid values, or train fewer epochs")

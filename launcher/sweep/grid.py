@@ -11,11 +11,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launcher.core.errors import UserError
+from launcher.core.inputs import toml_data
 
 # Past this many runs a typo (a grid over 8 x 8 x 8 values) would rent a fleet: ask for --yes.
 MAX_RUNS_WITHOUT_YES = 64
 # Hard ceiling even with --yes: each run is a record, a container and a row of `launcher status`.
 MAX_RUNS = 1024
+# Keys the preset itself decides: a grid over them would train one preset's weights as another model.
+PRESET_KEYS = {
+    "model.task": "the preset decides the task (t2v or i2v, and its DiTs): sweep each task's own preset, e.g. "
+                  "wan22-t2v-lightning and wan22-i2v-lightning, in separate sweeps",
+    "family": "the preset decides the model family: sweep a preset of each family separately",
+    "name": "each run is named after the preset: copy it with `launcher presets cp` to sweep another name",
+}
 
 
 @dataclass(frozen=True)
@@ -65,7 +73,7 @@ def read_file(path: str | Path) -> list[Axis]:
         experts.low.network_dim = [32, 42]
     """
     try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        data = toml_data(Path(path).read_text(encoding="utf-8"), f"--grid-file {path}")
     except FileNotFoundError:
         raise UserError(f"--grid-file {path} not found") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -80,17 +88,36 @@ def read_file(path: str | Path) -> list[Axis]:
     return axes
 
 
+def overlaps(one: str, other: str) -> bool:
+    """Whether two dotted keys set the same value: equal, or one a table holding the other."""
+    return one == other or one.startswith(other + ".") or other.startswith(one + ".")
+
+
 def combine(options: Sequence[str], file: str | Path | None) -> list[Axis]:
-    """Every axis from the options and the file; a key may appear once."""
+    """Every axis from the options and the file; a key may appear once, and not inside another axis's key."""
     axes = [parse_option(o) for o in options] + (read_file(file) if file else [])
     if not axes:
         raise UserError("a sweep needs a grid: --grid KEY=V1,V2,... (repeatable) or --grid-file FILE")
-    seen = set()
-    for axis in axes:
-        if axis.key in seen:
-            raise UserError(f"--grid {axis.key} is given twice: list all its values in one --grid")
-        seen.add(axis.key)
+    for n, axis in enumerate(axes):
+        for key, why in PRESET_KEYS.items():
+            if overlaps(axis.key, key):
+                raise UserError(f"--grid {axis.key}: {why}")
+        for earlier in axes[:n]:
+            if axis.key == earlier.key:
+                raise UserError(f"--grid {axis.key} is given twice: list all its values in one --grid")
+            if overlaps(axis.key, earlier.key):
+                raise UserError(f"--grid {axis.key} and --grid {earlier.key} set the same value: keep one of them")
     return axes
+
+
+def check_fixed(axes: Sequence[Axis], fixed: Sequence[tuple[str, str]]) -> None:
+    """Refuse a grid key that an option also sets for every run ((key, option) pairs: `--set KEY=...`,
+    `--gpu-memory`): the grid's values would silently win over it."""
+    for axis in axes:
+        for key, option in fixed:
+            if overlaps(axis.key, key):
+                raise UserError(f"{axis.key} is given both in --grid and in {option}: drop one (a grid value would "
+                                "replace the other for every run)")
 
 
 def combinations(axes: Sequence[Axis], yes: bool = False) -> list[tuple[str, ...]]:

@@ -66,6 +66,13 @@ def dry_run(sweep: Sweep, options: LaunchOptions) -> str:
     return "\n".join(lines + [f"# the cache pass{'es' if len(sweep.caches) > 1 else ''} first, then the runs {how}"])
 
 
+def check(sweep: Sweep, options: LaunchOptions) -> None:
+    """Before the sweep's plan is printed: the options every container needs (--output, --cache-volume, the image's
+    name), then the engine and the image's labels (launch connects again; a local socket is cheap)."""
+    containers(sweep, options)
+    docker_execute(sweep, options)
+
+
 def docker_execute(sweep: Sweep, options: LaunchOptions) -> Execute:
     """The real engine: checked once (engine, image, labels), then one container per call."""
     from launcher.backends.local import connect, engine_of, gpu_requests, image_labels, run_container
