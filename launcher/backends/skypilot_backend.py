@@ -201,6 +201,12 @@ def submit(config: dict) -> int:
 class SkyPilotBackend:
     capabilities = Capabilities(name="skypilot", max_runtime_hours=None, detach=True)
 
+    def check(self, job: Job, options: LaunchOptions) -> None:
+        """The image, the docker login it needs and a --volume bucket; the default bucket is made at launch."""
+        task_secrets(image_of(job, options))
+        if options.volume is not None:
+            store_name(job, options)
+
     def dry_run_data(self, job: Job, options: LaunchOptions) -> dict:
         return {"task": task_config(job, options), "submit": "sky.jobs.launch(task) (a managed job)"}
 
