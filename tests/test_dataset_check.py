@@ -229,6 +229,10 @@ def test_missing_media_libraries_are_one_error_line(capsys, monkeypatch):
 
 class FakeBackend:
     launched: list = []
+    checked: list = []
+
+    def check(self, job, options) -> None:
+        self.checked.append(options.dataset)  # run checks the engine values before the media check
 
     def launch(self, job, options) -> int:
         self.launched.append(options.dataset)
@@ -242,7 +246,7 @@ class FakeBackend:
 def fake_backend(monkeypatch):
     import launcher.backends
 
-    FakeBackend.launched = []
+    FakeBackend.launched, FakeBackend.checked = [], []
     monkeypatch.setattr(launcher.backends, "load_backend", lambda name: FakeBackend())
     return FakeBackend
 
@@ -264,7 +268,7 @@ def test_run_checks_media_before_launching_and_no_check_skips_it(dataset, capsys
 def test_run_prints_the_warnings_and_launches(capsys, fake_backend):
     code, _, err = cli(capsys, "run", "--preset", "wan21-t2v-14b", "--dataset", str(EXAMPLE_DATASET),
                        "--backend", "local")
-    assert code == 0 and fake_backend.launched == [str(EXAMPLE_DATASET)]
+    assert code == 0 and fake_backend.launched == [str(EXAMPLE_DATASET)] == fake_backend.checked
     assert err.startswith("warning: videos/zorbix_desert_hop.mp4 has 33 frames, too few for entry uniform")
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 import pytest
 from conftest import EXAMPLE_DATASET, ROOT, clean_env
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from test_input_classes import SECRETS, _tree
 
@@ -256,6 +256,8 @@ _digest = st.sampled_from(sorted(engine_values.DIGEST_HEX.items())).flatmap(
 @given(st.one_of(st.none(), _domain), st.lists(_part, min_size=1, max_size=3), st.one_of(st.none(), _tag),
        st.one_of(st.none(), _digest))
 def test_every_reference_docker_s_grammar_makes_is_accepted(domain, parts, tag, digest):
+    # Without a registry, a first part that Docker would read as one (a '.', or localhost) is a registry host.
+    assume(domain or len(parts) == 1 or ("." not in parts[0] and parts[0] != "localhost"))
     ref = "/".join(([domain] if domain else []) + parts) + (f":{tag}" if tag else "") + (f"@{digest}" if digest else "")
     assert engine_values.image_reference(ref) == ref
 
@@ -400,3 +402,21 @@ def test_a_finder_that_refuses_a_name_counts_as_missing(monkeypatch):
     monkeypatch.setattr(sys, "meta_path", [Refuse(), *sys.meta_path])
     assert extras.missing(["json", "json_but_refused", "no_such_module_here"]) == ["json_but_refused",
                                                                                    "no_such_module_here"]
+
+
+@pytest.mark.parametrize("fields, flag, named", [
+    ({"backend": "local", "output": "OUT", "gpu_type": "H100"}, "--gpu applies to --backend modal", "run.gpu_type"),
+    ({"backend": "modal", "image": IMAGE, "gpus": "0,1"}, "--gpu-ids applies to --backend local", "run.gpus"),
+    ({"image": IMAGE}, "--image applies only with --backend", "run.image"),
+])
+def test_the_mcp_plan_tool_refuses_a_field_for_another_backend(fields, flag, named, tmp_path):
+    from launcher.mcp_server import tools
+    from launcher.mcp_server.calls import flat, input_named
+    from launcher.mcp_server.requests import RunRequest
+
+    fields = {k: str(tmp_path / "out") if v == "OUT" else v for k, v in fields.items()}
+    request = RunRequest(preset="wan21-t2v-1.3b", dataset=str(EXAMPLE_DATASET), **fields)
+    with pytest.raises(UserError) as refused:
+        tools.plan(request)
+    assert refused.value.problems[0].startswith(flag)
+    assert input_named(refused.value.problems[0], flat({"run": request})) == named

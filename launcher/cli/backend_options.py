@@ -6,6 +6,8 @@ it), so a new option declares where it applies."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+
 import click
 from click.core import ParameterSource
 
@@ -37,13 +39,18 @@ def refuse_misplaced(backend: str | None, available: list[str]) -> None:
     """UserError for the first option given on the command line that `backend` (None: the plan only) does not
     read; `available` are the backends this command can run on."""
     ctx = click.get_current_context()
-    for param in ctx.command.params:
-        if param.name in EVERYWHERE or ctx.get_parameter_source(param.name) in (None, ParameterSource.DEFAULT):
-            continue
-        applies = [name for name in APPLIES[param.name] if name in available]
+    given = [p.name for p in ctx.command.params if p.name not in EVERYWHERE
+             and ctx.get_parameter_source(p.name) not in (None, ParameterSource.DEFAULT)]
+    refuse_given(backend, given, {p.name: p.opts[0] for p in ctx.command.params}, available)
+
+
+def refuse_given(backend: str | None, given: Iterable[str], flags: Mapping[str, str], available: list[str]) -> None:
+    """The same for options by name (`launcher mcp` passes the fields a tool call set), each shown as its flag."""
+    for name in given:
+        applies = [b for b in APPLIES[name] if b in available]
         if backend in applies:
             continue
-        flag = param.opts[0]
+        flag = flags[name]
         if backend is None:
             raise UserError(f"{flag} applies only with --backend {_either(applies)}: add the backend, or drop {flag}")
         raise UserError(f"{flag} applies to --backend {_either(applies)}, not {backend}: drop {flag}, or use "

@@ -159,8 +159,9 @@ def bucket_name(name: str, what: str = "--volume") -> str:
     return name
 
 
-# RunPod network volume ids, as the console (Storage) and GET /networkvolumes show them: letters and digits. The id
-# goes into API paths and is the S3 bucket of the volume's S3-compatible API, so nothing else may pass.
+# RunPod network volume ids, copied from the console (Storage) or GET /networkvolumes. RunPod documents no grammar
+# for them; the id goes into API paths and is the bucket of the volume's S3-compatible API, so only an id's
+# characters pass (letters, digits, '_', '-').
 RUNPOD_VOLUME_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
