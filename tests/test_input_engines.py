@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import tomllib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -164,9 +165,8 @@ def fake_nvidia_smi(folder: Path, count: int) -> None:
 
 
 def test_the_table_covers_each_class():
-    counts = {cls: sum(c.cls == cls for c in CASES) for cls in ("engine", "options")}
-    assert counts["engine"] >= 25 and counts["options"] >= 12, counts
-    assert len({c.id for c in CASES}) == len(CASES)
+    counts = Counter(case.cls for case in CASES)
+    assert counts["engine"] >= 25 and counts["options"] >= 12 and max(Counter(c.id for c in CASES).values()) == 1
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c.cls}: {c.id}" for c in CASES])
@@ -285,7 +285,9 @@ def test_modal_volume_names_follow_modal_s_own_check(name):
         ours = True
     except UserError:
         ours = False
-    assert ours == (bool(name) and name_utils.is_valid_object_name(name))
+    # Modal's pattern ends in `$`, which re.match also finds before a final newline: "cache\n" passes its check
+    # and then names another volume; ours refuses it.
+    assert ours == (bool(name) and name_utils.is_valid_object_name(name) and not name.endswith("\n"))
 
 
 @settings(max_examples=150, deadline=None)
