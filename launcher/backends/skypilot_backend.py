@@ -220,9 +220,7 @@ class SkyPilotBackend:
     def launch(self, job: Job, options: LaunchOptions) -> int:
         from launcher import runs
 
-        if options.max_cost is not None:
-            raise UserError("SkyPilot picks the cloud and its price at launch, so --max-cost cannot be checked "
-                            "before: drop it, and see `sky show-gpus` for prices")
+        # --max-cost is refused before this (launcher/cli/backend_options.py): SkyPilot prices only at launch.
         config = task_config(job, options)
         if note := save_state_note(job, options):
             print(note, file=sys.stderr)

@@ -22,7 +22,8 @@ APPLIES = {
     "gpu_type": ("modal", "runpod", "skypilot"),
     "follow": ("local", "modal", "runpod", "skypilot"),  # local always streams to the end
     "max_hours": ("modal", "runpod", "skypilot"),
-    "max_cost": ("modal", "runpod"),  # SkyPilot's optimizer picks the cloud, so the price, only at launch
+    "max_cost": ("modal", "runpod"),  # SkyPilot's optimizer picks the cloud, so the price, only at launch:
+    # see `sky show-gpus` for prices
     "volume": ("runpod", "skypilot"),
     "spot": ("skypilot",),
 }
