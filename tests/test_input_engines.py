@@ -326,12 +326,16 @@ for name in {names!r}:
 """
 
 
+def _blocker(tmp_path: Path, modules: list[str]) -> Path:
+    folder = tmp_path / "blocker"
+    folder.mkdir(exist_ok=True)
+    (folder / "sitecustomize.py").write_text(BLOCKER.format(names=modules))
+    return folder
+
+
 def _blocked_launcher(tmp_path: Path, modules: list[str], argv: list[str]) -> subprocess.CompletedProcess:
     """The real `launcher` console script in a fresh interpreter where `modules` cannot be found."""
-    blocker = tmp_path / "blocker"
-    blocker.mkdir(exist_ok=True)
-    (blocker / "sitecustomize.py").write_text(BLOCKER.format(names=modules))
-    env = clean_env(PYTHONPATH=os.pathsep.join([str(blocker), str(ROOT)]))
+    env = clean_env(PYTHONPATH=os.pathsep.join([str(_blocker(tmp_path, modules)), str(ROOT)]))
     work = tmp_path / "work"
     work.mkdir(exist_ok=True)
     launcher = Path(sys.executable).parent / "launcher"
@@ -369,13 +373,6 @@ def test_a_run_s_verbs_say_what_to_install_too(tmp_path):
                                      [str(_blocker(tmp_path, ["modal"])), str(ROOT)])))
         assert blocked.returncode == 2 and blocked.stderr.count("\n") == 1, blocked.stderr
         assert blocked.stderr.startswith(f"error: {record['run_id']} (a modal run) needs modal, not installed: ")
-
-
-def _blocker(tmp_path: Path, modules: list[str]) -> Path:
-    folder = tmp_path / "blocker"
-    folder.mkdir(exist_ok=True)
-    (folder / "sitecustomize.py").write_text(BLOCKER.format(names=modules))
-    return folder
 
 
 def test_every_backend_s_packages_are_a_pyproject_extra():
