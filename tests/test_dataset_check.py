@@ -219,7 +219,9 @@ def test_missing_media_libraries_are_one_error_line(capsys, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "av" else real(name, *a))
     code, out, err = cli(capsys, "dataset", "check", str(EXAMPLE_DATASET), "--preset", "wan21-t2v-14b")
-    assert code == 2 and out == "" and err == "error: checking media needs PyAV: pip install 'lora-gym[dataset]'\n"
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith("error: checking media needs PyAV, not installed: ") and "install -e '" in err
+    assert err.endswith("[dataset]'\n")
 
 
 # --- `launcher run` --------------------------------------------------------------------------------------
@@ -227,6 +229,10 @@ def test_missing_media_libraries_are_one_error_line(capsys, monkeypatch):
 
 class FakeBackend:
     launched: list = []
+    checked: list = []
+
+    def check(self, job, options) -> None:
+        self.checked.append(options.dataset)  # run checks the engine values before the media check
 
     def launch(self, job, options) -> int:
         self.launched.append(options.dataset)
@@ -240,7 +246,7 @@ class FakeBackend:
 def fake_backend(monkeypatch):
     import launcher.backends
 
-    FakeBackend.launched = []
+    FakeBackend.launched, FakeBackend.checked = [], []
     monkeypatch.setattr(launcher.backends, "load_backend", lambda name: FakeBackend())
     return FakeBackend
 
@@ -262,7 +268,7 @@ def test_run_checks_media_before_launching_and_no_check_skips_it(dataset, capsys
 def test_run_prints_the_warnings_and_launches(capsys, fake_backend):
     code, _, err = cli(capsys, "run", "--preset", "wan21-t2v-14b", "--dataset", str(EXAMPLE_DATASET),
                        "--backend", "local")
-    assert code == 0 and fake_backend.launched == [str(EXAMPLE_DATASET)]
+    assert code == 0 and fake_backend.launched == [str(EXAMPLE_DATASET)] == fake_backend.checked
     assert err.startswith("warning: videos/zorbix_desert_hop.mp4 has 33 frames, too few for entry uniform")
 
 

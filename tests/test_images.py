@@ -63,7 +63,7 @@ def launcher(*argv: str, docker_host: str) -> subprocess.CompletedProcess:
 
 def local_run(image: str, output: Path, volume: str, docker_host: str, *extra: str):
     return launcher("run", "--backend", "local", "--preset", PRESET, "--dataset", str(EXAMPLE_DATASET), "--output",
-                    str(output), "--gpus", "none", "--image", image, "--cache-volume", volume,
+                    str(output), "--gpu-ids", "none", "--image", image, "--cache-volume", volume,
                     "--set", "train.max_train_epochs=2", *extra, docker_host=docker_host)
 
 
@@ -93,7 +93,7 @@ def test_a_local_sweep_on_the_image_caches_once_and_trains_every_combination(ful
     out = tmp_path / "out"
     result = launcher("sweep", "--backend", "local", "--preset", PRESET, "--dataset", str(EXAMPLE_DATASET),
                       "--grid", "train.learning_rate=5e-5,1e-4", "--grid", "train.network_dim=16,32", "--output",
-                      str(out), "--gpus", "none", "--image", full_image, "--cache-volume", volume,
+                      str(out), "--gpu-ids", "none", "--image", full_image, "--cache-volume", volume,
                       "--set", "train.max_train_epochs=1", "--set", "samples.enabled=false", docker_host=docker_host)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     runs = [json.loads(p.read_text()) for p in sorted(out.glob("*/run.json"))]

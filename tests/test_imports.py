@@ -55,7 +55,8 @@ COMMANDS = [
     ["sweep", "--help"],
     *(["sweep", "--preset", "wan22-t2v-lightning", "--expert", "low", "--dataset", str(EXAMPLE_DATASET), "--grid",
        "experts.low.learning_rate=5e-5,1e-4", "--dry-run", "--backend", backend, "--image",
-       "ghcr.io/you/lora-gym-wan22:0.1.0", "--output", "out"] for backend in ("local", "modal", "runpod")),
+       "ghcr.io/you/lora-gym-wan22:0.1.0", *(["--output", "out"] if backend == "local" else [])]
+      for backend in ("local", "modal", "runpod")),
 ]
 
 

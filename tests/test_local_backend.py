@@ -90,9 +90,9 @@ def test_gpu_requests_per_engine(gpus, engine, version, expected):
 
 
 def test_malformed_or_ignored_options_are_refused():
-    with pytest.raises(UserError, match="Podman 4.3.1 ignores GPU requests.*--gpus none"):
+    with pytest.raises(UserError, match="Podman 4.3.1 ignores GPU requests.*--gpu-ids none"):
         local.gpu_requests("all", "podman", (4, 3, 1))
-    with pytest.raises(UserError, match="use all, none, or GPU ids"):
+    with pytest.raises(UserError, match="use all, none, or GPU indexes"):
         local.parse_gpus("0;rm -rf /")
     with pytest.raises(UserError, match="is not a volume name"):
         local.cache_volume(LaunchOptions(dataset=".", cache_volume="./cache"), "wan21")
@@ -140,7 +140,7 @@ def run_cli(capfd, *argv):
 
 def test_cli_dry_run_prints_the_docker_command_and_needs_output(capfd, tmp_path):
     base = ["run", "--preset", "wan21-t2v-1.3b", "--dataset", str(EXAMPLE_DATASET), "--backend", "local"]
-    code, out, _ = run_cli(capfd, *base, "--dry-run", "--output", str(tmp_path / "o"), "--gpus", "none")
+    code, out, _ = run_cli(capfd, *base, "--dry-run", "--output", str(tmp_path / "o"), "--gpu-ids", "none")
     assert code == 0 and out.startswith("docker run --rm") and "--gpus" not in out
     assert not (tmp_path / "o").exists()
     code, _, err = run_cli(capfd, *base, "--dry-run")
@@ -216,7 +216,7 @@ def local_run(podman, capfd, monkeypatch, tmp_path):
     monkeypatch.setenv("DOCKER_HOST", podman)
 
     def run(preset="wan21-t2v-1.3b", *extra, image=TAG):
-        argv = ["run", "--preset", preset, "--dataset", str(EXAMPLE_DATASET), "--backend", "local", "--gpus", "none",
+        argv = ["run", "--preset", preset, "--dataset", str(EXAMPLE_DATASET), "--backend", "local", "--gpu-ids", "none",
                 "--output", str(tmp_path / "out" / "new"), "--cache-volume", CACHE]
         return run_cli(capfd, *argv, *(["--image", image] if image else []), *extra)
     return run
@@ -265,7 +265,7 @@ def test_missing_default_image_names_the_make_command(local_run, monkeypatch):
 
 
 def test_gpus_on_podman_before_5_4_are_refused(local_run):
-    code, _, err = local_run("wan21-t2v-1.3b", "--gpus", "all")
+    code, _, err = local_run("wan21-t2v-1.3b", "--gpu-ids", "all")
     assert code == 2 and ("ignores GPU requests" in err or "did not start" in err), err
     assert our_containers() == []
 
@@ -281,7 +281,7 @@ def _first_line(pipe) -> bytes:
 def test_ctrl_c_streams_to_the_last_line_then_removes_the_container_and_exits_130(podman, tmp_path):
     launcher = Path(sys.executable).parent / "launcher"
     proc = subprocess.Popen([str(launcher), "run", "--preset", "wan21-t2v-1.3b", "--dataset", str(EXAMPLE_DATASET),
-                             "--backend", "local", "--gpus", "none", "--output", str(tmp_path / "out"),
+                             "--backend", "local", "--gpu-ids", "none", "--output", str(tmp_path / "out"),
                              "--image", f"{TAG}-slow", "--cache-volume", CACHE],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
                             env=clean_env(DOCKER_HOST=podman),

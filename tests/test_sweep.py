@@ -147,7 +147,7 @@ def test_dry_run_shows_the_runs_and_one_cache_pass(capsys):
 
 def test_local_dry_run_prints_one_container_per_pass_and_run(capsys, tmp_path):
     assert main(sweep_cli("--grid", "train.learning_rate=5e-5,1e-4", "--backend", "local", "--output",
-                          str(tmp_path / "runs"), "--gpus", "0,1", "--dry-run")) == 0
+                          str(tmp_path / "runs"), "--gpu-ids", "0,1", "--dry-run")) == 0
     out = capsys.readouterr().out
     assert out.count("docker run") == 3 and out.count("-e LORA_GYM_STAGE=cache") == 1
     assert out.count("-e LORA_GYM_STAGE=train") == 2
@@ -221,7 +221,7 @@ def test_local_sweep_caches_once_and_trains_every_combination(engine, dataset, t
 
 
 def test_local_sweep_with_two_gpu_ids_runs_one_training_per_gpu(engine, dataset):
-    assert main(local_sweep_cli(dataset, engine.output, "--gpus", "0,1", "--set", "train.max_train_epochs=1")) == 0
+    assert main(local_sweep_cli(dataset, engine.output, "--gpu-ids", "0,1", "--set", "train.max_train_epochs=1")) == 0
     gpus = [g for _, stage, g in engine.started if stage == "train"]
     assert sorted(gpus) == [("0",), ("0",), ("1",), ("1",)]
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 import launcher
 from launcher.contract import CONTRACT_VERSION
+from launcher.core.engine_values import image_reference
 from launcher.core.errors import UserError
 
 VERSION = "org.opencontainers.image.version"
@@ -33,7 +34,7 @@ def default_image(family: str, env: Mapping[str, str] | None = None) -> str:
     """`[REGISTRY/]lora-gym-<family>:<launcher version>`: the image built from this checkout."""
     registry = (os.environ if env is None else env).get(REGISTRY_ENV, "").rstrip("/")
     name = f"lora-gym-{family}:{launcher.__version__}"
-    return f"{registry}/{name}" if registry else name
+    return image_reference(f"{registry}/{name}", f"the default image (from {REGISTRY_ENV})") if registry else name
 
 
 # Hosts that only this machine can reach: a cloud machine pulling `localhost:5000/x` asks itself.
@@ -56,7 +57,7 @@ def registry_of(ref: str) -> str | None:
 def cloud_image(ref: str | None, family: str, platform: str, env: Mapping[str, str] | None = None) -> str:
     """The image a cloud platform pulls: --image or the family's default, refused when only this machine has
     it (no registry, or a loopback one). Every cloud backend calls this before it prints or sends anything."""
-    ref = ref or default_image(family, env)
+    ref = image_reference(ref) if ref is not None else default_image(family, env)
     registry = registry_of(ref)
     if registry is None or registry.rsplit(":", 1)[0] in _LOCAL_HOSTS:
         where = "names no registry" if registry is None else f"is in {registry}, a registry only this machine reaches"

@@ -13,6 +13,8 @@ import dataclasses
 import os
 import re
 import shlex
+import shutil
+import subprocess
 import sys
 import threading
 from collections.abc import Callable
@@ -22,8 +24,9 @@ from pathlib import Path
 
 from launcher import runs
 from launcher.backends import Capabilities, LaunchOptions, labels, local_runs
+from launcher.core.engine_values import docker_volume, gpu_ids, image_reference
 from launcher.core.errors import UserError
-from launcher.core.inputs import SAFE_NAME, creatable_dir
+from launcher.core.inputs import creatable_dir
 from launcher.core.job import DEFAULT_PATHS, Job
 
 PRESETS_DIR = "/presets"
@@ -61,14 +64,22 @@ class ContainerSpec:
 
 # --- the container as data -------------------------------------------------------------------------------
 
-def parse_gpus(value: str) -> tuple[str, ...] | str | None:
-    value = value.strip()
-    if value in ("all", "none"):
-        return None if value == "none" else "all"
-    ids = tuple(part.strip() for part in value.split(","))
-    if not all(re.fullmatch(r"[A-Za-z0-9-]+", i) for i in ids):
-        raise UserError(f"--gpus {value!r} is not understood: use all, none, or GPU ids such as 0,1")
-    return ids
+def parse_gpus(value: str, count: int | None = None) -> tuple[str, ...] | str | None:
+    return gpu_ids(value, "--gpu-ids", count)
+
+
+def host_gpu_count() -> int | None:
+    """This machine's GPUs (`nvidia-smi -L`) when the engine runs here too; None when that cannot be known (a
+    remote DOCKER_HOST, no nvidia-smi): --gpu-ids then gets only the static range check."""
+    host = os.environ.get("DOCKER_HOST", "")
+    found = shutil.which("nvidia-smi")
+    if (host and not host.startswith("unix://")) or not found:
+        return None
+    try:
+        listed = subprocess.run([found, "-L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sum(line.startswith("GPU ") for line in listed.stdout.splitlines()) if listed.returncode == 0 else None
 
 
 def _host_path(path: str | Path) -> str:
@@ -88,11 +99,7 @@ def output_dir(options: LaunchOptions) -> str:
 
 
 def cache_volume(options: LaunchOptions, family: str) -> str:
-    name = options.cache_volume or f"lora-gym-cache-{family}"
-    # A name with '/' would silently become a bind mount of a host folder: only volume names are accepted.
-    if not SAFE_NAME.fullmatch(name):
-        raise UserError(f"--cache-volume {name!r} is not a volume name: use letters, digits, '_', '.' and '-'")
-    return name
+    return docker_volume(options.cache_volume or f"lora-gym-cache-{family}")
 
 
 def _preset(origin: str) -> tuple[str, Mount | None]:
@@ -130,9 +137,10 @@ def container_spec(job: Job, options: LaunchOptions, user: str | None = None) ->
     gpus = parse_gpus(options.gpus)
     need = job.plan.resources.gpu_count
     if need > 1 and (gpus is None or (gpus != "all" and len(gpus) < need)):
-        raise UserError(f"the run trains on {need} GPUs (resources.gpus) and --gpus {options.gpus} gives "
-                        f"{0 if gpus is None else len(gpus)}: pass --gpus all or {need} GPU ids")
-    return ContainerSpec(image=options.image or labels.default_image(family), env=env, mounts=tuple(mounts),
+        raise UserError(f"the run trains on {need} GPUs (resources.gpus) and --gpu-ids {options.gpus} gives "
+                        f"{0 if gpus is None else len(gpus)}: pass --gpu-ids all or {need} GPU ids")
+    image = image_reference(options.image) if options.image is not None else labels.default_image(family)
+    return ContainerSpec(image=image, env=env, mounts=tuple(mounts),
                          user=user if user is not None else _user(), gpus=gpus,
                          labels={labels.LAUNCHED_BY: "launcher"})
 
@@ -177,7 +185,7 @@ def gpu_requests(gpus: tuple[str, ...] | str | None, engine: str, version: tuple
         return [request | {"capabilities": [["gpu"]]}]
     if version < PODMAN_CDI_API:
         raise UserError(f"Podman {'.'.join(map(str, version))} ignores GPU requests over its Docker API "
-                        "(honoured from Podman 5.4): upgrade Podman or use Docker, or pass --gpus none")
+                        "(honoured from Podman 5.4): upgrade Podman or use Docker, or pass --gpu-ids none")
     cdi = [f"nvidia.com/gpu={i}" for i in (ids or ["all"])]
     return [{"driver": "cdi", "device_ids": cdi, "capabilities": [["gpu"]]}]
 
@@ -193,12 +201,13 @@ def run_kwargs(spec: ContainerSpec, device_requests: list[dict]) -> dict:
 
 def connect():
     """A docker-py client for DOCKER_HOST (or the default socket), or a one-line UserError with the fix."""
-    try:
-        import docker
-        from docker.errors import DockerException
-        from requests.exceptions import RequestException
-    except ImportError:
-        raise UserError("--backend local needs the docker package: pip install 'lora-gym[local]'") from None
+    from launcher.backends import require_sdk
+
+    require_sdk("local")
+    import docker
+    from docker.errors import DockerException
+    from requests.exceptions import RequestException
+
     where = os.environ.get("DOCKER_HOST") or "the default socket"
     try:
         client = docker.from_env()
@@ -242,9 +251,9 @@ def _stream(container, out, finished: threading.Event) -> None:
 
 
 # Start failures that mean "no GPU runtime here", and their fixes.
-GPU_HINTS = {"device driver": "install the NVIDIA Container Toolkit, or pass --gpus none",
+GPU_HINTS = {"device driver": "install the NVIDIA Container Toolkit, or pass --gpu-ids none",
              "cdi device": "generate the CDI spec with `nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml`, "
-                           "or pass --gpus none"}
+                           "or pass --gpu-ids none"}
 
 
 def start_error(explanation: str) -> UserError:
@@ -340,6 +349,10 @@ def _named(job: Job, options: LaunchOptions) -> LaunchOptions:
 
 class LocalBackend:
     capabilities = Capabilities(name="local", max_runtime_hours=None, detach=False)
+
+    def check(self, job: Job, options: LaunchOptions) -> None:
+        container_spec(job, options)
+        parse_gpus(options.gpus, host_gpu_count())  # in range of this machine's GPUs, where it can be counted
 
     def dry_run_data(self, job: Job, options: LaunchOptions) -> dict:
         return {"argv": docker_run_argv(container_spec(job, _named(job, options)))}

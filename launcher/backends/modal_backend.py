@@ -50,6 +50,7 @@ from launcher.backends.modal_runs import (  # the verbs on a started run
 )
 from launcher.backends.modal_timeouts import split_timeouts, timeout_note
 from launcher.core.dataset import CAPTION_EXTENSION, file_sha256
+from launcher.core.engine_values import modal_volume
 from launcher.core.errors import UserError
 from launcher.core.job import Job
 
@@ -160,6 +161,18 @@ def image_ref(job: Job, options: LaunchOptions) -> str:
     return labels.cloud_image(options.image, job.loaded.preset.family, "Modal")
 
 
+def cache_volume(job: Job, options: LaunchOptions) -> str:
+    return modal_volume(options.cache_volume or f"lora-gym-cache-{job.loaded.preset.family}")
+
+
+def check(job: Job, options: LaunchOptions) -> None:
+    """What Modal would refuse of this run, checked without Modal: the image, the cache volume, GPU and timeout."""
+    image_ref(job, options)
+    cache_volume(job, options)
+    gpu_request(job, options)
+    timeout_s(job, options)
+
+
 def dataset_files(root: str | Path, job: Job) -> dict[str, tuple[str, int]]:
     """relpath -> (sha256, size) of every media file and caption the plan reads."""
     root, files = Path(root), {}
@@ -197,13 +210,12 @@ def stage_calls(job: Job, run_id: str, preset: str) -> tuple[Call, ...]:
 
 
 def modal_spec(job: Job, options: LaunchOptions) -> ModalSpec:
-    origin, family = job.loaded.origin, job.loaded.preset.family
+    origin = job.loaded.origin
     is_file = Path(origin).is_file()
     preset = f"{WORK_DIR}/presets/{Path(origin).stem}.toml" if is_file else origin
     run_id = options.run_id or job.plan.run_id
     files = dataset_files(options.dataset, job)
-    volumes = {DATASETS_MOUNT: DATASETS_VOLUME, CACHE_MOUNT: options.cache_volume or f"lora-gym-cache-{family}",
-               OUTPUTS_MOUNT: OUTPUTS_VOLUME}
+    volumes = {DATASETS_MOUNT: DATASETS_VOLUME, CACHE_MOUNT: cache_volume(job, options), OUTPUTS_MOUNT: OUTPUTS_VOLUME}
     calls, limit = stage_calls(job, run_id, preset), timeout_s(job, options)
     samples = any(c.function == "samples" for c in calls)
     timeouts = split_timeouts(limit, samples) if len(calls) > 1 else {"timeout_s": limit}
@@ -274,6 +286,9 @@ def launch(job: Job, options: LaunchOptions) -> int:
 
 class ModalBackend:
     capabilities = Capabilities(name="modal", max_runtime_hours=24, detach=True)
+
+    def check(self, job: Job, options: LaunchOptions) -> None:
+        check(job, options)
 
     def dry_run_data(self, job: Job, options: LaunchOptions) -> dict:
         return spec_data(modal_spec(job, options))

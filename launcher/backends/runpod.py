@@ -79,6 +79,9 @@ class RunPodBackend:
                 self._catalog = offline_catalog()[0]
         return self._catalog
 
+    def check(self, job: Job, options: LaunchOptions) -> None:
+        check_pull(job, options)
+
     def quote(self, job: Job, options: LaunchOptions) -> cost.Quote:
         return quote_for(job, choose_gpu(self.catalog(), options.gpu_type, job.loaded.preset.resources.gpu_memory_gb))
 

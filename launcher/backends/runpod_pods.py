@@ -23,8 +23,8 @@ from pathlib import Path
 from launcher import cost
 from launcher.backends import LaunchOptions, labels
 from launcher.backends.runpod_gpus import CLOUD, price_of
+from launcher.core.engine_values import runpod_volume_id
 from launcher.core.errors import UserError
-from launcher.core.inputs import shown
 from launcher.core.job import Job
 
 MOUNT = "/workspace"  # where a pod's network volume is mounted by default (storage/network-volumes.mdx)
@@ -134,10 +134,7 @@ def quote_for(job: Job, gpu: dict) -> cost.Quote:
 
 def volume_id(options: LaunchOptions) -> str | None:
     """--volume, checked: it goes into API paths and is the S3 bucket name, so only an id's characters pass."""
-    if options.volume is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", options.volume):
-        raise UserError(f"--volume {shown(options.volume)} is not a RunPod network volume id: copy the id from "
-                        "RunPod's console (Storage)")
-    return options.volume
+    return None if options.volume is None else runpod_volume_id(options.volume)
 
 
 def pod_body(job: Job, options: LaunchOptions, expert: str | None, gpu: str, volume: str, datacenter: str | None,
@@ -156,9 +153,11 @@ def pod_body(job: Job, options: LaunchOptions, expert: str | None, gpu: str, vol
 
 
 def check_pull(job: Job, options: LaunchOptions) -> None:
-    """What RunPod needs to pull the image, checked before a volume, an upload or a pod is made."""
+    """What RunPod needs to pull the image and mount the volume, checked before a volume, an upload or a pod is
+    made (and by run and sweep before anything is printed)."""
     image_of(job, options)
     registry_auth()
+    volume_id(options)
 
 
 def pull_note(job: Job, options: LaunchOptions) -> str:

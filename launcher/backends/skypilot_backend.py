@@ -201,6 +201,12 @@ def submit(config: dict) -> int:
 class SkyPilotBackend:
     capabilities = Capabilities(name="skypilot", max_runtime_hours=None, detach=True)
 
+    def check(self, job: Job, options: LaunchOptions) -> None:
+        """The image, the docker login it needs and a --volume bucket; the default bucket is made at launch."""
+        task_secrets(image_of(job, options))
+        if options.volume is not None:
+            store_name(job, options)
+
     def dry_run_data(self, job: Job, options: LaunchOptions) -> dict:
         return {"task": task_config(job, options), "submit": "sky.jobs.launch(task) (a managed job)"}
 
@@ -214,9 +220,7 @@ class SkyPilotBackend:
     def launch(self, job: Job, options: LaunchOptions) -> int:
         from launcher import runs
 
-        if options.max_cost is not None:
-            raise UserError("SkyPilot picks the cloud and its price at launch, so --max-cost cannot be checked "
-                            "before: drop it, and see `sky show-gpus` for prices")
+        # --max-cost is refused before this (launcher/cli/backend_options.py): SkyPilot prices only at launch.
         config = task_config(job, options)
         if note := save_state_note(job, options):
             print(note, file=sys.stderr)

@@ -24,14 +24,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from launcher.core.engine_values import bucket_name
 from launcher.core.errors import UserError
 from launcher.core.inputs import shown
 from launcher.core.state import home
 
 ID_FILE = "skypilot-store-id"
 ID = re.compile(r"[0-9a-f]{10}")
-# S3's bucket naming rules (GCS's are a superset): 3-63 lowercase letters, digits, `-` and `.`.
-BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
 def user_id() -> str:
@@ -56,12 +55,7 @@ def user_id() -> str:
 
 def store_name(family: str, volume: str | None) -> str:
     """--volume, or this user's default bucket for the family."""
-    if volume is None:
-        return f"lora-gym-{family}-{user_id()}"
-    if not BUCKET.fullmatch(volume) or ".." in volume:
-        raise UserError(f"--volume {shown(volume)} is not a bucket name: use 3-63 lowercase letters, digits, "
-                        "'-' or '.', starting and ending with a letter or digit")
-    return volume
+    return f"lora-gym-{family}-{user_id()}" if volume is None else bucket_name(volume)
 
 
 def store_url(name: str) -> str | None:

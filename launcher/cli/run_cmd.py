@@ -7,6 +7,7 @@ import json
 import click
 
 from launcher.backends import backend_names
+from launcher.cli.backend_options import gpu_ids_option, refuse_misplaced, renamed_gpus_option
 from launcher.cli.options import (
     Finite,
     gpu_memory_option,
@@ -41,14 +42,16 @@ Examples:
               help="Where to run: local = this machine's Docker or Podman. With --dry-run: show how.")
 @click.option("--output", type=click.Path(file_okay=False),
               help="local: folder for the run folders (LoRAs, run.json); created if missing.")
-@click.option("--image", help="local: image tag or digest to run instead of lora-gym-<family>:<version>.")
-@click.option("--gpus", default="all", show_default=True, help="local: all, none, or GPU ids such as 0,1.")
-@click.option("--cache-volume", help="local: named volume for caches [default: lora-gym-cache-<family>].")
-@click.option("--gpu", "gpu_type", help="modal/runpod: the platform's GPU type [default: from the preset's GPU class].")
-@click.option("--follow", is_flag=True, help="modal/runpod: stream the logs to the end instead of detaching.")
+@click.option("--image", help="Any backend: image tag or digest to run instead of lora-gym-<family>:<version>.")
+@gpu_ids_option
+@renamed_gpus_option
+@click.option("--cache-volume", help="local/modal: named volume for caches [default: lora-gym-cache-<family>].")
+@click.option("--gpu", "gpu_type", help="modal/runpod/skypilot: the platform's GPU type [default: from the preset's "
+                                        "GPU class].")
+@click.option("--follow", is_flag=True, help="modal/runpod/skypilot: stream the logs to the end instead of detaching.")
 @click.option("--max-hours", type=Finite(0, 720, "hours"),
-              help="modal/runpod: stop the run after this long [default: the preset's time limit]; a value above "
-                   "the preset's limit raises it (the launcher says so).")
+              help="modal/runpod/skypilot: stop the run after this long [default: the preset's time limit]; a value "
+                   "above the preset's limit raises it (the launcher says so).")
 @click.option("--max-cost", type=Finite(0, 100_000, "usd"),
               help="modal/runpod: USD; refuse to start if the estimate is higher, stop when it is reached.")
 @click.option("--volume", help="runpod: network volume id to use (default: create one in the datacenter); "
@@ -62,10 +65,13 @@ Examples:
 def run(preset, expert, dataset_dir, overrides, gpu_memory, gpus_per_run, samples_file, backend, output, image,
         gpus, cache_volume, gpu_type, follow, max_hours, max_cost, volume, spot, dry_run, fmt, no_check):
     """Plan a LoRA training run from PRESET on a dataset folder, and run it with --backend."""
-    from launcher.backends import LaunchOptions, load_backend
+    from launcher.backends import LaunchOptions, load_backend, require_sdk
     from launcher.cli import render
     from launcher.core.errors import UserError
 
+    refuse_misplaced(backend, backend_names())
+    if backend and not dry_run:
+        require_sdk(backend)
     job = build_job(preset, expert, dataset_dir, overrides, gpu_memory, gpus_per_run, samples_file)
     if backend is None:
         if not dry_run:
@@ -77,13 +83,14 @@ def run(preset, expert, dataset_dir, overrides, gpu_memory, gpus_per_run, sample
                             gpu_type=gpu_type, follow=follow, max_hours=max_hours, max_cost=max_cost, volume=volume,
                             spot=spot)
     chosen = load_backend(backend)
+    if dry_run:  # the whole text first: a value it refuses leaves nothing printed
+        text = json.dumps(plan_document(job, backend, options), indent=2) if fmt == "json" else \
+            chosen.dry_run(job, options)
+        _note_hour_limit(job, max_hours)
+        click.echo(text)
+        return 0
+    chosen.check(job, options)  # every value handed to the engine or platform, before anything is printed
     _note_hour_limit(job, max_hours)
-    if dry_run and fmt == "json":
-        click.echo(json.dumps(plan_document(job, backend, options), indent=2))
-        return 0
-    if dry_run:
-        click.echo(chosen.dry_run(job, options))
-        return 0
     warnings, seconds = ([], None) if no_check else check_media(job, expert, dataset_dir)
     for warning in warnings:
         click.echo(f"warning: {warning}", err=True)

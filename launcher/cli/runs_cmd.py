@@ -7,13 +7,14 @@ import click
 
 def _backend_for(run_id: str):
     from launcher import runs
-    from launcher.backends import load_backend
+    from launcher.backends import load_backend, require_sdk
     from launcher.core.errors import UserError
 
     record = runs.load(run_id)
     if record.get("kind") == "sweep" and record["backend"] == "local":
         raise UserError(f"{run_id} is a local sweep: its logs went to the terminal that ran it and it stops with "
                         f"Ctrl-C there; `launcher status {run_id}` shows its runs")
+    require_sdk(record["backend"], f"{run_id} (a {record['backend']} run)")
     return record, load_backend(record["backend"])
 
 
@@ -21,8 +22,12 @@ def _sweep_module(record: dict):
     """A sweep's backend module (launcher/sweep/<backend>_sweep.py), or None for a single run."""
     import importlib
 
+    from launcher.backends import require_sdk
+
     if record.get("kind") != "sweep":
         return None
+    if record["backend"] != "local":  # a local sweep's runs are folders on this machine
+        require_sdk(record["backend"], f"{record['run_id']} (a {record['backend']} sweep)")
     return importlib.import_module(f"launcher.sweep.{record['backend']}_sweep")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from launcher.cli.backend_options import gpu_ids_option, refuse_misplaced, renamed_gpus_option
 from launcher.cli.options import (
     Finite,
     gpu_memory_option,
@@ -23,7 +24,7 @@ Examples:
   launcher sweep --preset wan22-t2v-lightning --expert low --dataset ./my-dataset \\
       --grid train.learning_rate=5e-5,8e-5,1e-4 --grid experts.low.network_dim=32,42 --backend modal
   launcher sweep --preset wan21-t2v-1.3b --dataset ./my-dataset --grid-file grid.toml --backend local \\
-      --output ./runs --gpus 0,1
+      --output ./runs --gpu-ids 0,1
   launcher status SWEEP_ID
   launcher pull SWEEP_ID ./runs""")
 @click.option("--preset", required=True, help="A preset name (see `launcher presets list`) or a .toml path.")
@@ -42,8 +43,8 @@ Examples:
               help="Where the runs go (as for `launcher run`); skypilot is refused with what to do instead.")
 @click.option("--output", type=click.Path(file_okay=False), help="local: folder for the run folders.")
 @click.option("--image", help="The image tag or digest [default: lora-gym-<family>:<version>].")
-@click.option("--gpus", default="all", show_default=True,
-              help="local: all, none, or GPU ids; several ids run one training per GPU at a time.")
+@gpu_ids_option
+@renamed_gpus_option
 @click.option("--cache-volume", help="local/modal: the cache volume [default: lora-gym-cache-<family>].")
 @click.option("--gpu", "gpu_type", help="modal/runpod: the platform's GPU type [default: from the preset].")
 @click.option("--max-hours", type=Finite(0, 720, "hours"), help="modal/runpod: each run's time limit.")
@@ -55,13 +56,16 @@ Examples:
 def sweep(preset, expert, dataset_dir, grid_options, grid_file, yes, overrides, gpu_memory, gpus_per_run, backend,
           output, image, gpus, cache_volume, gpu_type, max_hours, max_cost, volume, dry_run, no_check):
     """Train one LoRA per combination of the --grid values: the caches once, then every run."""
-    from launcher.backends import LaunchOptions
+    from launcher.backends import LaunchOptions, require_sdk
     from launcher.core.errors import UserError
     from launcher.sweep import grid
     from launcher.sweep.prepare import describe, prepare_sweep
 
     if backend in REFUSED_BACKENDS:  # before anything is read, planned or printed
         _module(backend).refuse()
+    refuse_misplaced(backend, SWEEP_BACKENDS)
+    if backend and not dry_run:
+        require_sdk(backend)
     if backend is None and not dry_run:
         raise UserError("a sweep needs a backend: add --backend local, modal or runpod, or --dry-run to see it")
     axes = grid.combine(grid_options, grid_file)
@@ -75,9 +79,9 @@ def sweep(preset, expert, dataset_dir, grid_options, grid_file, yes, overrides, 
                             gpu_type=gpu_type, max_hours=max_hours, max_cost=max_cost, volume=volume)
     module = _module(backend)
     # The plan is printed only once every check passed: the backend's dry run makes them all; a launch makes the
-    # module's check (image, credentials, GPU) and the budget, so a refusal is the only output.
+    # module's check (image, GPU ids, volumes, credentials, GPU type) and the budget, so a refusal is the only output.
     backend_text = module.dry_run(planned, options) if dry_run else None
-    if not dry_run and hasattr(module, "check"):
+    if not dry_run:
         module.check(planned, options)
     estimate = _budget(module, planned, options, dataset_dir, no_check) if not dry_run and hasattr(
         module, "quotes") else []

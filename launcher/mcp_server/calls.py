@@ -24,7 +24,7 @@ FLAG_INPUTS = {"--preset": "preset", "--expert": "expert", "--dataset": "dataset
                "--backend": "backend", "--output": "output", "--image": "image", "--gpu": "gpu_type",
                "--max-hours": "max_hours", "--max-cost": "max_cost", "--volume": "volume", "--anchor": "anchor",
                "--provider": "provider", "--model": "model", "--prompt-file": "prompt_file",
-               "--overwrite": "overwrite", "--gpus": "gpus", "--cache-volume": "cache_volume"}
+               "--overwrite": "overwrite", "--gpu-ids": "gpus", "--cache-volume": "cache_volume"}
 # A dotted preset key (train.learning_rate) is changed with an override.
 PRESET_KEY = re.compile(r"\b(?:model|train|network|dataset|resources|samples|experts|optimizer)\.[a-z_.]+")
 

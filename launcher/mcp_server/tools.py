@@ -41,9 +41,14 @@ def show_preset(preset: Annotated[str, Field(description="A preset name or a .to
 
 
 def _job_and_options(run: RunRequest):
-    from launcher.backends import LaunchOptions
+    from launcher.backends import LaunchOptions, backend_names
+    from launcher.cli.backend_options import APPLIES, refuse_given
     from launcher.cli.run_cmd import build_job
+    from launcher.cli.run_cmd import run as run_command
 
+    # A field meant for another backend would do nothing: refused as `launcher run` refuses its flag.
+    refuse_given(run.backend, sorted(n for n in run.model_fields_set if n in APPLIES),
+                 {p.name: p.opts[0] for p in run_command.params}, backend_names())
     job = build_job(run.preset, run.expert, run.dataset, tuple(run.overrides), run.gpu_memory, run.gpus_per_run,
                     run.samples_file)
     options = LaunchOptions(dataset=run.dataset, output=run.output, image=run.image, gpus=run.gpus,

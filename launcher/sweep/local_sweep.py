@@ -1,7 +1,7 @@
 """A sweep on this machine: each cache pass, then the trainings, as ordinary `--backend local` containers.
 
-Trainings run one after another with the GPUs `--gpus` gives (all by default), or, with several GPU ids
-(`--gpus 0,1`), one per GPU at a time. Each container is launcher/backends/local.py's ContainerSpec of that
+Trainings run one after another with the GPUs `--gpu-ids` gives (all by default), or, with several GPU ids
+(`--gpu-ids 0,1`), one per GPU at a time. Each container is launcher/backends/local.py's ContainerSpec of that
 run's job plus LORA_GYM_STAGE, so `--dry-run` prints exactly the `docker run` commands that run.
 """
 
@@ -19,6 +19,7 @@ from launcher.backends.local import (
     ContainerSpec,
     container_spec,
     docker_run_argv,
+    host_gpu_count,
     output_dir,
     parse_gpus,
     render_command,
@@ -49,6 +50,7 @@ def _per_run(sweep: Sweep) -> int:
 def containers(sweep: Sweep, options: LaunchOptions) -> list[tuple[str, ContainerSpec]]:
     """(run id, spec) of every container in order: the cache passes (on the first GPU slot), then the runs
     (their GPU slot assigned round-robin, which `launch` replaces by whichever slot is free first)."""
+    parse_gpus(options.gpus)  # the whole list (each container gets a slot of it): no id negative or repeated
     workers = slots(options.gpus, _per_run(sweep))
     found = [(c.run_id, stage_spec(c.job, options, c.run_id, "cache", workers[0])) for c in sweep.caches]
     for n, training in enumerate(sweep.trainings):
@@ -67,9 +69,11 @@ def dry_run(sweep: Sweep, options: LaunchOptions) -> str:
 
 
 def check(sweep: Sweep, options: LaunchOptions) -> None:
-    """Before the sweep's plan is printed: the options every container needs (--output, --cache-volume, the image's
-    name), then the engine and the image's labels (launch connects again; a local socket is cheap)."""
+    """Before the sweep's plan is printed: the values every container needs (--output, --cache-volume, the image's
+    name), --gpu-ids against this machine's GPUs, then the engine and the image's labels (launch connects again; a
+    local socket is cheap)."""
     containers(sweep, options)
+    parse_gpus(options.gpus, host_gpu_count())
     docker_execute(sweep, options)
 
 

@@ -67,9 +67,9 @@ def quotes(sweep: Sweep, options: LaunchOptions) -> tuple[list[cost.Quote], cost
 
 
 def check(sweep: Sweep, options: LaunchOptions) -> None:
-    """What Modal refuses, checked before the sweep's plan is printed: the image and the one GPU type."""
-    modal_backend.image_ref(sweep.trainings[0].job, options)
-    gpu(sweep, options)
+    """What Modal refuses, checked before the sweep's plan is printed: the one GPU type, and what a run's check
+    covers (image, cache volume, time limit)."""
+    modal_backend.check(sweep.trainings[0].job, dataclasses.replace(options, gpu_type=gpu(sweep, options)))
 
 
 def launch(sweep: Sweep, options: LaunchOptions) -> int:

@@ -35,6 +35,7 @@ def _env(run_id: str, stage: str) -> dict[str, str]:
 
 
 def dry_run(sweep: Sweep, options: LaunchOptions) -> str:
+    check(sweep, options)  # the image and the volume id, before any body is built
     backend = runpod.RunPodBackend()
     backend._catalog, source = runpod.offline_catalog()
     volume = options.volume or f"<id of network volume lora-gym-{sweep.caches[0].job.loaded.preset.family}>"
