@@ -137,7 +137,7 @@ def run_cli(capfd, *argv):
     return code, out, "".join(line for line in err.splitlines(keepends=True) if not line.startswith("warning: "))
 
 
-def test_cli_dry_run_prints_the_docker_command_and_needs_output(capfd, tmp_path):
+def test_cli_dry_run_prints_the_docker_command_and_needs_output(capfd, tmp_path, monkeypatch):
     base = ["run", "--preset", "wan21-t2v-1.3b", "--dataset", str(EXAMPLE_DATASET), "--backend", "local"]
     code, out, _ = run_cli(capfd, *base, "--dry-run", "--output", str(tmp_path / "o"), "--gpus", "none")
     assert code == 0 and out.startswith("docker run --rm") and "--gpus" not in out
@@ -145,8 +145,9 @@ def test_cli_dry_run_prints_the_docker_command_and_needs_output(capfd, tmp_path)
     code, _, err = run_cli(capfd, *base, "--dry-run")
     assert code == 2 and err == "error: --backend local needs --output DIR: the folder on this machine where " \
                                  "each run's LoRAs and run.json are written\n"
+    monkeypatch.setenv("DOCKER_HOST", NOWHERE)  # no engine, so no local backend to fall back on
     code, _, err = run_cli(capfd, *base[:5])
-    assert code == 2 and "add --backend local" in err and len(err.splitlines()) == 1
+    assert code == 2 and "no backend (cannot reach Docker or Podman" in err and len(err.splitlines()) == 1
 
 
 def test_unreachable_engine_is_one_line_with_the_fix(capfd, tmp_path, monkeypatch):
@@ -160,9 +161,9 @@ def test_unreachable_engine_is_one_line_with_the_fix(capfd, tmp_path, monkeypatc
 
 def test_bad_input_fails_before_the_engine_is_touched(capfd, tmp_path, monkeypatch):
     monkeypatch.setenv("DOCKER_HOST", NOWHERE)
-    code, _, err = run_cli(capfd, "run", "--preset", "wan22-t2v-lightning", "--dataset", str(EXAMPLE_DATASET),
-                           "--backend", "local", "--output", str(tmp_path / "o"))
-    assert code == 2 and "add --expert high, low or both" in err and "Docker" not in err
+    code, _, err = run_cli(capfd, "run", "--preset", "wan21-t2v-1.3b", "--expert", "high", "--dataset",
+                           str(EXAMPLE_DATASET), "--backend", "local", "--output", str(tmp_path / "o"))
+    assert code == 2 and "--expert is only for Wan 2.2 presets" in err and "Docker" not in err
 
 
 # --- real containers through Podman's Docker API ------------------------------------------------------------

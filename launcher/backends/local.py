@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from launcher.backends import Capabilities, LaunchOptions, labels
+from launcher.core import extras
 from launcher.core.errors import UserError
 from launcher.core.inputs import SAFE_NAME, creatable_dir
 from launcher.core.job import DEFAULT_PATHS, Job
@@ -194,7 +195,8 @@ def connect():
         from docker.errors import DockerException
         from requests.exceptions import RequestException
     except ImportError:
-        raise UserError("--backend local needs the docker package: pip install 'lora-gym[local]'") from None
+        raise UserError(f"the local backend needs the docker package: {extras.install_command('local')} "
+                        "(or `make backends`)") from None
     where = os.environ.get("DOCKER_HOST") or "the default socket"
     try:
         client = docker.from_env()
@@ -212,6 +214,23 @@ def engine_of(client) -> tuple[str, tuple[int, ...]]:
             numbers = re.findall(r"\d+", component.get("Version", ""))[:3]
             return "podman", tuple(int(n) for n in numbers)
     return "docker", ()
+
+
+def image_missing(image: str, family: str) -> str | None:
+    """None when this machine's engine has `image`, else why the local backend cannot run it (one phrase):
+    how `launcher run` without --backend decides to run here."""
+    try:
+        client = connect()
+    except UserError as exc:
+        return exc.problems[0]
+    from docker.errors import ImageNotFound
+
+    with contextlib.closing(client):
+        try:
+            client.images.get(image)
+        except ImageNotFound:
+            return f"image {image} is not on this machine: build it with `{labels.make_command(family)}`"
+    return None
 
 
 def image_labels(client, image: str, family: str) -> dict[str, str]:

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from launcher.core import extras
 from launcher.core.dataset import file_sha256
 from launcher.core.errors import UserError
 from launcher.core.inputs import inside
@@ -50,7 +51,8 @@ def client(datacenter: str, environ=os.environ):
         import boto3
         from botocore.config import Config
     except ImportError:
-        raise UserError("--backend runpod needs boto3 and httpx: pip install 'lora-gym[runpod]'") from None
+        raise UserError(f"--backend runpod needs boto3 and httpx: {extras.install_command('runpod')} "
+                        "(or `make backends`)") from None
     # Long reads: RunPod may compute checksums before it answers for big files (see its known issues).
     config = Config(retries={"max_attempts": 8, "mode": "standard"}, read_timeout=600,
                     s3={"addressing_style": "path"})
