@@ -300,3 +300,40 @@ def test_ctrl_c_streams_to_the_last_line_then_removes_the_container_and_exits_13
     # The container printed its last line a second after SIGTERM: it still reached the user.
     assert out.splitlines()[-2:] == ["[train] got TERM", "[train] last words after TERM"], out
     assert our_containers() == []
+
+
+def test_the_promised_command_trains_in_a_folder_made_by_init(podman, capfd, monkeypatch, tmp_path):
+    """`make image-wan22 && launcher run --preset wan22-t2v-lightning --expert high`, typed as written in a folder
+    made by `launcher init` with the user's media in its dataset/: no --dataset, no --backend, no --output.
+    The image `make image-wan22` builds is stood for by the fake image relabelled as a wan22 build, at the default
+    name under a registry of this test run (the project file's `registry`); a real container runs it through
+    Podman's Docker API, its entrypoint the test double (the real trainer is tests/test_images.py's business)."""
+    registry = f"localhost/{PREFIX}"
+    wan22 = {**FAKE_LABELS, labels.FAMILY: "wan22", labels.TASKS: "all"}
+    (tmp_path / "image").mkdir()
+    _build(tmp_path / "image", labels.default_image("wan22", {labels.REGISTRY_ENV: registry}),
+           [f"FROM {TAG}", *(f'LABEL "{key}"="{value}"' for key, value in wan22.items())])
+    monkeypatch.setenv("DOCKER_HOST", podman)
+    monkeypatch.delenv(labels.REGISTRY_ENV, raising=False)
+    project = tmp_path / "project"
+    project.mkdir()
+    monkeypatch.chdir(project)
+    assert main(["init"]) == 0
+    shutil.copytree(EXAMPLE_DATASET, project / "dataset", dirs_exist_ok=True)
+    settings = (project / "lora-gym.toml").read_text()
+    # This machine's Podman (4.3) takes no GPU request, and the cache volume is this test run's own.
+    settings = settings.replace('# registry = "ghcr.io/you"', f'registry = "{registry}"').replace(
+        "[backends.local]\n", f'[backends.local]\ngpu_ids = "none"\ncache_volume = "{CACHE}"\n')
+    (project / "lora-gym.toml").write_text(settings)
+    capfd.readouterr()
+
+    code = main(["run", "--preset", "wan22-t2v-lightning", "--expert", "high"])
+    out, err = capfd.readouterr()
+    assert code == 0, err
+    assert err.splitlines()[0] == (f"note: running on this machine (the local backend): {registry}/lora-gym-wan22:"
+                                   "0.1.0 is here; --backend modal, runpod or skypilot runs elsewhere")
+    assert out.splitlines()[0] == "[cache-latents] preset=wan22-t2v-lightning expert=high set="
+    # The double counts every .txt: the 6 captions and init's dataset/README.txt (which the dataset check ignores).
+    assert "[cache-latents] captions: 7" in out and out.rstrip().endswith("[train] done, exit 0")
+    assert (project / "runs" / "fake-run" / "fake-lora.safetensors").read_text() == "fake lora\n"
+    assert our_containers() == []

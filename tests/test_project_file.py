@@ -62,12 +62,12 @@ def test_template_is_a_valid_project_file_with_every_key_documented(tmp_path):
 
 @pytest.mark.parametrize(("text", "expected"), [
     ('datset = "d"\n', r"unknown key datset \(did you mean 'dataset'\?\): valid keys are backend, backends, "
-                       r"dataset, gpu_memory, gpus, output, registry$"),
+                       r"dataset, gpu_ids, gpu_memory, output, registry$"),
     ('[backends.runpod]\ngpus = "H100"\n', r"unknown key backends.runpod.gpus \(did you mean 'gpu'\?\): valid keys "
                                            r"in \[backends.runpod\] are gpu, image, max_cost, max_hours, volume$"),
     ("[backends.lamda]\n", r"unknown table \[backends.lamda\] .*: valid ones are \[backends.local\], "),
     ('backend = "lcal"\n', r"backend = 'lcal' is not a backend \(did you mean 'local'\?\): use one of local, modal"),
-    ("gpus = 0\n", r"gpus must be a string, not 0$"),
+    ("gpu_ids = 0\n", r"gpu_ids must be a string, not 0$"),
     ("[backends.skypilot]\nspot = 1\n", r"backends.skypilot.spot must be true or false, not 1$"),
     ("output = = 1\n", r"not valid TOML \(.*line 1.*\): fix it"),
 ], ids=["typo", "table key", "table", "backend name", "type", "bool", "syntax"])
@@ -130,7 +130,7 @@ def test_config_says_where_each_value_comes_from(project, capsys, monkeypatch):
     assert rows["output"] == ("/tmp/elsewhere", "flag") and rows["backend"] == ("runpod", "flag")
     assert rows["gpu"][0] == "NVIDIA H100 80GB HBM3" and rows["gpu"][1].endswith("([backends.runpod] gpu)")
     assert rows["max_hours"][0] == "6.0" and rows["gpu_memory"][0] == "24"
-    assert rows["gpus"] == ("all", "built-in default") and rows["volume"] == ("(none)", "built-in default")
+    assert rows["gpu_ids"] == ("all", "built-in default") and rows["volume"] == ("(none)", "built-in default")
     assert rows["registry"] == ("ghcr.io/team", f"project file {project}/lora-gym.toml (registry)")
     monkeypatch.setenv("LORA_GYM_REGISTRY", "registry.example.com/me")
     rows = config_rows(cli(capsys, "config")[1])
@@ -148,7 +148,7 @@ def test_project_values_go_through_the_options_own_checks(project, capsys):
 
 def test_run_takes_dataset_output_and_registry_from_the_file_and_flags_win(project, capsys, tmp_path):
     (project / "lora-gym.toml").write_text('output = "runs"\nregistry = "ghcr.io/team"\n'
-                                           '[backends.local]\ngpus = "none"\n')
+                                           '[backends.local]\ngpu_ids = "none"\n')
     code, out, _ = cli(capsys, "run", "--preset", "wan21-t2v-1.3b", "--backend", "local", "--dry-run")
     assert code == 0
     assert f"-v {project}/dataset:/dataset:ro" in out and f"-v {project}/runs:/output:rw" in out
@@ -156,8 +156,8 @@ def test_run_takes_dataset_output_and_registry_from_the_file_and_flags_win(proje
     other = tmp_path / "other"
     shutil.copytree(EXAMPLE_DATASET, other)
     code, out, _ = cli(capsys, "run", "--preset", "wan21-t2v-1.3b", "--backend", "local", "--dry-run",
-                       "--dataset", str(other), "--gpus", "0")
-    assert f"-v {other}:/dataset:ro" in out and "device=0" in out
+                       "--dataset", str(other), "--image", "ghcr.io/me/other:1")
+    assert f"-v {other}:/dataset:ro" in out and out.rstrip().endswith("ghcr.io/me/other:1")
 
 
 def test_without_a_project_file_dataset_is_dot_dataset_when_it_exists(tmp_path, capsys, monkeypatch):
@@ -210,3 +210,20 @@ def test_no_backend_no_engine_names_what_is_missing_in_one_line(tmp_path, capsys
                           f"DIR); no backend (cannot reach Docker or Podman at {NOWHERE}")
     assert "or pass --backend modal, runpod or skypilot); `launcher init` writes a project file" in err
     assert list(tmp_path.iterdir()) == []
+
+
+# --- installing the backends --------------------------------------------------------------------------------
+
+def test_every_install_hint_names_an_extra_of_this_clone_and_make_backends_installs_them():
+    root = EXAMPLE_DATASET.parents[1]
+    extras = set(tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    sources = {path: path.read_text() for path in (root / "launcher").rglob("*.py")}
+    named = {m for text in sources.values()
+             for m in re.findall(r"""(?:install_command\(|extras\.require\()['"](\w+)['"]""", text)}
+    assert {"dataset", "mcp", "report"} <= named <= extras
+    # A hint never names the package on PyPI (lora-gym is not there): only extras.py's fallback, for an install
+    # that is not a clone, does.
+    assert [p.name for p, text in sources.items() if "pip install 'lora-gym[" in text] == ["extras.py"]
+    makefile = (root / "Makefile").read_text()
+    assert "$(QUIET_PIP) -e '.[local,modal,runpod]'" in makefile and {"local", "modal", "runpod"} <= extras
+    assert ".venv-skypilot/bin/pip install --quiet -e '.[skypilot]'" in makefile  # click<8.2: a venv of its own

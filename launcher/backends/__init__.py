@@ -22,6 +22,11 @@ BACKENDS = {
     "skypilot": "launcher.backends.skypilot_backend:SkyPilotBackend",
 }
 
+# name -> (pyproject extra, {module: package}): what a launch on it imports, checked (not imported) before anything
+# is printed; a dry run needs none of them.
+NEEDS = {"local": ("local", {"docker": "docker"}), "modal": ("modal", {"modal": "modal"}),
+         "runpod": ("runpod", {"httpx": "httpx", "boto3": "boto3"}), "skypilot": ("skypilot", {"sky": "skypilot"})}
+
 
 @dataclass(frozen=True)
 class Capabilities:
@@ -51,6 +56,10 @@ class LaunchOptions:
 
 class Backend(Protocol):
     capabilities: Capabilities
+
+    def check(self, job: Job, options: LaunchOptions) -> None:
+        """Every value launch would hand to the engine or platform (image, GPU ids, volume names), checked through
+        launcher.core.engine_values without touching either: run calls it before it prints anything."""
 
     def launch(self, job: Job, options: LaunchOptions) -> int:
         """Run the job to the end, streaming its logs; the run's exit status (130 when interrupted)."""
@@ -84,6 +93,14 @@ class DetachedBackend(Backend, Protocol):
 
 def backend_names() -> list[str]:
     return sorted(BACKENDS)
+
+
+def require_sdk(name: str, purpose: str | None = None) -> None:
+    """One `error:` line with the pip command unless the backend's SDK can be imported (launcher/core/extras.py)."""
+    from launcher.core import extras
+
+    extra, packages = NEEDS.get(name, ("", {}))  # a backend with no optional package needs nothing
+    extras.require(extra, packages, purpose or f"--backend {name}")
 
 
 def load_backend(name: str) -> Backend:

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from launcher.backends import Capabilities, LaunchOptions, labels
-from launcher.core import extras
 from launcher.core.errors import UserError
 from launcher.core.inputs import SAFE_NAME, creatable_dir
 from launcher.core.job import DEFAULT_PATHS, Job
@@ -190,13 +189,13 @@ def run_kwargs(spec: ContainerSpec, device_requests: list[dict]) -> dict:
 
 def connect():
     """A docker-py client for DOCKER_HOST (or the default socket), or a one-line UserError with the fix."""
-    try:
-        import docker
-        from docker.errors import DockerException
-        from requests.exceptions import RequestException
-    except ImportError:
-        raise UserError(f"the local backend needs the docker package: {extras.install_command('local')} "
-                        "(or `make backends`)") from None
+    from launcher.backends import require_sdk
+
+    require_sdk("local")
+    import docker
+    from docker.errors import DockerException
+    from requests.exceptions import RequestException
+
     where = os.environ.get("DOCKER_HOST") or "the default socket"
     try:
         client = docker.from_env()

@@ -299,11 +299,9 @@ def has_token() -> bool:
 
 def start(spec, dataset_root: str | Path, datasets_volume: str) -> dict:
     """Upload the dataset, start the app detached and spawn the run's call: the ids for the run record."""
-    from launcher.core import extras
-    from launcher.core.errors import UserError
-
-    extras.require("modal", {"modal": "modal"}, "--backend modal", " (or `make backends`)")
     import modal
+
+    from launcher.core.errors import UserError
 
     if not has_token():
         raise UserError("no Modal token configured: run `modal token new` (or set MODAL_TOKEN_ID and "

@@ -16,7 +16,6 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from launcher.core import extras
 from launcher.core.dataset import file_sha256
 from launcher.core.errors import UserError
 from launcher.core.inputs import inside
@@ -47,12 +46,12 @@ def client(datacenter: str, environ=os.environ):
     access, secret = _first(environ, ACCESS_VARS), _first(environ, SECRET_VARS)
     if not (access and secret):
         raise UserError(f"RunPod network volume transfers need an S3 API key: {KEYS_FIX}")
-    try:
-        import boto3
-        from botocore.config import Config
-    except ImportError:
-        raise UserError(f"--backend runpod needs boto3 and httpx: {extras.install_command('runpod')} "
-                        "(or `make backends`)") from None
+    from launcher.backends import require_sdk
+
+    require_sdk("runpod")
+    import boto3
+    from botocore.config import Config
+
     # Long reads: RunPod may compute checksums before it answers for big files (see its known issues).
     config = Config(retries={"max_attempts": 8, "mode": "standard"}, read_timeout=600,
                     s3={"addressing_style": "path"})

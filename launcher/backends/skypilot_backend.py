@@ -6,7 +6,7 @@ secret. Secrets are named in the task without a value, and only those set in thi
 needs (task_secrets); their values go to SkyPilot at launch only (sky_task). The run id is fixed in the task,
 so a recovered job names the same run folder in the mounted store and the entrypoint resumes it from its
 newest saved state (README: Resuming a run). The bucket and `pull`: skypilot_store.py. `sky` is imported only
-to launch and to look a run up (`make skypilot`: a venv of its own, see SKY_MISSING).
+to launch and to look a run up (`make skypilot`: SkyPilot pins click<8.2, so it gets a venv of its own).
 
 The image runs as root (images/Dockerfile): SkyPilot starts the container, runs its setup in it as root
 (`docker exec -u 0`), then reaches it over SSH as the image's default user (`whoami` in the container), and
@@ -31,7 +31,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from launcher.backends import Capabilities, LaunchOptions, labels, skypilot_store
-from launcher.core import extras
 from launcher.core.errors import UserError
 from launcher.core.job import Job
 
@@ -177,25 +176,10 @@ def _one_line(exc: BaseException) -> UserError:
     return UserError(f"SkyPilot refused the job ({kind}: {text[:300]}): see `sky check` and `sky show-gpus`")
 
 
-# SkyPilot 0.14.1 requires click<8.2, which pulls the rest of the launcher's dependencies back (pyproject.toml):
-# it gets a venv of its own, as in .ci/run, never the main one.
-SKY_MISSING = ("--backend skypilot needs SkyPilot, which pins click<8.2 and so lives in a venv of its own: "
-               "`make skypilot` in the lora-gym clone, then use .venv-skypilot/bin/launcher")
-
-
-def _sky():
-    """The SkyPilot SDK, or the one error line that says how to get it."""
-    if extras.missing(["sky"]):
-        raise UserError(SKY_MISSING)
-    import sky
-
-    return sky
-
-
 def sky_task(config: dict):
     """The task for SkyPilot, each named secret given its value from this environment (SkyPilot keeps it as
     a SecretStr and redacts it when it shows the task)."""
-    sky = _sky()
+    import sky
 
     secrets = [(name, os.environ[name]) for name in config.get("secrets") or {}]
     return sky.Task.from_yaml_config(copy.deepcopy(config), secrets_overrides=secrets or None)
@@ -203,7 +187,7 @@ def sky_task(config: dict):
 
 def submit(config: dict) -> int:
     """The managed job's id; SkyPilot's refusals (no cloud, no capacity, no server) become one UserError."""
-    sky = _sky()
+    import sky
 
     try:
         job_ids, _ = sky.stream_and_get(sky.jobs.launch(sky_task(config), name=config["name"]))
@@ -246,7 +230,7 @@ class SkyPilotBackend:
         return self.logs(runs.load(job.plan.run_id), follow=True) if options.follow else 0
 
     def status(self, record: dict) -> dict:
-        sky = _sky()
+        import sky
 
         jobs = sky.get(sky.jobs.queue(refresh=False, job_ids=[record["job_id"]]))
         job = jobs[0] if jobs else {}
@@ -255,12 +239,12 @@ class SkyPilotBackend:
                 "store": record["store"], "spot": record.get("spot", False)}
 
     def logs(self, record: dict, follow: bool) -> int:
-        sky = _sky()
+        import sky
 
         return sky.jobs.tail_logs(job_id=record["job_id"], follow=follow) or 0
 
     def stop(self, record: dict) -> int:
-        sky = _sky()
+        import sky
 
         sky.get(sky.jobs.cancel(job_ids=[record["job_id"]]))
         print(f"cancelled managed job {record['job_id']} ({record['run_id']})", file=sys.stderr)

@@ -25,7 +25,7 @@ from launcher.core.errors import UserError
 
 # A command's parameter name -> the project file key that gives its default.
 PARAM_KEYS = {"dataset_dir": "dataset", "directory": "dataset", "output": "output", "backend": "backend",
-              "image": "image", "gpus": "gpus", "cache_volume": "cache_volume", "gpu_type": "gpu",
+              "image": "image", "gpus": "gpu_ids", "cache_volume": "cache_volume", "gpu_type": "gpu",
               "max_hours": "max_hours", "max_cost": "max_cost", "volume": "volume", "spot": "spot",
               "gpu_memory": "gpu_memory"}
 REGISTRY_ENV = "LORA_GYM_REGISTRY"  # launcher.backends.labels.REGISTRY_ENV; not imported, to keep this light
@@ -163,8 +163,8 @@ def _pick_backend(ctx: click.Context, resolved: Resolution) -> None:
     if reason is None and values.get("output") is None:
         missing.append("no output folder (pass --output ./runs, or set output in lora-gym.toml)")
     if missing:
-        raise UserError(f"cannot start the run: {'; '.join(missing)}; `launcher init` writes a project file "
-                        "(lora-gym.toml) with these defaults")
+        raise UserError(f"cannot start the {ctx.command.name}: {'; '.join(missing)}; `launcher init` writes a "
+                        "project file (lora-gym.toml) with these defaults")
 
 
 _NO_DATASET = f"no dataset (put the files in ./{DEFAULT_DATASET}, or pass --dataset DIR)"

@@ -18,13 +18,13 @@ dataset = "dataset"           # the training media, a .txt caption beside each (
 output = "runs"               # where runs on this machine write their LoRAs and run.json
 # backend = "local"           # local, modal, runpod or skypilot [default: local when the preset's image is here]
 # registry = "ghcr.io/you"    # where `make push-wan22 REGISTRY=...` pushed the images (as LORA_GYM_REGISTRY)
-# gpus = "all"                # this machine's GPUs: all, none, or ids such as "0,1"
+# gpu_ids = "all"             # this machine's GPUs by id: all, none, or ids such as "0,1"
 # gpu_memory = 24             # GPU memory to fit, in GB (as --gpu-memory)
 
 # A [backends.NAME] table applies when that backend runs, before the values above.
 [backends.local]
 # image = "lora-gym-wan22:0.1.0"
-# gpus = "0"
+# gpu_ids = "0"
 # cache_volume = "lora-gym-cache-wan22"
 # output = "runs"
 

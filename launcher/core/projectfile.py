@@ -20,12 +20,12 @@ from launcher.core.errors import UserError, closest
 FILE_NAME = "lora-gym.toml"
 
 # Each key, its TOML type and what it means (the meaning is shown by `launcher config` and the docs).
-TOP_KEYS: dict[str, type] = {"dataset": str, "output": str, "backend": str, "registry": str, "gpus": str,
+TOP_KEYS: dict[str, type] = {"dataset": str, "output": str, "backend": str, "registry": str, "gpu_ids": str,
                              "gpu_memory": int}
 _CLOUD = {"gpu": str, "image": str, "max_hours": float, "max_cost": float}
 # The keys a [backends.NAME] table takes: the options of `launcher run` that apply to that backend.
 BACKEND_KEYS: dict[str, dict[str, type]] = {
-    "local": {"image": str, "gpus": str, "cache_volume": str, "output": str},
+    "local": {"image": str, "gpu_ids": str, "cache_volume": str, "output": str},
     "modal": {**_CLOUD, "cache_volume": str},
     "runpod": {**_CLOUD, "volume": str},
     "skypilot": {**_CLOUD, "volume": str, "spot": bool},
