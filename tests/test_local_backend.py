@@ -315,6 +315,18 @@ def test_the_promised_command_trains_in_a_folder_made_by_init(podman, capfd, mon
            [f"FROM {TAG}", *(f'LABEL "{key}"="{value}"' for key, value in wan22.items())])
     monkeypatch.setenv("DOCKER_HOST", podman)
     monkeypatch.delenv(labels.REGISTRY_ENV, raising=False)
+    # Without a project file: ./dataset and the image are found, and the one thing missing is said, with its fix.
+    shutil.copytree(EXAMPLE_DATASET, tmp_path / "bare" / "dataset")
+    monkeypatch.chdir(tmp_path / "bare")
+    monkeypatch.setenv(labels.REGISTRY_ENV, registry)
+    capfd.readouterr()
+    assert main(["run", "--preset", "wan22-t2v-lightning", "--expert", "high"]) == 2
+    out, err = capfd.readouterr()
+    assert (out, err) == ("", "error: cannot start the run: no output folder (pass --output ./runs, or set output in "
+                              "lora-gym.toml); `launcher init` writes these defaults to lora-gym.toml\n")
+    assert sorted(p.name for p in (tmp_path / "bare").iterdir()) == ["dataset"]
+    monkeypatch.delenv(labels.REGISTRY_ENV)
+
     project = tmp_path / "project"
     project.mkdir()
     monkeypatch.chdir(project)

@@ -28,6 +28,7 @@ SHM_SIZE = "8g"
 STOP_TIMEOUT_S = 30  # SIGTERM, then this long for the entrypoint to stop its step, then SIGKILL
 LOG_DRAIN_S = 10  # after the container stopped, how long its last log lines may take to arrive
 PODMAN_CDI_API = (5, 4)  # first Podman whose Docker API honours GPU (CDI) device requests
+UNREACHABLE = "cannot reach Docker or Podman"
 PODMAN_SOCKET_FIX = ("start Docker, or Podman's Docker API with `podman system service --time=0 "
                      "unix:///run/podman/podman.sock &` and `export DOCKER_HOST=unix:///run/podman/podman.sock`")
 
@@ -196,14 +197,18 @@ def connect():
     from docker.errors import DockerException
     from requests.exceptions import RequestException
 
-    where = os.environ.get("DOCKER_HOST") or "the default socket"
+    where = _engine_address()
     try:
         client = docker.from_env()
         client.ping()
         return client
     except (DockerException, RequestException, OSError) as exc:
         reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-        raise UserError(f"cannot reach Docker or Podman at {where} ({reason}): {PODMAN_SOCKET_FIX}") from None
+        raise UserError(f"{UNREACHABLE} at {where} ({reason}): {PODMAN_SOCKET_FIX}") from None
+
+
+def _engine_address() -> str:
+    return os.environ.get("DOCKER_HOST") or "the default socket"
 
 
 def engine_of(client) -> tuple[str, tuple[int, ...]]:
@@ -221,7 +226,10 @@ def image_missing(image: str, family: str) -> str | None:
     try:
         client = connect()
     except UserError as exc:
-        return exc.problems[0]
+        if not exc.problems[0].startswith(UNREACHABLE):
+            return exc.problems[0]  # the docker package is missing: the line names the install command
+        # connect's line carries the engine's own words and the socket recipe: too long inside another line
+        return f"{UNREACHABLE} at {_engine_address()}: start Docker, or Podman's API (`podman system service`)"
     from docker.errors import ImageNotFound
 
     with contextlib.closing(client):

@@ -163,8 +163,8 @@ def _pick_backend(ctx: click.Context, resolved: Resolution) -> None:
     if reason is None and values.get("output") is None:
         missing.append("no output folder (pass --output ./runs, or set output in lora-gym.toml)")
     if missing:
-        raise UserError(f"cannot start the {ctx.command.name}: {'; '.join(missing)}; `launcher init` writes a "
-                        "project file (lora-gym.toml) with these defaults")
+        raise UserError(f"cannot start the {ctx.command.name}: {'; '.join(missing)}; `launcher init` writes these "
+                        "defaults to lora-gym.toml")
 
 
 _NO_DATASET = f"no dataset (put the files in ./{DEFAULT_DATASET}, or pass --dataset DIR)"
