@@ -147,24 +147,25 @@ def _default_expert(resolved: Resolution) -> None:
 def _pick_backend(ctx: click.Context, resolved: Resolution) -> None:
     """No --backend and no --dry-run: the local backend when the family's image is here, else one error line
     that names everything missing (dataset, backend or image, output folder) and how to get it."""
-    values = resolved.values
-    if values.get("backend") is not None or values.get("dry_run"):
+    if resolved.values.get("backend") is not None or resolved.values.get("dry_run"):
         return
-    missing = [] if _dataset(values) is not None else [_NO_DATASET]
-    image, reason = local_image(values)
-    if reason is None:
-        values["backend"] = "local"
-        resolved.sources["backend"] = f"built-in default ({image} is on this machine)"
-        _fill(ctx, resolved, {n for n in PARAM_KEYS if resolved.sources.get(n) != "flag"} - {"backend"}, "local")
-        resolved.notes.insert(0, f"running on this machine (the local backend): {image} is here; "
-                                 "--backend modal, runpod or skypilot runs elsewhere")
-    else:
+    missing = [] if _dataset(resolved.values) is not None else [_NO_DATASET]
+    # As if --backend local were typed: its table (an image, an output folder) counts in the choice.
+    local = Resolution(resolved.project, dict(resolved.values), dict(resolved.sources))
+    _fill(ctx, local, {n for n in PARAM_KEYS if local.sources.get(n) != "flag"} - {"backend"}, "local")
+    image, reason = local_image(local.values)
+    if reason is not None:
         missing.append(f"no backend ({reason}; or pass --backend modal, runpod or skypilot)")
-    if reason is None and values.get("output") is None:
+    elif local.values.get("output") is None:
         missing.append("no output folder (pass --output ./runs, or set output in lora-gym.toml)")
     if missing:
         raise UserError(f"cannot start the {ctx.command.name}: {'; '.join(missing)}; `launcher init` writes these "
                         "defaults to lora-gym.toml")
+    resolved.values, resolved.sources = local.values, local.sources
+    resolved.values["backend"] = "local"
+    resolved.sources["backend"] = f"built-in default ({image} is on this machine)"
+    resolved.notes.insert(0, f"running on this machine (the local backend): {image} is here; --backend modal, "
+                             "runpod or skypilot runs elsewhere")
 
 
 _NO_DATASET = f"no dataset (put the files in ./{DEFAULT_DATASET}, or pass --dataset DIR)"
