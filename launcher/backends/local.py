@@ -197,7 +197,7 @@ def connect():
     from docker.errors import DockerException
     from requests.exceptions import RequestException
 
-    where = _engine_address()
+    where = os.environ.get("DOCKER_HOST") or "the default socket"
     try:
         client = docker.from_env()
         client.ping()
@@ -205,10 +205,6 @@ def connect():
     except (DockerException, RequestException, OSError) as exc:
         reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         raise UserError(f"{UNREACHABLE} at {where} ({reason}): {PODMAN_SOCKET_FIX}") from None
-
-
-def _engine_address() -> str:
-    return os.environ.get("DOCKER_HOST") or "the default socket"
 
 
 def engine_of(client) -> tuple[str, tuple[int, ...]]:
@@ -229,7 +225,8 @@ def image_missing(image: str, family: str) -> str | None:
         if not exc.problems[0].startswith(UNREACHABLE):
             return exc.problems[0]  # the docker package is missing: the line names the install command
         # connect's line carries the engine's own words and the socket recipe: too long inside another line
-        return f"{UNREACHABLE} at {_engine_address()}: start Docker, or Podman's API (`podman system service`)"
+        where = os.environ.get("DOCKER_HOST") or "the default socket"
+        return f"{UNREACHABLE} at {where}: start Docker, or Podman's API (`podman system service`)"
     from docker.errors import ImageNotFound
 
     with contextlib.closing(client):
