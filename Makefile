@@ -26,7 +26,8 @@ if [ -f $(VENV)/pyvenv.cfg ]; then \
 clean$(if $(filter-out .venv,$(VENV)), VENV=$(VENV)), then make $(GOAL) PYTHON=$(PYTHON)" >&2; exit 2; fi; fi
 endef
 
-.PHONY: install install-dev test lint demo golden bench clean image-wan21 image-wan22 push-wan21 push-wan22 lock-weights
+.PHONY: install install-dev backends skypilot test lint demo golden bench clean image-wan21 image-wan22 push-wan21 \
+	push-wan22 lock-weights
 
 # Images: `make image-wan22 [FLAVOR=full|slim] [TASKS=all|t2v|i2v] [ENGINE=docker|podman] [REGISTRY=...]
 # [MAX_LAYER_GB=9]`; a missing images/<family>/weights.lock.json is pinned from the Hub first (commit it).
@@ -57,6 +58,16 @@ $(VENV)/.installed: pyproject.toml
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(QUIET_PIP) -e '.[dev]'
 	touch $@
+
+backends: install              ## the backends' SDKs (pyproject extras local, modal, runpod) into $(VENV)
+	$(QUIET_PIP) -e '.[local,modal,runpod]'
+
+# SkyPilot pins click<8.2, which would pull the main venv's packages back: it gets a venv of its own (as in
+# .ci/run), and `--backend skypilot` runs as .venv-skypilot/bin/launcher.
+skypilot:
+	$(PYTHON) -m venv .venv-skypilot
+	.venv-skypilot/bin/pip install --quiet --upgrade pip
+	PYTHONWARNINGS="ignore:Editable installation:UserWarning" .venv-skypilot/bin/pip install --quiet -e '.[skypilot]'
 
 test: install-dev
 	$(BIN)/pytest -q

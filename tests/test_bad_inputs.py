@@ -62,7 +62,8 @@ CASES = [
     ("unknown preset", [*RUN, "--preset", "wan22-t2v-lightnin", "--expert", "high"], None,
      ["unknown preset", "did you mean 'wan22-t2v-lightning'", "presets list"]),
     ("expert on wan21", [*T2V21, "--expert", "high"], None, ["only for Wan 2.2", "drop --expert"]),
-    ("no expert on wan22", [*RUN, "--preset", "wan22-t2v-lightning"], None, ["two experts", "--expert high"]),
+    ("project file typo", [*T2V21], lambda dataset, tmp: (tmp / "lora-gym.toml").write_text('datset = "d"\n'),
+     ["lora-gym.toml: unknown key datset", "did you mean 'dataset'", "valid keys are backend, backends, dataset"]),
     ("bad expert choice", [*T2V21, "--expert", "medium"], None, ["'medium' is not one of", "--help"]),
     ("unknown override key", [*T2V21, "--set", "train.leraning_rate=1e-4"], None,
      ["unknown override key", "did you mean 'train.learning_rate'"]),
@@ -101,8 +102,9 @@ CASES = [
     ("missing user preset", [*RUN, "--preset", "{tmp}/absent.toml"], None, ["not found", ".toml"]),
     ("copy onto existing file", ["presets", "cp", "wan21-t2v-14b", "{tmp}/mine.toml"], _existing_copy,
      ["already a file", "--force", "nothing was overwritten"]),
+    # No engine here (DOCKER_HOST below), so no local backend: the line says so and names the other backends.
     ("run without backend", ["run", "--preset", "wan21-t2v-14b", "--dataset", "{dataset}"], None,
-     ["needs a backend", "--dry-run"]),
+     ["no backend", "cannot reach Docker or Podman", "--backend modal, runpod or skypilot"]),
 ]
 
 
@@ -117,6 +119,7 @@ def test_table_has_at_least_twenty_cases():
 @pytest.mark.parametrize("argv, setup, words", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input(argv, setup, words, tmp_path, dataset, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/lora-gym-test.sock")
     if setup:
         setup(dataset, tmp_path)
     args = [a.format(dataset=dataset, tmp=tmp_path) for a in argv]

@@ -143,7 +143,7 @@ CASES = [
          ("--image applies only with --backend local, modal, runpod or skypilot", "drop --image")),
     Case("options", "--follow without a backend", [*DRY, "--follow"], ("--follow applies only with --backend",)),
     Case("options", "--output without a backend, not a dry run", [*RUN, "--output", "{tmp}/out"],
-         ("--output applies only with --backend local",)),
+         ("no backend",)),
     Case("options", "sweep --volume with local", [*SWEEP_DRY, "--backend", "local", "--output", "{tmp}/out",
                                                   "--volume", "v1"],
          ("--volume applies to --backend runpod, not local",)),

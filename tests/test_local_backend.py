@@ -138,7 +138,7 @@ def run_cli(capfd, *argv):
     return code, out, "".join(line for line in err.splitlines(keepends=True) if not line.startswith("warning: "))
 
 
-def test_cli_dry_run_prints_the_docker_command_and_needs_output(capfd, tmp_path):
+def test_cli_dry_run_prints_the_docker_command_and_needs_output(capfd, tmp_path, monkeypatch):
     base = ["run", "--preset", "wan21-t2v-1.3b", "--dataset", str(EXAMPLE_DATASET), "--backend", "local"]
     code, out, _ = run_cli(capfd, *base, "--dry-run", "--output", str(tmp_path / "o"), "--gpu-ids", "none")
     assert code == 0 and out.startswith("docker run --rm") and "--gpus" not in out
@@ -146,8 +146,9 @@ def test_cli_dry_run_prints_the_docker_command_and_needs_output(capfd, tmp_path)
     code, _, err = run_cli(capfd, *base, "--dry-run")
     assert code == 2 and err == "error: --backend local needs --output DIR: the folder on this machine where " \
                                  "each run's LoRAs and run.json are written\n"
+    monkeypatch.setenv("DOCKER_HOST", NOWHERE)  # no engine, so no local backend to fall back on
     code, _, err = run_cli(capfd, *base[:5])
-    assert code == 2 and "add --backend local" in err and len(err.splitlines()) == 1
+    assert code == 2 and "no backend (cannot reach Docker or Podman" in err and len(err.splitlines()) == 1
 
 
 def test_unreachable_engine_is_one_line_with_the_fix(capfd, tmp_path, monkeypatch):
@@ -161,9 +162,9 @@ def test_unreachable_engine_is_one_line_with_the_fix(capfd, tmp_path, monkeypatc
 
 def test_bad_input_fails_before_the_engine_is_touched(capfd, tmp_path, monkeypatch):
     monkeypatch.setenv("DOCKER_HOST", NOWHERE)
-    code, _, err = run_cli(capfd, "run", "--preset", "wan22-t2v-lightning", "--dataset", str(EXAMPLE_DATASET),
-                           "--backend", "local", "--output", str(tmp_path / "o"))
-    assert code == 2 and "add --expert high, low or both" in err and "Docker" not in err
+    code, _, err = run_cli(capfd, "run", "--preset", "wan21-t2v-1.3b", "--expert", "high", "--dataset",
+                           str(EXAMPLE_DATASET), "--backend", "local", "--output", str(tmp_path / "o"))
+    assert code == 2 and "--expert is only for Wan 2.2 presets" in err and "Docker" not in err
 
 
 # --- real containers through Podman's Docker API ------------------------------------------------------------
@@ -301,4 +302,53 @@ def test_ctrl_c_streams_to_the_last_line_then_removes_the_container_and_exits_13
     assert "stopping the container" in err and "Traceback" not in err
     # The container printed its last line a second after SIGTERM: it still reached the user.
     assert out.splitlines()[-2:] == ["[train] got TERM", "[train] last words after TERM"], out
+    assert our_containers() == []
+
+
+def test_the_promised_command_trains_in_a_folder_made_by_init(podman, capfd, monkeypatch, tmp_path):
+    """`make image-wan22 && launcher run --preset wan22-t2v-lightning --expert high`, typed as written in a folder
+    made by `launcher init` with the user's media in its dataset/: no --dataset, no --backend, no --output.
+    The image `make image-wan22` builds is stood for by the fake image relabelled as a wan22 build, at the default
+    name under a registry of this test run (the project file's `registry`); a real container runs it through
+    Podman's Docker API, its entrypoint the test double (the real trainer is tests/test_images.py's business)."""
+    registry = f"localhost/{PREFIX}"
+    wan22 = {**FAKE_LABELS, labels.FAMILY: "wan22", labels.TASKS: "all"}
+    (tmp_path / "image").mkdir()
+    _build(tmp_path / "image", labels.default_image("wan22", {labels.REGISTRY_ENV: registry}),
+           [f"FROM {TAG}", *(f'LABEL "{key}"="{value}"' for key, value in wan22.items())])
+    monkeypatch.setenv("DOCKER_HOST", podman)
+    monkeypatch.delenv(labels.REGISTRY_ENV, raising=False)
+    # Without a project file: ./dataset and the image are found, and the one thing missing is said, with its fix.
+    shutil.copytree(EXAMPLE_DATASET, tmp_path / "bare" / "dataset")
+    monkeypatch.chdir(tmp_path / "bare")
+    monkeypatch.setenv(labels.REGISTRY_ENV, registry)
+    capfd.readouterr()
+    assert main(["run", "--preset", "wan22-t2v-lightning", "--expert", "high"]) == 2
+    out, err = capfd.readouterr()
+    assert (out, err) == ("", "error: cannot start the run: no output folder (pass --output ./runs, or set output in "
+                              "lora-gym.toml); `launcher init` writes these defaults to lora-gym.toml\n")
+    assert sorted(p.name for p in (tmp_path / "bare").iterdir()) == ["dataset"]
+    monkeypatch.delenv(labels.REGISTRY_ENV)
+
+    project = tmp_path / "project"
+    project.mkdir()
+    monkeypatch.chdir(project)
+    assert main(["init"]) == 0
+    shutil.copytree(EXAMPLE_DATASET, project / "dataset", dirs_exist_ok=True)
+    settings = (project / "lora-gym.toml").read_text()
+    # This machine's Podman (4.3) takes no GPU request, and the cache volume is this test run's own.
+    settings = settings.replace('# registry = "ghcr.io/you"', f'registry = "{registry}"').replace(
+        "[backends.local]\n", f'[backends.local]\ngpu_ids = "none"\ncache_volume = "{CACHE}"\n')
+    (project / "lora-gym.toml").write_text(settings)
+    capfd.readouterr()
+
+    code = main(["run", "--preset", "wan22-t2v-lightning", "--expert", "high"])
+    out, err = capfd.readouterr()
+    assert code == 0, err
+    assert err.splitlines()[0] == (f"note: running on this machine (the local backend): {registry}/lora-gym-wan22:"
+                                   "0.1.0 is here; --backend modal, runpod or skypilot runs elsewhere")
+    assert out.splitlines()[0] == "[cache-latents] preset=wan22-t2v-lightning expert=high set="
+    # The double counts every .txt: the 6 captions and init's dataset/README.txt (which the dataset check ignores).
+    assert "[cache-latents] captions: 7" in out and out.rstrip().endswith("[train] done, exit 0")
+    assert (project / "runs" / "fake-run" / "fake-lora.safetensors").read_text() == "fake lora\n"
     assert our_containers() == []

@@ -63,14 +63,15 @@ BAD = {
     "repeated value": (["--grid", "train.seed=1,1"], "a value twice"),
     "no grid": ([], "needs a grid"),
     "too many": (["--grid", "train.seed=" + ",".join(str(n) for n in range(70))], "--yes"),
-    "no backend": (["--grid", "train.seed=1,2"], "needs a backend"),
+    "no backend": (["--grid", "train.seed=1,2"], "no backend (cannot reach Docker or Podman"),
     "bad --set": (["--grid", "train.seed=1,2", "--set", "train.seed=-1"], "train.seed"),
     "no sweep backend": (["--grid", "train.seed=1,2", "--backend", "skypilot"], "has no SkyPilot backend"),
 }
 
 
 @pytest.mark.parametrize("case", BAD, ids=list(BAD))
-def test_bad_grids_are_one_error_line_and_write_nothing(case, capsys, tmp_path):
+def test_bad_grids_are_one_error_line_and_write_nothing(case, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/lora-gym-test.sock")  # "no backend": no engine here
     args, expected = BAD[case]
     args = args + ([] if case == "no backend" else ["--dry-run"])
     before = sorted(runs.home().rglob("*")) if runs.home().exists() else []

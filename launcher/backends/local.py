@@ -35,6 +35,7 @@ SHM_SIZE = "8g"
 STOP_TIMEOUT_S = 30  # SIGTERM, then this long for the entrypoint to stop its step, then SIGKILL
 LOG_DRAIN_S = 10  # after the container stopped, how long its last log lines may take to arrive
 PODMAN_CDI_API = (5, 4)  # first Podman whose Docker API honours GPU (CDI) device requests
+UNREACHABLE = "cannot reach Docker or Podman"
 PODMAN_SOCKET_FIX = ("start Docker, or Podman's Docker API with `podman system service --time=0 "
                      "unix:///run/podman/podman.sock &` and `export DOCKER_HOST=unix:///run/podman/podman.sock`")
 
@@ -215,7 +216,7 @@ def connect():
         return client
     except (DockerException, RequestException, OSError) as exc:
         reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-        raise UserError(f"cannot reach Docker or Podman at {where} ({reason}): {PODMAN_SOCKET_FIX}") from None
+        raise UserError(f"{UNREACHABLE} at {where} ({reason}): {PODMAN_SOCKET_FIX}") from None
 
 
 def engine_of(client) -> tuple[str, tuple[int, ...]]:
@@ -225,6 +226,27 @@ def engine_of(client) -> tuple[str, tuple[int, ...]]:
             numbers = re.findall(r"\d+", component.get("Version", ""))[:3]
             return "podman", tuple(int(n) for n in numbers)
     return "docker", ()
+
+
+def image_missing(image: str, family: str) -> str | None:
+    """None when this machine's engine has `image`, else why the local backend cannot run it (one phrase):
+    how `launcher run` without --backend decides to run here."""
+    try:
+        client = connect()
+    except UserError as exc:
+        if not exc.problems[0].startswith(UNREACHABLE):
+            return exc.problems[0]  # the docker package is missing: the line names the install command
+        # connect's line carries the engine's own words and the socket recipe: too long inside another line
+        where = os.environ.get("DOCKER_HOST") or "the default socket"
+        return f"{UNREACHABLE} at {where}: start Docker, or Podman's API (`podman system service`)"
+    from docker.errors import ImageNotFound
+
+    with contextlib.closing(client):
+        try:
+            client.images.get(image)
+        except ImageNotFound:
+            return f"image {image} is not on this machine: build it with `{labels.make_command(family)}`"
+    return None
 
 
 def image_labels(client, image: str, family: str) -> dict[str, str]:

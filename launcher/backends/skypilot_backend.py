@@ -6,7 +6,7 @@ secret. Secrets are named in the task without a value, and only those set in thi
 needs (task_secrets); their values go to SkyPilot at launch only (sky_task). The run id is fixed in the task,
 so a recovered job names the same run folder in the mounted store and the entrypoint resumes it from its
 newest saved state (README: Resuming a run). The bucket and `pull`: skypilot_store.py. `sky` is imported only
-to launch and to look a run up (pip install 'lora-gym[skypilot]').
+to launch and to look a run up (`make skypilot`: SkyPilot pins click<8.2, so it gets a venv of its own).
 
 The image runs as root (images/Dockerfile): SkyPilot starts the container, runs its setup in it as root
 (`docker exec -u 0`), then reaches it over SSH as the image's default user (`whoami` in the container), and

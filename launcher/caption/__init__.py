@@ -12,6 +12,7 @@ import os
 import re
 from dataclasses import dataclass
 
+from launcher.core import extras
 from launcher.core.errors import UserError
 
 LORA_TYPES = ("character", "style", "motion", "object")
@@ -67,7 +68,7 @@ def open_provider(name: str, model: str | None, caller, env=os.environ):
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise UserError(f"the {name} client library is missing ({exc.name}): "
-                        "pip install 'lora-gym[dataset]'") from None
+                        f"{extras.install_command('dataset')}") from None
     provider = getattr(module, class_name)(api_key=key, model=model or info.default_model, caller=caller,
                                            base_url=env.get(info.base_url_var) or None)
     return provider, key

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from launcher.caption import LORA_TYPES, PROVIDERS
+from launcher.cli.project import project_defaults
 
 
 @click.command(epilog="""\b
@@ -17,7 +18,7 @@ Examples:
 \b
 Environment: GEMINI_API_KEY or REPLICATE_API_TOKEN (the key); GEMINI_BASE_URL or REPLICATE_BASE_URL
 (optional: another endpoint, such as a proxy).""")
-@click.argument("directory", type=click.Path(path_type=Path))
+@click.argument("directory", type=click.Path(path_type=Path), required=False)
 @click.option("--anchor", required=True,
               help="The word(s) the LoRA will be called by; every caption must contain it.")
 @click.option("--type", "lora_type", type=click.Choice(LORA_TYPES), default="character", show_default=True,
@@ -35,8 +36,10 @@ Environment: GEMINI_API_KEY or REPLICATE_API_TOKEN (the key); GEMINI_BASE_URL or
               help="Your own instructions instead of the built-in ones; {anchor} and {media} are filled in.")
 @click.option("--overwrite", is_flag=True, help="Caption files that already have a non-empty caption too.")
 @click.option("--dry-run", is_flag=True, help="List what would be captioned, and the prompts; send nothing.")
+@project_defaults()
 def caption(directory, anchor, lora_type, provider, model, concurrency, rpm, prompt_file, overwrite, dry_run):
-    """Write <stem>.txt beside every image and video in DIRECTORY (and its images/ and videos/)."""
+    """Write <stem>.txt beside every image and video in DIRECTORY (and its images/ and videos/); DIRECTORY
+    defaults to the project file's dataset, else ./dataset."""
     from launcher.caption import check_model, core, open_provider, prompts
     from launcher.core.errors import UserError
 

@@ -13,6 +13,7 @@ from launcher.cli.options import (
     with_gpu_memory,
     with_gpus_per_run,
 )
+from launcher.cli.project import project_defaults
 
 
 @click.group(epilog="""\b
@@ -35,7 +36,7 @@ def trainings_for(preset, expert: str | None) -> int:
 
 
 @dataset.command("check", short_help="Check a dataset against a preset before renting a GPU.")
-@click.argument("directory", type=click.Path())
+@click.argument("directory", type=click.Path(), required=False)
 @click.option("--preset", required=True, help="A preset name (see `launcher presets list`) or a .toml path.")
 @click.option("--expert", type=click.Choice(["high", "low", "both"]),
               help="Wan 2.2 only: `both` counts both trainings; without it the figures are per expert.")
@@ -45,9 +46,11 @@ def trainings_for(preset, expert: str | None) -> int:
 @click.option("--details", is_flag=True, help="Also list every image's bucket and the frames each entry takes.")
 @click.option("--headers-only", is_flag=True,
               help="Read headers only, decode no pixels: fast, but a truncated or corrupt file passes.")
+@project_defaults()
 def check(directory, preset, expert, overrides, gpu_memory, gpus_per_run, details, headers_only):
-    """Check every file of DIRECTORY against PRESET: it opens, captions, frames, fps, buckets, steps, time, and
-    whether the largest bucket fits the GPU memory (with the block swap the plan would choose).
+    """Check every file of DIRECTORY (default: the project file's dataset, else ./dataset) against PRESET: it
+    opens, captions, frames, fps, buckets, steps, time, and whether the largest bucket fits the GPU memory (with
+    the block swap the plan would choose).
 
     Prints the problems (errors and warnings) and a summary; exits 2 if there is an error.
     """

@@ -11,8 +11,10 @@ import click
 # name -> "module:attribute"; modules are imported only when their command runs or shows help.
 COMMANDS = {
     "caption": ("launcher.cli.caption_cmd:caption", "Caption every image and video (Gemini, Replicate)."),
+    "config": ("launcher.cli.project_cmd:config", "Show the defaults in effect here and where each comes from."),
     "dataset": ("launcher.cli.dataset_cmd:dataset", "Check (and prepare) a dataset before renting a GPU."),
     "mcp": ("launcher.cli.mcp_cmd:mcp", "Serve the launcher to an AI assistant (Model Context Protocol, stdio)."),
+    "init": ("launcher.cli.project_cmd:init", "Make a project here: lora-gym.toml (defaults) and dataset/."),
     "logs": ("launcher.cli.runs_cmd:logs", "Print a detached run's logs (--follow to stream them)."),
     "publish": ("launcher.cli.publish_cmd:publish", "Publish a run on the Hugging Face Hub, with a ComfyUI workflow."),
     "pull": ("launcher.cli.runs_cmd:pull", "Download a detached run's LoRAs and run.json."),
@@ -45,6 +47,7 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]},
              epilog="""\b
 Examples:
+  launcher init && launcher run --preset wan22-t2v-lightning
   launcher presets list
   launcher presets show wan22-t2v-lightning
   launcher run --preset wan22-t2v-lightning --expert high --dataset ./my-dataset --dry-run""")

@@ -11,14 +11,11 @@ Examples (an assistant's MCP configuration starts it; it reads requests on stdin
   claude mcp add lora-gym -- launcher mcp""")
 def mcp():
     """Serve the launcher's tools (presets, plan, dataset check, caption, estimate, start, status, logs, stop, pull,
-    report) and resources (preset schema, presets, docs) on stdio. Needs lora-gym[mcp]. A paid run starts only with
+    report) and resources (preset schema, presets, docs) on stdio. Needs the mcp extra. A paid run starts only with
     the estimate the user was shown passed back; see AGENTS.md."""
-    import importlib.util
+    from launcher.core import extras
 
-    from launcher.core.errors import UserError
-
-    if importlib.util.find_spec("mcp") is None:
-        raise UserError("launcher mcp needs the Model Context Protocol SDK: pip install 'lora-gym[mcp]'")
+    extras.require("mcp", {"mcp": "the Model Context Protocol SDK (mcp)"}, "launcher mcp")
     from launcher.mcp_server.server import serve
 
     return serve()

@@ -53,3 +53,9 @@ def with_gpus_per_run(overrides, gpus: int | None) -> tuple[str, ...]:
 def with_gpu_memory(overrides, gpu_memory: int | None) -> tuple[str, ...]:
     """--gpu-memory is the override resources.gpu_memory_gb, so it travels to the container with the others."""
     return (*overrides, f"resources.gpu_memory_gb={gpu_memory}") if gpu_memory else tuple(overrides)
+
+
+# Which expert learns what: Wan 2.2 denoises with the high-noise expert first, then the low-noise one.
+EXPERT_HELP = ("Wan 2.2 only: which expert to train. high: the high-noise expert (early steps: composition, motion, "
+               "layout); low: the low-noise expert (late steps: detail, texture, identity/likeness); both: cache "
+               "once, train both [default for Wan 2.2: both].")

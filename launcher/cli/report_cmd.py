@@ -6,6 +6,7 @@ import importlib.util
 
 import click
 
+from launcher.core import extras
 from launcher.core.errors import UserError
 
 
@@ -25,7 +26,8 @@ def after_pull(run_id: str, dest: str) -> list:
                       for p in Path(dest).glob(pattern)})
     if importlib.util.find_spec("matplotlib") is None:
         if folders:
-            click.echo(f"no report.html: pip install 'lora-gym[report]', then `launcher report {folders[0]}`", err=True)
+            click.echo(f"no report.html: {extras.install_command('report')}, then `launcher report {folders[0]}`",
+                       err=True)
         return []
     return [reports.write(folder) for folder in folders]
 
@@ -46,7 +48,7 @@ def report(run_dir, dits):
     from launcher import report as reports
 
     if importlib.util.find_spec("matplotlib") is None:
-        raise UserError("the report's loss plot needs matplotlib: pip install 'lora-gym[report]'")
+        raise UserError(f"the report's loss plot needs matplotlib: {extras.install_command('report')}")
     checks = loracheck.recheck(run_dir, dits)
     click.echo(str(reports.write(run_dir, checks)))
     for step, outcome in sorted(checks.items()):

@@ -9,6 +9,7 @@ import click
 from launcher.backends import backend_names
 from launcher.cli.backend_options import gpu_ids_option, refuse_misplaced, renamed_gpus_option
 from launcher.cli.options import (
+    EXPERT_HELP,
     Finite,
     gpu_memory_option,
     gpus_per_run_option,
@@ -16,10 +17,12 @@ from launcher.cli.options import (
     with_gpu_memory,
     with_gpus_per_run,
 )
+from launcher.cli.project import project_defaults, say_notes
 
 
 @click.command(epilog="""\b
 Examples:
+  launcher init && launcher run --preset wan22-t2v-lightning
   launcher run --preset wan22-t2v-lightning --expert high --dataset ./my-dataset --dry-run
   launcher run --preset wan21-t2v-1.3b --dataset ./my-dataset --set train.max_train_epochs=20 --dry-run
   launcher run --preset wan21-t2v-14b --dataset ./my-dataset --gpu-memory 24 --dry-run
@@ -28,10 +31,10 @@ Examples:
   launcher run --preset wan21-t2v-1.3b --dataset ./my-dataset --output ./runs --backend local
   launcher run --preset wan21-t2v-1.3b --dataset ./my-dataset --samples prompts.txt --set samples.every=1 --dry-run""")
 @click.option("--preset", required=True, help="A preset name (see `launcher presets list`) or a .toml path.")
-@click.option("--expert", type=click.Choice(["high", "low", "both"]),
-              help="Wan 2.2 only: which expert to train; `both` caches once and trains both.")
-@click.option("--dataset", "dataset_dir", required=True, type=click.Path(),
-              help="Folder of images/videos with a .txt caption beside each (or images/ and videos/).")
+@click.option("--expert", type=click.Choice(["high", "low", "both"]), help=EXPERT_HELP)
+@click.option("--dataset", "dataset_dir", type=click.Path(),
+              help="Folder of images/videos with a .txt caption beside each (or images/ and videos/) "
+                   "[default: the project file's dataset, else ./dataset when it exists].")
 @set_option
 @gpu_memory_option
 @click.option("--samples", "samples_file", type=click.Path(dir_okay=False),
@@ -39,7 +42,8 @@ Examples:
                    "the dataset folder; I2V needs one).")
 @gpus_per_run_option
 @click.option("--backend", type=click.Choice(backend_names()),
-              help="Where to run: local = this machine's Docker or Podman. With --dry-run: show how.")
+              help="Where to run: local = this machine's Docker or Podman. With --dry-run: show how. "
+                   "[default: the project file's backend, else local when the preset's image is here].")
 @click.option("--output", type=click.Path(file_okay=False),
               help="local: folder for the run folders (LoRAs, run.json); created if missing.")
 @click.option("--image", help="Any backend: image tag or digest to run instead of lora-gym-<family>:<version>.")
@@ -62,21 +66,19 @@ Examples:
               help="Output format of --dry-run: json is one document (the plan, and with --backend what it sends).")
 @click.option("--no-check", is_flag=True,
               help="Skip the media check (files open, frames, fps) run before launching; --dry-run skips it too.")
+@project_defaults(auto=True)
 def run(preset, expert, dataset_dir, overrides, gpu_memory, gpus_per_run, samples_file, backend, output, image,
         gpus, cache_volume, gpu_type, follow, max_hours, max_cost, volume, spot, dry_run, fmt, no_check):
     """Plan a LoRA training run from PRESET on a dataset folder, and run it with --backend."""
     from launcher.backends import LaunchOptions, load_backend, require_sdk
     from launcher.cli import render
-    from launcher.core.errors import UserError
 
     refuse_misplaced(backend, backend_names())
     if backend and not dry_run:
         require_sdk(backend)
     job = build_job(preset, expert, dataset_dir, overrides, gpu_memory, gpus_per_run, samples_file)
-    if backend is None:
-        if not dry_run:
-            raise UserError("running needs a backend: add --backend local (Docker or Podman on this machine), "
-                            "or --dry-run to see the plan")
+    say_notes()
+    if backend is None:  # only with --dry-run: without it, project_defaults picked a backend or refused
         click.echo(render.as_json(job) if fmt == "json" else render.as_text(job))
         return 0
     options = LaunchOptions(dataset=dataset_dir, output=output, image=image, gpus=gpus, cache_volume=cache_volume,

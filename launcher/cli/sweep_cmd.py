@@ -13,6 +13,7 @@ from launcher.cli.options import (
     with_gpu_memory,
     with_gpus_per_run,
 )
+from launcher.cli.project import project_defaults, say_notes
 
 SWEEP_BACKENDS = ["local", "modal", "runpod"]  # each has a launcher/sweep/<name>_sweep.py
 REFUSED_BACKENDS = ["skypilot"]  # accepted by --backend only to say why not: launcher/sweep/skypilot_sweep.py
@@ -29,8 +30,10 @@ Examples:
   launcher pull SWEEP_ID ./runs""")
 @click.option("--preset", required=True, help="A preset name (see `launcher presets list`) or a .toml path.")
 @click.option("--expert", type=click.Choice(["high", "low", "both"]),
-              help="Wan 2.2 only: which expert each run trains; `both`: two runs per combination, one cache pass.")
-@click.option("--dataset", "dataset_dir", required=True, type=click.Path(), help="The dataset folder, as for run.")
+              help="Wan 2.2 only: which expert each run trains (high: composition, motion, layout; low: detail, "
+                   "texture, identity); `both`: two runs per combination, one cache pass [default for Wan 2.2].")
+@click.option("--dataset", "dataset_dir", type=click.Path(),
+              help="The dataset folder, as for run [default: the project file's, else ./dataset when it exists].")
 @click.option("--grid", "grid_options", multiple=True, metavar="KEY=V1,V2,...",
               help="A preset key and its values (repeatable); one run per combination of all of them.")
 @click.option("--grid-file", type=click.Path(dir_okay=False),
@@ -53,11 +56,11 @@ Examples:
 @click.option("--volume", help="runpod: network volume id (default: the family's volume).")
 @click.option("--dry-run", is_flag=True, help="Print the runs, the cache passes and what the backend would start.")
 @click.option("--no-check", is_flag=True, help="Skip the media check (and so the cost estimate) before launching.")
+@project_defaults(auto=True)
 def sweep(preset, expert, dataset_dir, grid_options, grid_file, yes, overrides, gpu_memory, gpus_per_run, backend,
           output, image, gpus, cache_volume, gpu_type, max_hours, max_cost, volume, dry_run, no_check):
     """Train one LoRA per combination of the --grid values: the caches once, then every run."""
     from launcher.backends import LaunchOptions, require_sdk
-    from launcher.core.errors import UserError
     from launcher.sweep import grid
     from launcher.sweep.prepare import describe, prepare_sweep
 
@@ -66,12 +69,11 @@ def sweep(preset, expert, dataset_dir, grid_options, grid_file, yes, overrides, 
     refuse_misplaced(backend, SWEEP_BACKENDS)
     if backend and not dry_run:
         require_sdk(backend)
-    if backend is None and not dry_run:
-        raise UserError("a sweep needs a backend: add --backend local, modal or runpod, or --dry-run to see it")
     axes = grid.combine(grid_options, grid_file)
     grid.check_fixed(axes, _fixed_keys(overrides, gpu_memory, gpus_per_run))
     base = with_gpus_per_run(with_gpu_memory(overrides, gpu_memory), gpus_per_run)
     planned = prepare_sweep(preset, expert, base, dataset_dir, axes, yes)
+    say_notes()
     if backend is None:
         click.echo("\n".join(describe(planned)))
         return 0
