@@ -62,6 +62,7 @@ Examples:
 def run(preset, expert, dataset_dir, overrides, gpu_memory, gpus_per_run, samples_file, backend, output, image,
         gpus, cache_volume, gpu_type, follow, max_hours, max_cost, volume, spot, dry_run, fmt, no_check):
     """Plan a LoRA training run from PRESET on a dataset folder, and run it with --backend."""
+    from launcher import estimate
     from launcher.backends import LaunchOptions, load_backend
     from launcher.cli import render
     from launcher.core.errors import UserError
@@ -71,7 +72,7 @@ def run(preset, expert, dataset_dir, overrides, gpu_memory, gpus_per_run, sample
         if not dry_run:
             raise UserError("running needs a backend: add --backend local (Docker or Podman on this machine), "
                             "or --dry-run to see the plan")
-        click.echo(render.as_json(job) if fmt == "json" else render.as_text(job))
+        click.echo(render.as_json(job) if fmt == "json" else render.plan_text(job, click.get_current_context()))
         return 0
     options = LaunchOptions(dataset=dataset_dir, output=output, image=image, gpus=gpus, cache_volume=cache_volume,
                             gpu_type=gpu_type, follow=follow, max_hours=max_hours, max_cost=max_cost, volume=volume,
@@ -81,8 +82,9 @@ def run(preset, expert, dataset_dir, overrides, gpu_memory, gpus_per_run, sample
     if dry_run and fmt == "json":
         click.echo(json.dumps(plan_document(job, backend, options), indent=2))
         return 0
-    if dry_run:
+    if dry_run:  # the estimate after the dry run: RunPod's prices from the offline catalog it sets
         click.echo(chosen.dry_run(job, options))
+        click.echo(estimate.run_line(backend, chosen, job, options) + render.next_step(click.get_current_context()))
         return 0
     warnings, seconds = ([], None) if no_check else check_media(job, expert, dataset_dir)
     for warning in warnings:
@@ -145,11 +147,14 @@ def build_job(preset, expert, dataset_dir, overrides, gpu_memory=None, gpus_per_
 
 def plan_document(job, backend: str, options) -> dict:
     """`run --dry-run --backend B --format json`: the plan and what the backend would send, one document."""
+    from launcher import estimate
     from launcher.backends import load_backend
     from launcher.cli import render
 
-    return {"plan": render.plan_data(job), "backend": backend,
-            "launch": load_backend(backend).dry_run_data(job, options)}
+    chosen = load_backend(backend)
+    launch = chosen.dry_run_data(job, options)  # first: RunPod's quote then prices from its offline catalog
+    return {"plan": render.plan_data(job), "backend": backend, "launch": launch,
+            "estimate": estimate.run_line(backend, chosen, job, options)}
 
 
 def check_media(job, expert: str | None, dataset_dir: str) -> tuple[list[str], float]:

@@ -68,14 +68,16 @@ def sweep(preset, expert, dataset_dir, grid_options, grid_file, yes, overrides, 
     base = with_gpus_per_run(with_gpu_memory(overrides, gpu_memory), gpus_per_run)
     planned = prepare_sweep(preset, expert, base, dataset_dir, axes, yes)
     if backend is None:
-        click.echo("\n".join(describe(planned)))
+        click.echo("\n".join([*describe(planned), _footer(None, None, planned, None, "modal or runpod",
+                                                           backend="local")]))
         return 0
     options = LaunchOptions(dataset=dataset_dir, output=output, image=image, gpus=gpus, cache_volume=cache_volume,
                             gpu_type=gpu_type, max_hours=max_hours, max_cost=max_cost, volume=volume)
     module = _module(backend)
     # The plan is printed only once the backend's checks passed: its dry run makes them all, a launch the
     # module's check (image, credentials, GPU), so a refusal is the only output.
-    backend_text = module.dry_run(planned, options) if dry_run else None
+    backend_text = module.dry_run(planned, options) + "\n" + _footer(backend, module, planned, options) \
+        if dry_run else None
     if not dry_run and hasattr(module, "check"):
         module.check(planned, options)
     click.echo("\n".join(describe(planned)))
@@ -85,6 +87,15 @@ def sweep(preset, expert, dataset_dir, grid_options, grid_file, yes, overrides, 
     if hasattr(module, "quotes"):
         options = _budget(module, planned, options, dataset_dir, no_check)
     return module.launch(planned, options)
+
+
+def _footer(chosen, module, planned, options, others: str = "", **add) -> str:
+    """A sweep dry run's last lines: its estimate and the command that starts it."""
+    from launcher import estimate
+    from launcher.cli import render
+
+    return estimate.sweep_line(chosen, module, planned, options) + \
+        render.next_step(click.get_current_context(), others, **add)
 
 
 def _module(backend: str):
