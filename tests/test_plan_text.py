@@ -20,11 +20,20 @@ DEMO = ["run", "--preset", "wan22-t2v-lightning", "--expert", "high", "--dataset
 IMAGE = "ghcr.io/you/lora-gym-wan22:0.1.0"
 
 
-def cli(capsys, *args):
+def cli(capsys, *args, stream: str = "out"):
     code = main(list(args))
     out, err = capsys.readouterr()
     assert code == 0, err
-    return out
+    return out if stream == "out" else err
+
+
+def backend_cli(capsys, *args) -> tuple[str, str]:
+    """A dry run with --backend: stdout is the platform's request alone, the estimate and next step on stderr."""
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "estimate: " not in out and "Next: " not in out
+    return out, err
 
 
 def test_the_demo_plan_fits_a_screen_and_shows_each_command_once(capsys):
@@ -90,7 +99,7 @@ def test_a_cloud_dry_run_prices_the_run_without_a_key(capsys, monkeypatch, backe
     monkeypatch.setenv("RUNPOD_API_BASE_URL", "http://127.0.0.1:9")
     args = ["run", "--preset", "wan22-t2v-lightning", "--expert", "both", "--dataset", str(EXAMPLE_DATASET),
             "--dry-run", "--backend", backend, "--image", IMAGE]
-    out = cli(capsys, *args)
+    _, out = backend_cli(capsys, *args)
     line = next(x for x in out.splitlines() if x.startswith("estimate: "))
     hours, rate, gpus, usd = priced(line)
     assert gpus == 2 and usd > 0 and usd == pytest.approx(hours * rate * gpus, abs=0.05 * rate * gpus)  # ~H.H h
@@ -104,8 +113,8 @@ def test_a_cloud_dry_run_prices_the_run_without_a_key(capsys, monkeypatch, backe
 @pytest.mark.parametrize("backend, price", [("local", "$0, this machine's own GPU"),
                                             ("skypilot", "SkyPilot picks the cloud")])
 def test_unpriced_backends_say_gpu_hours_and_why_no_price(capsys, tmp_path, backend, price):
-    out = cli(capsys, "run", "--preset", "wan21-t2v-14b", "--dataset", str(EXAMPLE_DATASET), "--dry-run",
-              "--backend", backend, "--image", IMAGE.replace("22", "21"), "--output", str(tmp_path))
+    _, out = backend_cli(capsys, "run", "--preset", "wan21-t2v-14b", "--dataset", str(EXAMPLE_DATASET), "--dry-run",
+                         "--backend", backend, "--image", IMAGE.replace("22", "21"), "--output", str(tmp_path))
     line = next(x for x in out.splitlines() if x.startswith("estimate: "))
     assert re.match(r"estimate: ~[\d.]+ h on 1 x 80 GB class GPU = [\d.]+ GPU-hours", line) and price in line
 
@@ -115,7 +124,7 @@ def test_every_sweep_dry_run_ends_with_its_estimate_and_next_command(capsys, tmp
     args = ["sweep", "--preset", "wan21-t2v-1.3b", "--dataset", str(EXAMPLE_DATASET), "--grid",
             "train.max_train_epochs=10,40", "--dry-run", "--image", IMAGE.replace("22", "21"), "--output",
             str(tmp_path)] + (["--backend", backend] if backend else [])
-    out = cli(capsys, *args)
+    out = backend_cli(capsys, *args)[1] if backend else cli(capsys, *args)
     line = next(x for x in out.splitlines() if x.startswith("estimate: "))
     assert line.startswith("estimate: 2 runs + 1 cache pass, ~") and "GPU-hours" in line
     if backend in ("modal", "runpod"):

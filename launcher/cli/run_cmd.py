@@ -82,9 +82,10 @@ def run(preset, expert, dataset_dir, overrides, gpu_memory, gpus_per_run, sample
     if dry_run and fmt == "json":
         click.echo(json.dumps(plan_document(job, backend, options), indent=2))
         return 0
-    if dry_run:  # the estimate after the dry run: RunPod's prices from the offline catalog it sets
-        click.echo(chosen.dry_run(job, options))
-        click.echo(estimate.run_line(backend, chosen, job, options) + render.next_step(click.get_current_context()))
+    if dry_run:  # stdout stays what the platform takes (JSON, YAML, a shell command); the estimate, made after
+        click.echo(chosen.dry_run(job, options))  # it (RunPod's prices: the offline catalog it sets), to stderr
+        click.echo(estimate.run_line(backend, chosen, job, options) + render.next_step(click.get_current_context()),
+                   err=True)
         return 0
     warnings, seconds = ([], None) if no_check else check_media(job, expert, dataset_dir)
     for warning in warnings:

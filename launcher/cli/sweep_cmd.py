@@ -76,13 +76,14 @@ def sweep(preset, expert, dataset_dir, grid_options, grid_file, yes, overrides, 
     module = _module(backend)
     # The plan is printed only once the backend's checks passed: its dry run makes them all, a launch the
     # module's check (image, credentials, GPU), so a refusal is the only output.
-    backend_text = module.dry_run(planned, options) + "\n" + _footer(backend, module, planned, options) \
-        if dry_run else None
+    backend_text = module.dry_run(planned, options) if dry_run else None
+    footer = _footer(backend, module, planned, options) if dry_run else None
     if not dry_run and hasattr(module, "check"):
         module.check(planned, options)
     click.echo("\n".join(describe(planned)))
-    if dry_run:
+    if dry_run:  # as `run`: the estimate and the next command to stderr, stdout stays the backend's request
         click.echo(backend_text)
+        click.echo(footer, err=True)
         return 0
     if hasattr(module, "quotes"):
         options = _budget(module, planned, options, dataset_dir, no_check)
