@@ -41,12 +41,18 @@ def argv_lines(argv, run_dir: str | None = None, width: int = WIDTH - 5) -> list
     while len(groups) > 1 and not groups[0].endswith(".py") and "-m lora_gym_entrypoint" not in groups[0] \
             and "/musubi_tuner/" not in groups[0]:
         groups[0] += " " + groups.pop(1)
+    return packed(groups, width, "    ")
+
+
+def packed(groups: list[str], width: int, indent: str) -> list[str]:
+    """`groups` joined by spaces into lines of at most `width` characters, never splitting a group; every line
+    after the first starts with `indent`."""
     lines = [groups[0]]
     for group in groups[1:]:
         if len(lines[-1]) + 1 + len(group) <= width:
             lines[-1] += " " + group
         else:
-            lines.append("    " + group)
+            lines.append(indent + group)
     return lines
 
 
@@ -113,10 +119,18 @@ def _same_shape(a, b) -> bool:
                                                    if x.startswith("--") or y.startswith("--"))
 
 
-def _changing_flags(argvs) -> str:
-    first = argvs[0]
-    return ", ".join(first[i - 1] for i in range(1, len(first))
-                     if any(argv[i] != first[i] for argv in argvs[1:]) and first[i - 1].startswith("--"))
+def _changed_flags(shown, argvs) -> list[str]:
+    return [shown[i - 1] for i in range(1, len(shown))
+            if shown[i - 1].startswith("--") and any(argv[i] != shown[i] for argv in argvs)]
+
+
+def _changes(shown, argv, run_dir: str) -> list[str]:
+    """How `argv` differs from the command `shown`: its new values as `--flag value`, a path only by its flag
+    (the other expert's weights and caches, say)."""
+    values = {flag: argv[shown.index(flag) + 1] for flag in _changed_flags(shown, [argv])}
+    plain = [f"{flag} {quoted(value, run_dir)}" for flag, value in values.items() if "/" not in value]
+    paths = [flag for flag, value in values.items() if "/" in value]
+    return plain + ([("and other " if plain else "other ") + ", ".join(paths)] if paths else [])
 
 
 def _title(steps, numbers: str) -> str:
@@ -134,12 +148,14 @@ def steps_lines(steps, run_dir: str) -> list[str]:
         numbers = str(group[0] + 1) + (f"-{group[-1] + 1}" if len(group) > 1 else "")
         notes = ["skipped when its cache exists"] * bool(members[0].markers)
         earlier = next((n for n, step in shown if _same_shape(step, members[0])), None)
-        if earlier is not None:
-            changes = _changing_flags([steps[earlier - 1].argv, *(s.argv for s in members)])
-            out.append(f"  {_title(members, numbers)}: step {earlier}'s command with other {changes}")
+        if earlier is not None and len(members) == 1:
+            changes = _changes(steps[earlier - 1].argv, members[0].argv, run_dir)
+            out += packed([f"  {_title(members, numbers)}: step {earlier}'s command with", *changes], WIDTH,
+                          "     ")
             continue
         if len(members) > 1:
-            notes.append(f"shown: the first; the others change {_changing_flags([s.argv for s in members])}")
+            changed = ", ".join(_changed_flags(members[0].argv, [s.argv for s in members[1:]]))
+            notes.append(f"shown: the first; the others change {changed}")
         out.append(f"  {_title(members, numbers)}" + (f"  ({'; '.join(notes)})" if notes else ""))
         lines = argv_lines(members[0].argv, run_dir)
         out += ["     " + line for line in [line + " \\" for line in lines[:-1]] + lines[-1:]]
