@@ -120,16 +120,21 @@ def _same_shape(a, b) -> bool:
 
 
 def _changed_flags(shown, argvs) -> list[str]:
-    return [shown[i - 1] for i in range(1, len(shown))
+    return [flag for flag, _ in _changed(shown, argvs)]
+
+
+def _changed(shown, argvs) -> list[tuple[str, str]]:
+    """(flag, value in the last of `argvs`) wherever an option's value differs from the command `shown`."""
+    return [(shown[i - 1], argvs[-1][i]) for i in range(1, len(shown))
             if shown[i - 1].startswith("--") and any(argv[i] != shown[i] for argv in argvs)]
 
 
 def _changes(shown, argv, run_dir: str) -> list[str]:
     """How `argv` differs from the command `shown`: its new values as `--flag value`, a path only by its flag
     (the other expert's weights and caches, say)."""
-    values = {flag: argv[shown.index(flag) + 1] for flag in _changed_flags(shown, [argv])}
-    plain = [f"{flag} {quoted(value, run_dir)}" for flag, value in values.items() if "/" not in value]
-    paths = [flag for flag, value in values.items() if "/" in value]
+    values = _changed(shown, [argv])
+    plain = [f"{flag} {quoted(value, run_dir)}" for flag, value in values if "/" not in value]
+    paths = [flag for flag, value in values if "/" in value]
     return plain + ([("and other " if plain else "other ") + ", ".join(paths)] if paths else [])
 
 
