@@ -35,11 +35,15 @@ class Estimate:
     def usd(self) -> float:
         return self.hours * self.quote.usd_per_hour * self.quote.gpus
 
-    def line(self) -> str:
+    @property
+    def gpu_hours(self) -> float:
+        return self.hours * self.quote.gpus
+
+    def line(self, basis: str = "time is an estimate, +-50%") -> str:
         q = self.quote
         gpus = f"{q.gpus} x " if q.gpus > 1 else ""
         return (f"estimate: ~{self.hours:.1f} h on {gpus}{q.gpu} at ${q.usd_per_hour:.2f}/h = ${self.usd:.2f} "
-                f"(time is an estimate, +-50%; price: {q.source or 'see README'})")
+                f"({self.gpu_hours:.1f} GPU-hours; {basis}; price: {q.source or 'see README'})")
 
 
 def estimate(training_seconds: float, quote: Quote) -> Estimate:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import tomllib
 
 import pytest
@@ -81,9 +82,10 @@ def test_dry_run_json_has_steps_with_complete_argv_and_dataset_config(capsys):
 def test_dry_run_text_is_copy_pasteable_shell(capsys):
     code, out, _ = run_cli(capsys, "run", "--preset", "wan21-t2v-14b", "--dataset", str(EXAMPLE_DATASET), "--dry-run")
     assert code == 0
-    train = out.split("3. train", 1)[1]
-    assert "accelerate launch" in train and train.count(" \\\n") > 20
-    assert "--mixed_precision bf16" in train
+    train = out.split("3. train", 1)[1].split("\n  4. ", 1)[0]
+    argv = shlex.split(train.replace(" \\\n", " "))  # one command, its lines joined by the shell's `\`
+    assert argv[:2] == ["accelerate", "launch"] and argv[argv.index("--mixed_precision", 3) + 1] == "bf16"
+    assert train.count(" \\\n") > 5 and "$RUN/dataset.toml" in argv  # RUN: the run folder, set in the header
 
 
 def test_help_pages_end_with_examples(capsys):

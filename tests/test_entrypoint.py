@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -209,6 +210,17 @@ def test_dry_run_prints_the_plan_and_writes_nothing(box):
     assert result.returncode == 0, result.stderr
     assert "--max_train_epochs 7" in result.stdout
     assert box.runs() == [] and not box.cache.exists()
+
+
+def test_lora_gym_set_takes_a_video_entry_by_name_as_the_launcher_does(box):
+    result = box.run(box.env("wan21-t2v-14b", LORA_GYM_DRY_RUN="1",
+                             LORA_GYM_SET="dataset.videos.uniform.resolution=640x368"))
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"videos +\S+ +640x368, 45 frames \(uniform", result.stdout)
+    wrong = box.run(box.env("wan21-t2v-14b", LORA_GYM_DRY_RUN="1", LORA_GYM_SET="dataset.videos.nope.num_repeats=2"))
+    assert wrong.returncode == 2 and wrong.stderr.strip().splitlines() == [
+        "error: dataset.videos.nope.num_repeats: no dataset.videos entry is named 'nope': use one of head, uniform or "
+        "an index from 0"]
 
 
 def test_arguments_are_executed_instead_of_the_job(box):

@@ -42,16 +42,25 @@ def preset_rows() -> list[dict]:
     return rows
 
 
-@presets.command("show")
+@presets.command("show", epilog="""\b
+Examples:
+  launcher presets show wan22-t2v-lightning
+  launcher presets show wan22-t2v-lightning --keys
+  launcher presets show wan22-t2v-lightning --keys --set dataset.videos.uniform.resolution=640x368""")
 @click.argument("preset")
 @set_option
-def show(preset, overrides):
+@click.option("--keys", is_flag=True,
+              help="One line per key --set takes: its dotted name, value, and what it accepts (from the schema).")
+def show(preset, overrides, keys):
     """The fully resolved values of PRESET (defaults filled in, overrides applied), as TOML."""
     import tomli_w
 
     from launcher.core.presets import load_preset
 
     loaded = load_preset(preset, overrides)
+    if keys:
+        click.echo("\n".join(key_lines(loaded.preset)))
+        return
     click.echo(f"# {loaded.origin}, resolved (sha256 {loaded.content_hash[:12]})")
     click.echo(tomli_w.dumps(loaded.preset.model_dump(mode="json", exclude_none=True)), nl=False)
     p = loaded.preset
@@ -95,3 +104,15 @@ def renamed_preset(text: str, stem: str) -> str:
     name = re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-._")[:100] or "my-preset"
     line = re.compile(r'^name\s*=\s*"[^"\n]*"[ \t]*$', re.MULTILINE)
     return line.sub(f'name = "{name}"', text, count=1) if line.search(text) else f'name = "{name}"\n{text}'
+
+
+def key_lines(preset) -> list[str]:
+    """`presets show --keys`: aligned KEY, VALUE, ACCEPTS columns; a long value gets the rest of its line."""
+    from launcher.core.preset_keys import settable_keys
+
+    rows = [(k.key, k.value, k.accepts) for k in settable_keys(preset)]
+    key_width = max(len(r[0]) for r in rows)
+    value_width = min(24, max(len(r[1]) for r in rows))
+    header = f"{'KEY':<{key_width}}  {'VALUE':<{value_width}}  ACCEPTS"
+    return [header] + [f"{key:<{key_width}}  {value:<{value_width}}  {accepts}" for key, value, accepts in rows] + \
+        ["# --set KEY=VALUE takes these keys; an entry of dataset.videos goes by its name or its index (from 0)"]

@@ -70,6 +70,7 @@ Examples:
 def run(preset, expert, dataset_dir, overrides, gpu_memory, gpus_per_run, samples_file, backend, output, image,
         gpus, cache_volume, gpu_type, follow, max_hours, max_cost, volume, spot, dry_run, fmt, no_check):
     """Plan a LoRA training run from PRESET on a dataset folder, and run it with --backend."""
+    from launcher import estimate
     from launcher.backends import LaunchOptions, load_backend, require_sdk
     from launcher.cli import render
 
@@ -79,17 +80,23 @@ def run(preset, expert, dataset_dir, overrides, gpu_memory, gpus_per_run, sample
     job = build_job(preset, expert, dataset_dir, overrides, gpu_memory, gpus_per_run, samples_file)
     say_notes()
     if backend is None:  # only with --dry-run: without it, project_defaults picked a backend or refused
-        click.echo(render.as_json(job) if fmt == "json" else render.as_text(job))
+        click.echo(render.as_json(job) if fmt == "json" else render.plan_text(job, click.get_current_context()))
         return 0
     options = LaunchOptions(dataset=dataset_dir, output=output, image=image, gpus=gpus, cache_volume=cache_volume,
                             gpu_type=gpu_type, follow=follow, max_hours=max_hours, max_cost=max_cost, volume=volume,
                             spot=spot)
     chosen = load_backend(backend)
     if dry_run:  # the whole text first: a value it refuses leaves nothing printed
-        text = json.dumps(plan_document(job, backend, options), indent=2) if fmt == "json" else \
-            chosen.dry_run(job, options)
+        footer = None
+        if fmt == "json":
+            text = json.dumps(plan_document(job, backend, options), indent=2)
+        else:  # stdout stays what the platform takes (JSON, YAML, a shell command); the estimate, made after it
+            text = chosen.dry_run(job, options)  # (RunPod's prices: the offline catalog it sets), goes to stderr
+            footer = estimate.run_line(backend, chosen, job, options) + render.next_step(click.get_current_context())
         _note_hour_limit(job, max_hours)
         click.echo(text)
+        if footer:
+            click.echo(footer, err=True)
         return 0
     chosen.check(job, options)  # every value handed to the engine or platform, before anything is printed
     _note_hour_limit(job, max_hours)
@@ -154,11 +161,14 @@ def build_job(preset, expert, dataset_dir, overrides, gpu_memory=None, gpus_per_
 
 def plan_document(job, backend: str, options) -> dict:
     """`run --dry-run --backend B --format json`: the plan and what the backend would send, one document."""
+    from launcher import estimate
     from launcher.backends import load_backend
     from launcher.cli import render
 
-    return {"plan": render.plan_data(job), "backend": backend,
-            "launch": load_backend(backend).dry_run_data(job, options)}
+    chosen = load_backend(backend)
+    launch = chosen.dry_run_data(job, options)  # first: RunPod's quote then prices from its offline catalog
+    return {"plan": render.plan_data(job), "backend": backend, "launch": launch,
+            "estimate": estimate.run_line(backend, chosen, job, options)}
 
 
 def check_media(job, expert: str | None, dataset_dir: str) -> tuple[list[str], float]:

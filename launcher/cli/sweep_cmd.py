@@ -75,7 +75,8 @@ def sweep(preset, expert, dataset_dir, grid_options, grid_file, yes, overrides, 
     planned = prepare_sweep(preset, expert, base, dataset_dir, axes, yes)
     say_notes()
     if backend is None:
-        click.echo("\n".join(describe(planned)))
+        click.echo("\n".join([*describe(planned), _footer(None, None, planned, None, "modal or runpod",
+                                                           backend="local")]))
         return 0
     options = LaunchOptions(dataset=dataset_dir, output=output, image=image, gpus=gpus, cache_volume=cache_volume,
                             gpu_type=gpu_type, max_hours=max_hours, max_cost=max_cost, volume=volume)
@@ -83,13 +84,15 @@ def sweep(preset, expert, dataset_dir, grid_options, grid_file, yes, overrides, 
     # The plan is printed only once every check passed: the backend's dry run makes them all; a launch makes the
     # module's check (image, GPU ids, volumes, credentials, GPU type) and the budget, so a refusal is the only output.
     backend_text = module.dry_run(planned, options) if dry_run else None
+    footer = _footer(backend, module, planned, options) if dry_run else None
     if not dry_run:
         module.check(planned, options)
     estimate = _budget(module, planned, options, dataset_dir, no_check) if not dry_run and hasattr(
         module, "quotes") else []
     click.echo("\n".join(describe(planned)))
-    if dry_run:
+    if dry_run:  # as `run`: the estimate and the next command to stderr, stdout stays the backend's request
         click.echo(backend_text)
+        click.echo(footer, err=True)
         return 0
     for line in estimate:
         click.echo(line, err=True)
@@ -101,6 +104,15 @@ def _fixed_keys(overrides, gpu_memory, gpus_per_run) -> list[tuple[str, str]]:
     fixed = [(o.partition("=")[0].strip(), f"--set {o.partition('=')[0].strip()}") for o in overrides]
     fixed += [("resources.gpu_memory_gb", "--gpu-memory")] if gpu_memory else []
     return fixed + ([("resources.gpus", "--gpus-per-run")] if gpus_per_run else [])
+
+
+def _footer(chosen, module, planned, options, others: str = "", **add) -> str:
+    """A sweep dry run's last lines: its estimate and the command that starts it."""
+    from launcher import estimate
+    from launcher.cli import render
+
+    return estimate.sweep_line(chosen, module, planned, options) + \
+        render.next_step(click.get_current_context(), others, **add)
 
 
 def _module(backend: str):

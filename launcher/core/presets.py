@@ -121,7 +121,7 @@ def _annotation_at(path: list[str]):
             dotted = ".".join(path)
             prefix = ".".join(path[:depth]) + ("." if depth else "")
             raise UserError(f"unknown override key {dotted!r}{closest(dotted, _keys_at(annotation, prefix))}: "
-                            "see `launcher presets show NAME` for the keys")
+                            "see `launcher presets show NAME --keys` for the keys")
         annotation = child
     return annotation
 
@@ -289,10 +289,47 @@ def apply_overrides(raw: dict, overrides: typing.Iterable[str]) -> dict:
         path = key.split(".")
         if len(path) > MAX_KEY_DEPTH or len(key) > 200:
             raise UserError(f"override key {key[:40]!r}... is longer than any preset key: see "
-                            "`launcher presets show NAME` for the keys")
+                            "`launcher presets show NAME --keys` for the keys")
+        path = _indexed(result, path, key)
         annotation = _annotation_at(path)
         _assign(result, path, _coerce_text(annotation, key, value.strip(), _current(result, path)), key)
     return result
+
+
+def _named_entries(annotation) -> bool:
+    """Whether `annotation` is a list of tables with a `name` (dataset.videos): its entries go by name too."""
+    base = _unwrap(annotation)
+    item = typing.get_args(base)[0] if typing.get_origin(base) is list else None
+    return _is_model(item) and "name" in item.model_fields
+
+
+def _indexed(raw: dict, path: list[str], key: str) -> list[str]:
+    """`path` with a list entry's name in place of its index (dataset.videos.uniform -> dataset.videos.1),
+    looked up in `raw` as the overrides so far left it (defaults filled in); a name no entry has fails."""
+    node, annotation, result = raw, Preset, []
+    for depth, segment in enumerate(path):
+        if _named_entries(annotation) and not segment.isdigit():
+            names = [entry.get("name") for entry in node if isinstance(entry, dict)] if isinstance(node, list) else []
+            if segment not in names:
+                where = ".".join(path[:depth])
+                raise UserError(f"{key}: no {where} entry is named {segment!r}{closest(segment, names)}: use one of "
+                                f"{', '.join(map(str, names)) or '(none)'} or an index from 0")
+            segment = str(names.index(segment))
+        child = _child(annotation, segment)
+        if child is None:  # not a key: _annotation_at says so, with a suggestion
+            return result + [segment] + path[depth + 1:]
+        node = _peek(node, segment, annotation)
+        annotation, result = child, [*result, segment]
+    return result
+
+
+def _peek(node, segment: str, annotation):
+    """`node[segment]` without changing anything: the schema default where the preset leaves it out."""
+    if isinstance(node, list):
+        return node[int(segment)] if int(segment) < len(node) else None
+    if isinstance(node, dict):
+        return node[segment] if node.get(segment) is not None else _default_at(annotation, segment)
+    return None
 
 
 # --- validation --------------------------------------------------------------------------------------

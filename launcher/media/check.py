@@ -202,7 +202,8 @@ def _decode_problems(report: Report) -> list[Problem]:
 
 # --- estimated training time -------------------------------------------------------------------------
 
-def _estimate(preset: Preset, entries: list[Entry], trainings: int) -> float:
+def training_seconds(preset: Preset, entries: list[Entry], trainings: int) -> float:
+    """Estimated seconds of all `trainings` over the entries' items (launcher/media/buckets.py step_seconds)."""
     size = "1.3B" if "1.3B" in preset.model.task else "14B"
     gpu, per_epoch = preset.resources.gpu_memory_gb, 0.0
     for entry in entries:
@@ -273,7 +274,7 @@ def check_dataset(root: str | Path, preset: Preset, trainings: int = 1,
     report.steps_per_epoch = musubi.steps_per_epoch([e.batches for e in report.entries],
                                                     preset.train.gradient_accumulation_steps, preset.resources.gpus)
     report.problems += _gpu_share_problems(preset, report.entries)
-    report.seconds = _estimate(preset, report.entries, trainings)
+    report.seconds = training_seconds(preset, report.entries, trainings)
     report.memory, problems = _memory(preset, report.entries)
     report.problems += problems
     limit = preset.resources.time_limit_hours

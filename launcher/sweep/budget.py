@@ -22,13 +22,13 @@ class SweepEstimate:
 
     @property
     def gpu_hours(self) -> float:
-        return sum(e.hours * e.quote.gpus for e in self.runs + self.caches)
+        return sum(e.gpu_hours for e in self.runs + self.caches)
 
-    def line(self) -> str:
+    def line(self, basis: str = "time is an estimate, +-50%") -> str:
         q = self.runs[0].quote
         return (f"estimate: {len(self.runs)} runs + {len(self.caches)} cache pass{'es' if len(self.caches) > 1 else ''}"
                 f", ~{self.gpu_hours:.1f} GPU-hours on {q.gpu} at ${q.usd_per_hour:.2f}/h = ${self.usd:.2f} "
-                f"(time is an estimate, +-50%; price: {q.source or 'see README'})")
+                f"({basis}; price: {q.source or 'see README'})")
 
 
 def seconds_per_run(sweep: Sweep, dataset_dir: str) -> tuple[list[str], list[float]]:
