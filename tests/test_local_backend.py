@@ -36,8 +36,8 @@ def spec_for(preset, tmp_path, expert=None, overrides=(), **options):
 
 def test_spec_holds_the_env_contract_mounts_user_and_gpus(tmp_path):
     spec = spec_for("wan22-t2v-lightning", tmp_path, "high", ["train.max_train_epochs=20", "model.clip=none"])
-    assert spec.env == {"LORA_GYM_PRESET": "wan22-t2v-lightning", "LORA_GYM_EXPERT": "high",
-                        "LORA_GYM_SET": "train.max_train_epochs=20 model.clip=none",
+    assert spec.env == {"LORA_GYM_PRESET": "wan22-t2v-lightning", "LORA_GYM_IMAGE": "lora-gym-wan22:0.1.0",
+                        "LORA_GYM_EXPERT": "high", "LORA_GYM_SET": "train.max_train_epochs=20 model.clip=none",
                         "LORA_GYM_DATASET_DIR": "/dataset", "LORA_GYM_OUTPUT_DIR": "/output",
                         "LORA_GYM_CACHE_DIR": "/cache"}
     assert [m.bind for m in spec.mounts] == [f"{EXAMPLE_DATASET}:/dataset:ro", f"{tmp_path}/out:/output:rw",

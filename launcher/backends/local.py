@@ -14,7 +14,7 @@ import re
 import shlex
 import sys
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from launcher.backends import Capabilities, LaunchOptions, labels
@@ -109,7 +109,8 @@ def container_spec(job: Job, options: LaunchOptions, user: str | None = None) ->
     family, paths = job.loaded.preset.family, DEFAULT_PATHS
     preset_env, preset_mount = _preset(job.loaded.origin)
     # Only the contract's variables go in: nothing from the host environment, so no secret leaks in.
-    env = {"LORA_GYM_PRESET": preset_env}
+    image = options.image or labels.default_image(family)
+    env = {"LORA_GYM_PRESET": preset_env, "LORA_GYM_IMAGE": image}  # run.json records it (launch adds its id)
     if job.plan.expert:
         env["LORA_GYM_EXPERT"] = job.plan.expert
     if job.loaded.overrides:
@@ -128,7 +129,7 @@ def container_spec(job: Job, options: LaunchOptions, user: str | None = None) ->
     if need > 1 and (gpus is None or (gpus != "all" and len(gpus) < need)):
         raise UserError(f"the run trains on {need} GPUs (resources.gpus) and --gpus {options.gpus} gives "
                         f"{0 if gpus is None else len(gpus)}: pass --gpus all or {need} GPU ids")
-    return ContainerSpec(image=options.image or labels.default_image(family), env=env, mounts=tuple(mounts),
+    return ContainerSpec(image=image, env=env, mounts=tuple(mounts),
                          user=user if user is not None else _user(), gpus=gpus,
                          labels={labels.LAUNCHED_BY: "launcher"})
 
@@ -335,5 +336,7 @@ class LocalBackend:
         preset = job.loaded.preset
         labels.check_image(spec.image, image_labels(client, spec.image, preset.family), preset.family,
                            preset.model.task)
+        # The engine's id of the image the tag names now: run.json pins the run to it (`launcher run --from`).
+        spec = replace(spec, env=spec.env | {"LORA_GYM_IMAGE_ID": client.images.get(spec.image).id})
         Path(output_dir(options)).mkdir(parents=True, exist_ok=True)  # only now: a refused run writes nothing
         return run_container(client, spec, requests)

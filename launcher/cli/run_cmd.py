@@ -25,11 +25,12 @@ Examples:
   launcher run --preset wan21-t2v-14b --dataset ./my-dataset --gpus-per-run 2 --dry-run
   launcher run --preset ./my-preset.toml --expert both --dataset ./my-dataset --dry-run --format json
   launcher run --preset wan21-t2v-1.3b --dataset ./my-dataset --output ./runs --backend local
-  launcher run --preset wan21-t2v-1.3b --dataset ./my-dataset --samples prompts.txt --set samples.every=1 --dry-run""")
-@click.option("--preset", required=True, help="A preset name (see `launcher presets list`) or a .toml path.")
+  launcher run --preset wan21-t2v-1.3b --dataset ./my-dataset --samples prompts.txt --set samples.every=1 --dry-run
+  launcher run --from ./runs/wan21-t2v-1.3b-20261124-101500 --dry-run""")
+@click.option("--preset", help="A preset name (see `launcher presets list`) or a .toml path.")
 @click.option("--expert", type=click.Choice(["high", "low", "both"]),
               help="Wan 2.2 only: which expert to train; `both` caches once and trains both.")
-@click.option("--dataset", "dataset_dir", required=True, type=click.Path(),
+@click.option("--dataset", "dataset_dir", type=click.Path(),
               help="Folder of images/videos with a .txt caption beside each (or images/ and videos/).")
 @set_option
 @gpu_memory_option
@@ -57,16 +58,31 @@ Examples:
 @click.option("--dry-run", is_flag=True, help="Print the plan (or with --backend, its command) and exit.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="Output format of --dry-run: json is one document (the plan, and with --backend what it sends).")
+@click.option("--from", "from_run", metavar="RUN",
+              help="Start a recorded run again (a run id, run folder or run.json): its preset, overrides, expert, "
+                   "image and dataset; --set, --backend and the other options apply on top.")
 @click.option("--no-check", is_flag=True,
               help="Skip the media check (files open, frames, fps) run before launching; --dry-run skips it too.")
 def run(preset, expert, dataset_dir, overrides, gpu_memory, gpus_per_run, samples_file, backend, output, image,
-        gpus, cache_volume, gpu_type, follow, max_hours, max_cost, volume, spot, dry_run, fmt, no_check):
+        gpus, cache_volume, gpu_type, follow, max_hours, max_cost, volume, spot, dry_run, fmt, no_check, from_run):
     """Plan a LoRA training run from PRESET on a dataset folder, and run it with --backend."""
+    from launcher import rerun
     from launcher.backends import LaunchOptions, load_backend
     from launcher.cli import render
     from launcher.core.errors import UserError
 
+    given_dataset, extra = dataset_dir, overrides
+    if from_run:  # the recorded run's inputs, the flags given on top (launcher/rerun.py)
+        recorded, again = rerun.inputs(from_run, preset=preset, expert=expert, dataset=dataset_dir,
+                                       overrides=overrides, image=image, backend=backend)
+        preset, expert, dataset_dir, overrides, image, backend = (again.preset, again.expert, again.dataset,
+                                                                  again.overrides, again.image, again.backend)
+    elif not (preset and dataset_dir):
+        raise UserError(f"missing {'--preset' if not preset else '--dataset'}: give --preset and --dataset, or "
+                        "--from RUN to start a recorded run again")
     job = build_job(preset, expert, dataset_dir, overrides, gpu_memory, gpus_per_run, samples_file)
+    if from_run:
+        rerun.check(recorded, job, given_dataset, extra)
     if backend is None:
         if not dry_run:
             raise UserError("running needs a backend: add --backend local (Docker or Podman on this machine), "
@@ -89,7 +105,10 @@ def run(preset, expert, dataset_dir, overrides, gpu_memory, gpus_per_run, sample
         click.echo(f"warning: {warning}", err=True)
     if hasattr(chosen, "quote"):  # a paid platform: say what it will cost before starting anything
         quote_run(chosen, job, options, seconds)
-    return chosen.launch(job, options)
+    try:
+        return chosen.launch(job, options)
+    finally:  # what `launcher run --from` and `launcher diff` read back (the record the backend made, if any)
+        rerun.remember(job, options)
 
 
 def _note_hour_limit(job, max_hours: float | None) -> None:
