@@ -70,8 +70,9 @@ def _from_document(doc: dict, where: str, record: dict | None) -> Recorded:
                     backend=(record or {}).get("backend"), settings=doc.get("settings") or {})
 
 
-def locate(ref: str) -> Recorded:
-    """The run RUN names: a run folder, a run.json, or a registry id."""
+def read(ref: str) -> tuple[dict, str, Path | None, dict | None]:
+    """RUN's recorded facts with run.json's keys (a run folder's run.json, or a registry record's `reproduce`
+    entry), what was read (for messages), the run folder (None for a registry id) and its registry record."""
     path = Path(ref).expanduser()
     if path.is_dir():
         path = path / "run.json"
@@ -80,14 +81,20 @@ def locate(ref: str) -> Recorded:
                             "its run.json, or a run id from `launcher status`")
     if path.is_file():
         doc = _read_json(path, "run record")
-        return _from_document(doc, str(path), _registry_record(str(doc.get("run_id", ""))))
+        return doc, str(path), path.parent, _registry_record(str(doc.get("run_id", "")))
     from launcher import runs
 
     record = runs.load(ref)  # an unknown id: one line with the closest ids
     if not isinstance(record.get("reproduce"), dict):
         raise UserError(f"run {ref} was recorded before LoRA Gym kept what reproduces it: pull it "
-                        f"(`launcher pull {ref} DIR`) and give its folder to --from")
-    return _from_document({"run_id": ref, **record["reproduce"]}, f"run {ref}", record)
+                        f"(`launcher pull {ref} DIR`) and give its folder instead")
+    return {"run_id": ref, **record["reproduce"]}, f"run {ref}", None, record
+
+
+def locate(ref: str) -> Recorded:
+    """The run RUN names: a run folder, a run.json, or a registry id."""
+    doc, where, _, record = read(ref)
+    return _from_document(doc, where, record)
 
 
 def preset_ref(recorded: Recorded) -> str:

@@ -12,6 +12,7 @@ import click
 COMMANDS = {
     "caption": ("launcher.cli.caption_cmd:caption", "Caption every image and video (Gemini, Replicate)."),
     "dataset": ("launcher.cli.dataset_cmd:dataset", "Check (and prepare) a dataset before renting a GPU."),
+    "diff": ("launcher.cli.diff_cmd:diff", "What differs between two runs: image, values, dataset, losses."),
     "mcp": ("launcher.cli.mcp_cmd:mcp", "Serve the launcher to an AI assistant (Model Context Protocol, stdio)."),
     "logs": ("launcher.cli.runs_cmd:logs", "Print a detached run's logs (--follow to stream them)."),
     "publish": ("launcher.cli.publish_cmd:publish", "Publish a run on the Hugging Face Hub, with a ComfyUI workflow."),
