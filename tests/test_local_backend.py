@@ -226,6 +226,10 @@ def test_run_streams_logs_writes_outputs_and_removes_the_container(local_run, tm
     assert code == 0, out
     assert out.splitlines()[0] == "[cache-latents] preset=wan21-t2v-1.3b expert= set=train.max_train_epochs=3"
     assert f"[cache-latents] user={os.getuid()}:{os.getgid()} run_id=" in out
+    image_id = subprocess.run(["podman", "image", "inspect", "--format", "{{.Id}}", TAG], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    # what run.json records: the tag, and the id of the image it named when the run started (launcher run --from)
+    assert f"[cache-latents] image={TAG} id=sha256:{image_id.removeprefix('sha256:')}" in out
     assert "[cache-latents] dataset is read-only" in out and "[cache-latents] captions: 6" in out
     assert "[cache-text] cache written" in out and out.rstrip().endswith("[train] done, exit 0")
     lora = tmp_path / "out" / "new" / "fake-run" / "fake-lora.safetensors"

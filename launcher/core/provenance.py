@@ -74,6 +74,8 @@ def image_record(ref: str | None, image_id: str | None = None) -> dict | None:
     None when nobody said which image this is (a container started by hand)."""
     if not ref and not image_id:
         return None
+    if image_id and re.fullmatch(r"[0-9a-f]{64}", image_id):  # an engine may give the id without its algorithm
+        image_id = f"sha256:{image_id}"
     if image_id and IMAGE_ID.fullmatch(image_id):
         return {"ref": ref, "digest": image_id, "source": "engine"}
     pinned = PINNED_REF.search(ref or "")
