@@ -302,8 +302,7 @@ def run_steps(ctx: Context, steps: Sequence[Step]) -> int:
 
 
 def write_report(run_dir: Path, checkpoint: str | None = None) -> None:
-    """report.html when the image has matplotlib; the run's outcome never depends on it. At a checkpoint (a run in
-    progress) the LoRA key check waits for the end: musubi may still be writing the file it announced."""
+    """report.html when the image has matplotlib; never the run's outcome. At a checkpoint, no LoRA key check yet."""
     if importlib.util.find_spec("matplotlib") is None:
         if checkpoint is None:
             log(f"report: matplotlib is not installed here; `launcher report {run_dir.name}` writes it after a pull")
