@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from launcher.core.errors import UserError
@@ -33,7 +33,6 @@ class Recorded:
     dataset: dict  # sha256 and files; path: the folder on this machine (the registry knows it)
     image: dict | None  # launcher.core.provenance.image_record
     backend: str | None  # known from the registry only
-    settings: dict = field(default_factory=dict)
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -52,8 +51,32 @@ def _registry_record(run_id: str) -> dict | None:
 
     try:
         return runs.load(run_id)
-    except UserError:
+    except (UserError, OSError, ValueError):
         return None
+
+
+def _is_list_of(value, kind, keys=()) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(item, kind) and all(isinstance(item.get(k), str) for k in keys) for item in value)
+
+
+# key -> (what it must be, the check): each key `--from` and `launcher diff` read, when it is there at all
+SHAPE = {"preset": ("an object", lambda v: isinstance(v, dict) and _is_list_of(v.get("overrides", []), str)),
+         "expert": ("text", lambda v: isinstance(v, str)),
+         "dataset": ("an object", lambda v: isinstance(v, dict) and (
+             "files" not in v or _is_list_of(v["files"], dict, ("path", "sha256")))),
+         "image": ("an object", lambda v: isinstance(v, dict)),
+         "image_labels": ("an object", lambda v: isinstance(v, dict)),
+         "settings": ("an object", lambda v: isinstance(v, dict)),
+         "weights": ("a list", lambda v: _is_list_of(v, dict))}
+
+
+def _check_shape(doc: dict, where: str) -> dict:
+    wrong = [f"{key} is not {what}" for key, (what, ok) in SHAPE.items() if doc.get(key) is not None
+             and not ok(doc[key])]
+    if wrong:
+        raise UserError(f"{where} is not a run record LoRA Gym wrote ({'; '.join(wrong)}): give another run")
+    return doc
 
 
 def _from_document(doc: dict, where: str, record: dict | None) -> Recorded:
@@ -67,7 +90,7 @@ def _from_document(doc: dict, where: str, record: dict | None) -> Recorded:
     dataset.setdefault("path", (registry.get("dataset") or {}).get("path"))
     return Recorded(run_id=str(doc.get("run_id") or (record or {}).get("run_id") or where), preset=preset,
                     expert=doc.get("expert"), dataset=dataset, image=doc.get("image"),
-                    backend=(record or {}).get("backend"), settings=doc.get("settings") or {})
+                    backend=(record or {}).get("backend"))
 
 
 def read(ref: str) -> tuple[dict, str, Path | None, dict | None]:
@@ -80,7 +103,7 @@ def read(ref: str) -> tuple[dict, str, Path | None, dict | None]:
             raise UserError(f"{ref} has no run.json: give a run folder (`launcher pull RUN DIR` brings one), "
                             "its run.json, or a run id from `launcher status`")
     if path.is_file():
-        doc = _read_json(path, "run record")
+        doc = _check_shape(_read_json(path, "run record"), str(path))
         return doc, str(path), path.parent, _registry_record(str(doc.get("run_id", "")))
     from launcher import runs
 
@@ -88,7 +111,7 @@ def read(ref: str) -> tuple[dict, str, Path | None, dict | None]:
     if not isinstance(record.get("reproduce"), dict):
         raise UserError(f"run {ref} was recorded before LoRA Gym kept what reproduces it: pull it "
                         f"(`launcher pull {ref} DIR`) and give its folder instead")
-    return {"run_id": ref, **record["reproduce"]}, f"run {ref}", None, record
+    return _check_shape({"run_id": ref, **record["reproduce"]}, f"run {ref}"), f"run {ref}", None, record
 
 
 def locate(ref: str) -> Recorded:

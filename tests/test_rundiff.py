@@ -81,6 +81,8 @@ def test_a_registry_run_has_no_losses_until_pulled(finished, capsys):  # noqa: F
     (lambda tmp: "no-such-run", "error: no run 'no-such-run'"),
     (lambda tmp: str(tmp), "has no run.json"),
     (lambda tmp: (tmp / "run.json").write_text("{not json") and str(tmp / "run.json"), "cannot be read"),
+    (lambda tmp: (tmp / "run.json").write_text('{"image": "x", "dataset": {"files": [1]}}') and str(tmp),
+     "is not a run record LoRA Gym wrote (dataset is not an object; image is not an object)"),
 ])
 def test_a_bad_or_missing_run_is_one_error_line(finished, tmp_path, capsys, make, message):  # noqa: F811
     folder, _, _ = finished
