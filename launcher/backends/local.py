@@ -228,6 +228,12 @@ def image_labels(client, image: str, family: str) -> dict[str, str]:
                         f"`{fix}` and drop --image") from None
 
 
+def pinned(client, spec: ContainerSpec) -> ContainerSpec:
+    """The spec telling the container the engine's id of the image its tag names now: run.json pins the run to it
+    (`launcher run --from` runs that id again)."""
+    return replace(spec, env=spec.env | {"LORA_GYM_IMAGE_ID": client.images.get(spec.image).id})
+
+
 def _stream(container, out, finished: threading.Event) -> None:
     # Raw bytes as they arrive: the entrypoint already prefixes each line with its step name.
     try:
@@ -336,7 +342,6 @@ class LocalBackend:
         preset = job.loaded.preset
         labels.check_image(spec.image, image_labels(client, spec.image, preset.family), preset.family,
                            preset.model.task)
-        # The engine's id of the image the tag names now: run.json pins the run to it (`launcher run --from`).
-        spec = replace(spec, env=spec.env | {"LORA_GYM_IMAGE_ID": client.images.get(spec.image).id})
+        spec = pinned(client, spec)
         Path(output_dir(options)).mkdir(parents=True, exist_ok=True)  # only now: a refused run writes nothing
         return run_container(client, spec, requests)
