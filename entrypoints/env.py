@@ -36,6 +36,9 @@ VARS = (
     Var("LORA_GYM_MUSUBI_DIR", "/opt/musubi-tuner", "musubi-tuner checkout (installed) whose scripts run."),
     Var("LORA_GYM_PYTHON", "python", "Python interpreter for the cache and merge steps."),
     Var("LORA_GYM_IMAGE_LABELS", "", "JSON file with the image's labels, copied into run.json."),
+    Var("LORA_GYM_IMAGE", "", "The image reference the launcher started (`NAME@sha256:...` when pinned), recorded "
+        "in run.json so `launcher run --from` runs the same image again."),
+    Var("LORA_GYM_IMAGE_ID", "", "The local engine's id of that image (`sha256:...`), set by `--backend local`."),
     Var("LORA_GYM_RUN_ID", "", "Name of the run folder; default `<preset>[-<expert>]-<UTC time>`. An unfinished "
         "run's name continues that run."),
     Var("LORA_GYM_STAGE", "all", "`cache`: only the cache and Lightning merge steps; `train`: only the trainings "
@@ -82,6 +85,8 @@ class Settings:
     weights_layout: str = ""
     cache_lock: str = "file"
     pair: str | None = None
+    image: str = ""  # LORA_GYM_IMAGE and LORA_GYM_IMAGE_ID: which image this is, for run.json
+    image_id: str = ""
 
 
 def _flag(name: str, value: str) -> bool:
@@ -156,4 +161,5 @@ def read(environ: Mapping[str, str], tensorboard: bool) -> Settings:
                     get["LORA_GYM_IMAGE_LABELS"], _run_id(get["LORA_GYM_RUN_ID"]),
                     _flag("LORA_GYM_DRY_RUN", get["LORA_GYM_DRY_RUN"]), _stage(get["LORA_GYM_STAGE"]),
                     _seconds("LORA_GYM_LOCK_TIMEOUT", get["LORA_GYM_LOCK_TIMEOUT"]), get["LORA_GYM_WEIGHTS_LAYOUT"],
-                    _cache_lock(get["LORA_GYM_CACHE_LOCK"]), get["LORA_GYM_PAIR_DIR"] or None)
+                    _cache_lock(get["LORA_GYM_CACHE_LOCK"]), get["LORA_GYM_PAIR_DIR"] or None,
+                    get["LORA_GYM_IMAGE"], get["LORA_GYM_IMAGE_ID"])

@@ -301,15 +301,17 @@ def run_steps(ctx: Context, steps: Sequence[Step]) -> int:
     return 0
 
 
-def write_report(run_dir: Path) -> None:
-    """report.html when the image has matplotlib; the run's outcome never depends on it."""
+def write_report(run_dir: Path, checkpoint: str | None = None) -> None:
+    """report.html when the image has matplotlib; never the run's outcome. At a checkpoint, no LoRA key check yet."""
     if importlib.util.find_spec("matplotlib") is None:
-        log(f"report: matplotlib is not installed here; `launcher report {run_dir.name}` writes it after a pull")
+        if checkpoint is None:
+            log(f"report: matplotlib is not installed here; `launcher report {run_dir.name}` writes it after a pull")
         return
     from launcher import report
 
     try:
-        log(f"report: {report.write(run_dir)}")
+        written = report.write(run_dir, {} if checkpoint else None)
+        log(f"report: {written}" + (f" (updated at checkpoint {checkpoint})" if checkpoint else ""))
     except Exception as exc:  # noqa: BLE001 - a report is a convenience: the LoRAs are done
         log(f"report: not written ({type(exc).__name__}: {exc})")
 
@@ -352,7 +354,8 @@ def run_job(settings) -> int:
                 run.manifest.data["samples"] = samples.new_record(plan.samples)
             stage = "" if settings.stage == "all" else f" (stage {settings.stage})"
             log(f"run {plan.run_id}: {len(steps)} steps{stage}, output in {plan.run_dir}")
-            progress = ProgressFile(Path(plan.run_dir) / "progress.json", plan.run_id)
+            progress = ProgressFile(Path(plan.run_dir) / "progress.json", plan.run_id,
+                                    on_checkpoint=lambda saved: write_report(Path(plan.run_dir), saved))
             ctx = Context(run.job, run.manifest, stop, settings, run.owner, run.restart, child_env, progress)
             run.manifest.data.pop("failure", None)  # a restart's earlier out-of-memory is not this attempt's
             code = run_steps(ctx, steps)

@@ -2,7 +2,8 @@
 
 Fed by the step output the runner already streams (musubi's lines, parsed by launcher.core.progress) and written
 atomically at most every INTERVAL_S seconds, so a slow network volume (Modal, RunPod) is never written per line.
-Each training keeps its loss history: the run report draws its loss curve from it.
+Each training keeps its loss history: the run report draws its loss curve from it. When musubi says it saved a
+checkpoint, the file is written at once and `on_checkpoint` runs (the entrypoint redraws report.html then).
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ INTERVAL_S = 3.0
 
 
 class ProgressFile:
-    def __init__(self, path: Path, run_id: str, interval: float = INTERVAL_S, clock=time.monotonic):
-        self.path, self.interval, self.clock = Path(path), interval, clock
+    def __init__(self, path: Path, run_id: str, interval: float = INTERVAL_S, clock=time.monotonic,
+                 on_checkpoint=None):
+        self.path, self.interval, self.clock, self.on_checkpoint = Path(path), interval, clock, on_checkpoint
         self.data = {"run_id": run_id, "stage": None, "status": "running", "updated_at": None, "current": {},
                      "trainings": {}}
         self.progress: Progress | None = None
@@ -40,10 +42,16 @@ class ProgressFile:
         self.write(force=True)
 
     def line(self, text: str) -> None:
-        if self.progress is not None and self.progress.feed(text):
+        if self.progress is None:
+            return
+        saved_before = self.progress.checkpoint
+        if self.progress.feed(text):
             self.data["current"] = self.progress.as_dict()
             self.data["trainings"][self.data["stage"]] = self.progress.as_dict() | {"history": self.progress.history}
-            self.write()
+            saved = self.progress.checkpoint != saved_before
+            self.write(force=saved)
+            if saved and self.on_checkpoint is not None:
+                self.on_checkpoint(self.progress.checkpoint)
 
     def end(self, status: str) -> None:
         self.data["status"] = status

@@ -19,6 +19,7 @@ from launcher.core import runfiles
 from launcher.core.errors import UserError
 from launcher.core.job import Job, read_lock
 from launcher.core.plan import Plan, make_plan
+from launcher.core.provenance import dataset_record, image_record
 from lora_gym_entrypoint import cachelock
 from lora_gym_entrypoint.manifest import Manifest, now
 
@@ -53,12 +54,17 @@ def new_manifest(job: Job, settings) -> Manifest:
     plan = job.plan
     return Manifest(Path(plan.run_dir) / "run.json", {
         "lora_gym_version": __version__, "run_id": plan.run_id, "status": "running", "exit_code": None,
+        # What `launcher run --from` starts again: the preset as written (content), its overrides, the image as
+        # pinned, every dataset file's sha256 and the locked weights (the image labels add musubi's commit).
         "preset": {"origin": job.loaded.origin, "name": plan.preset, "sha256": job.loaded.content_hash,
-                   "overrides": list(job.loaded.overrides)},
+                   "overrides": list(job.loaded.overrides), "content": job.loaded.text},
         "expert": plan.expert, "stage": settings.stage, "plan_sha256": plan_sha256(plan),
         "settings": job.loaded.preset.model_dump(mode="json"),
         "dataset": {"counts": job.layout.counts, "dirs": [
-            {"path": d.relpath, "kind": d.kind, "files": len(d.files), "sha256": d.digest} for d in job.layout.dirs]},
+            {"path": d.relpath, "kind": d.kind, "files": len(d.files), "sha256": d.digest} for d in job.layout.dirs],
+            **dataset_record(job.layout)},
+        "image": image_record(settings.image, settings.image_id),
+        "weights": [{"repo": w.repo, "path": w.path, "sha256": w.sha256, "size": w.size} for w in plan.weights],
         "image_labels": _labels(settings.image_labels), "started_at": now(), "ended_at": None,
         # training: per train step, the total step count musubi reported (what a resume continues);
         # restarts: one entry per restart of this run folder.

@@ -4,7 +4,8 @@ From run.json (settings, steps, checkpoints, samples, each training's LoRA key c
 training's loss history): the settings that matter, the loss curve per expert (matplotlib, embedded as PNG), the
 contact sheets (embedded), the sample videos (linked beside the report in samples/), timings per step, what each
 checkpoint is called, and the LoRA key check as the run recorded it and as it holds now on the files here.
-The entrypoint writes it at the end of a run when matplotlib is installed; `launcher report RUN_DIR` rewrites it.
+The entrypoint writes it at every checkpoint musubi saves (a run in progress can be looked at) and at the end of a
+run, when matplotlib is installed; `launcher report RUN_DIR` rewrites it.
 A small inline script records load errors and broken images on the page (`data-check`), for the browser test.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
 import re
 from datetime import datetime
 from pathlib import Path
@@ -180,8 +182,15 @@ def render(run_dir: Path, checks: dict | None = None) -> str:
 
 
 def write(run_dir: str | Path, checks: dict | None = None) -> Path:
+    """Write report.html whole: a temporary file renamed over it, so a reader (a browser refreshing a run in
+    progress, rewritten at every checkpoint) never sees half a page."""
     run_dir = Path(run_dir)
     text = render(run_dir, checks)
     target = run_dir / REPORT
-    target.write_text(text, encoding="utf-8")
+    tmp = target.with_name(f".{REPORT}.{os.getpid()}.partial")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
     return target

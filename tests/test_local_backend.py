@@ -37,8 +37,8 @@ def spec_for(preset, tmp_path, expert=None, overrides=(), **options):
 
 def test_spec_holds_the_env_contract_mounts_user_and_gpus(tmp_path):
     spec = spec_for("wan22-t2v-lightning", tmp_path, "high", ["train.max_train_epochs=20", "model.clip=none"])
-    assert spec.env == {"LORA_GYM_PRESET": "wan22-t2v-lightning", "LORA_GYM_EXPERT": "high",
-                        "LORA_GYM_SET": "train.max_train_epochs=20 model.clip=none",
+    assert spec.env == {"LORA_GYM_PRESET": "wan22-t2v-lightning", "LORA_GYM_IMAGE": "lora-gym-wan22:0.1.0",
+                        "LORA_GYM_EXPERT": "high", "LORA_GYM_SET": "train.max_train_epochs=20 model.clip=none",
                         "LORA_GYM_DATASET_DIR": "/dataset", "LORA_GYM_OUTPUT_DIR": "/output",
                         "LORA_GYM_CACHE_DIR": "/cache"}
     assert [m.bind for m in spec.mounts] == [f"{EXAMPLE_DATASET}:/dataset:ro", f"{tmp_path}/out:/output:rw",
@@ -230,6 +230,10 @@ def test_run_streams_logs_writes_outputs_and_removes_the_container(local_run, tm
     [record] = runs.all_runs()  # the launcher names the run folder and records the run, as for a cloud run
     assert record["backend"] == "local" and record["output"] == str(tmp_path / "out" / "new")
     assert f"[cache-latents] user={os.getuid()}:{os.getgid()} run_id={record['run_id']}" in out
+    image_id = subprocess.run(["podman", "image", "inspect", "--format", "{{.Id}}", TAG], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    # what run.json records: the tag, and the id of the image it named when the run started (launcher run --from)
+    assert f"[cache-latents] image={TAG} id=sha256:{image_id.removeprefix('sha256:')}" in out
     assert "[cache-latents] dataset is read-only" in out and "[cache-latents] captions: 6" in out
     assert "[cache-text] cache written" in out and out.rstrip().endswith("[train] done, exit 0")
     lora = tmp_path / "out" / "new" / record["run_id"] / "fake-lora.safetensors"

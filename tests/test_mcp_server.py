@@ -13,6 +13,7 @@ import pytest
 from conftest import ROOT, clean_env
 from fakes.fake_runpod import FakeRunPod
 
+from launcher import runs
 from launcher.cli.main import main
 
 pytest.importorskip("mcp")
@@ -108,6 +109,8 @@ def test_a_whole_session_on_the_runpod_doubles(dataset, runpod, capsys, tmp_path
         assert not started.isError, started.content[0].text
         run_id = seen["run_id"] = started.structuredContent["run_id"]
         assert started.structuredContent["detached"] and len(fake.pods) == 1
+        reproduce = runs.load(run_id)["reproduce"]  # what `launcher run --from` starts again
+        assert reproduce["dataset"]["path"] == str(dataset) and len(reproduce["dataset"]["files"]) == 12
         status = await call("status", run_id=run_id)
         assert "RUNNING" in status.structuredContent["output"]
 

@@ -127,7 +127,8 @@ def test_both_is_a_cache_pass_then_two_experts_then_the_pairs_samples():
 def test_single_run_env_and_volumes():
     spec = spec_for(run_id="my-run", cache_volume="my-cache")
     (call,) = spec.calls
-    assert call.env == {"LORA_GYM_PRESET": "wan22-t2v-lightning", "LORA_GYM_EXPERT": "high",
+    assert call.env == {"LORA_GYM_PRESET": "wan22-t2v-lightning", "LORA_GYM_IMAGE": spec.image,
+                        "LORA_GYM_EXPERT": "high",
                         "LORA_GYM_DATASET_DIR": "/tmp/lora-gym/dataset", "LORA_GYM_CACHE_DIR": "/cache",
                         "LORA_GYM_CACHE_LOCK": "none", "LORA_GYM_OUTPUT_DIR": "/output", "LORA_GYM_RUN_ID": "my-run"}
     assert spec.volumes == {"/datasets": "lora-gym-datasets", "/cache": "my-cache", "/output": "lora-gym-outputs"}

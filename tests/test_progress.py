@@ -59,10 +59,13 @@ def test_progress_file_is_written_at_most_every_interval(tmp_path):
     path = tmp_path / "progress.json"
     progress = ProgressFile(path, "r", interval=3.0, clock=lambda: now[0])
     progress.start("train-low")
-    for number, line in enumerate(lines("musubi_train_output.txt")):
+    output = lines("musubi_train_output.txt")
+    for number, line in enumerate(line for line in output if not line.startswith("saving checkpoint")):
         now[0] = number * 0.01  # every line within the first 3 s: nothing but the start is written
         progress.line(line)
     assert json.loads(path.read_text())["current"] == {}
+    progress.line(next(line for line in output if line.startswith("saving checkpoint")))  # a save: written at once
+    assert json.loads(path.read_text())["current"]["checkpoint"] == "lora-000002.safetensors"
     now[0] = 10.0
     progress.line("epoch 4/4")
     written = json.loads(path.read_text())

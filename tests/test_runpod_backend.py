@@ -278,6 +278,9 @@ def test_expert_both_starts_two_pods_on_one_volume_and_stop_ends_both(dataset, v
     assert high["LORA_GYM_PAIR_DIR"] == f"{high['LORA_GYM_OUTPUT_DIR']}/{low['LORA_GYM_RUN_ID']}"
     assert low["LORA_GYM_PAIR_DIR"] == f"{low['LORA_GYM_OUTPUT_DIR']}/{high['LORA_GYM_RUN_ID']}"
     (record,) = runs.all_runs()
+    # `launcher run --from` starts the pair again: its expert, and its image by tag (a tag pins nothing)
+    assert record["reproduce"]["expert"] == "both" and record["reproduce"]["image"]["source"] == "unresolved"
+    assert record["reproduce"]["image"]["ref"] == fake.created[0]["image"] == high["LORA_GYM_IMAGE"]
     capsys.readouterr()
     assert main(["status", record["run_id"]]) == 0
     out = capsys.readouterr().out

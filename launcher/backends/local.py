@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -121,7 +121,8 @@ def container_spec(job: Job, options: LaunchOptions, user: str | None = None) ->
     family, paths = job.loaded.preset.family, DEFAULT_PATHS
     preset_env, preset_mount = _preset(job.loaded.origin)
     # Only the contract's variables go in: nothing from the host environment, so no secret leaks in.
-    env = {"LORA_GYM_PRESET": preset_env}
+    image = image_reference(options.image) if options.image is not None else labels.default_image(family)
+    env = {"LORA_GYM_PRESET": preset_env, "LORA_GYM_IMAGE": image}  # run.json records it (launch adds its id)
     if job.plan.expert:
         env["LORA_GYM_EXPERT"] = job.plan.expert
     if job.loaded.overrides:
@@ -140,7 +141,6 @@ def container_spec(job: Job, options: LaunchOptions, user: str | None = None) ->
     if need > 1 and (gpus is None or (gpus != "all" and len(gpus) < need)):
         raise UserError(f"the run trains on {need} GPUs (resources.gpus) and --gpu-ids {options.gpus} gives "
                         f"{0 if gpus is None else len(gpus)}: pass --gpu-ids all or {need} GPU ids")
-    image = image_reference(options.image) if options.image is not None else labels.default_image(family)
     return ContainerSpec(image=image, env=env, mounts=tuple(mounts),
                          user=user if user is not None else _user(), gpus=gpus,
                          labels={labels.LAUNCHED_BY: "launcher"})
@@ -262,6 +262,12 @@ def image_labels(client, image: str, family: str) -> dict[str, str]:
                         f"`{fix}` and drop --image") from None
 
 
+def pinned(client, spec: ContainerSpec) -> ContainerSpec:
+    """The spec telling the container the engine's id of the image its tag names now: run.json pins the run to it
+    (`launcher run --from` runs that id again)."""
+    return replace(spec, env=spec.env | {"LORA_GYM_IMAGE_ID": client.images.get(spec.image).id})
+
+
 def _stream(container, out, finished: threading.Event) -> None:
     # Raw bytes as they arrive: the entrypoint already prefixes each line with its step name.
     try:
@@ -361,7 +367,7 @@ def engine_execute(spec: ContainerSpec, job: Job) -> Callable[[ContainerSpec], i
     preset = job.loaded.preset
     labels.check_image(spec.image, image_labels(client, spec.image, preset.family), preset.family,
                        preset.model.task)
-    return lambda run: run_container(client, run, requests)
+    return lambda run: run_container(client, pinned(client, run), requests)
 
 
 def _named(job: Job, options: LaunchOptions) -> LaunchOptions:

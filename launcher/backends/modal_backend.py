@@ -188,8 +188,8 @@ def secret_names() -> tuple[str, ...]:
     return tuple(n.strip() for n in os.environ.get(SECRETS_ENV, DEFAULT_SECRETS).split(",") if n.strip())
 
 
-def stage_calls(job: Job, run_id: str, preset: str) -> tuple[Call, ...]:
-    env = {"LORA_GYM_PRESET": preset, **STAGE_ENV}
+def stage_calls(job: Job, run_id: str, preset: str, image: str) -> tuple[Call, ...]:
+    env = {"LORA_GYM_PRESET": preset, "LORA_GYM_IMAGE": image, **STAGE_ENV}  # the image: for run.json
     if job.loaded.overrides:
         env["LORA_GYM_SET"] = shlex.join(job.loaded.overrides)
     if job.plan.expert != "both":  # one call: the run folder is /output/<run id>
@@ -216,7 +216,7 @@ def modal_spec(job: Job, options: LaunchOptions) -> ModalSpec:
     run_id = options.run_id or job.plan.run_id
     files = dataset_files(options.dataset, job)
     volumes = {DATASETS_MOUNT: DATASETS_VOLUME, CACHE_MOUNT: cache_volume(job, options), OUTPUTS_MOUNT: OUTPUTS_VOLUME}
-    calls, limit = stage_calls(job, run_id, preset), timeout_s(job, options)
+    calls, limit = stage_calls(job, run_id, preset, image_ref(job, options)), timeout_s(job, options)
     samples = any(c.function == "samples" for c in calls)
     timeouts = split_timeouts(limit, samples) if len(calls) > 1 else {"timeout_s": limit}
     return ModalSpec(run_id=run_id, image=image_ref(job, options), gpu=gpu_request(job, options),

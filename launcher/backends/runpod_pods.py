@@ -111,7 +111,8 @@ def pod_run_id(job: Job, expert: str | None) -> str:
 def pod_env(job: Job, options: LaunchOptions, expert: str | None, hours: float) -> dict[str, str]:
     """The entrypoint's contract, pointed at the volume. Only references to secrets, never their values."""
     key = preset_key(job)
-    env = {"LORA_GYM_PRESET": f"{MOUNT}/{key}" if key else job.loaded.origin}
+    # LORA_GYM_IMAGE: run.json records the image (its digest when the reference carries one).
+    env = {"LORA_GYM_PRESET": f"{MOUNT}/{key}" if key else job.loaded.origin, "LORA_GYM_IMAGE": image_of(job, options)}
     if expert:
         env["LORA_GYM_EXPERT"] = expert
     if job.loaded.overrides:

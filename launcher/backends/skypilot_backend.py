@@ -102,8 +102,8 @@ def preset_file(job: Job) -> str | None:
     return f"{MOUNT}/preset/{Path(origin).stem}.toml" if Path(origin).is_file() else None
 
 
-def task_env(job: Job, run_id: str, hours: float | None) -> dict[str, str]:
-    env = {"LORA_GYM_PRESET": preset_file(job) or job.loaded.origin}
+def task_env(job: Job, run_id: str, hours: float | None, image: str) -> dict[str, str]:
+    env = {"LORA_GYM_PRESET": preset_file(job) or job.loaded.origin, "LORA_GYM_IMAGE": image}  # image: for run.json
     if job.plan.expert:
         env["LORA_GYM_EXPERT"] = job.plan.expert
     if job.loaded.overrides:
@@ -131,7 +131,7 @@ def task_config(job: Job, options: LaunchOptions) -> dict:
     if preset_file(job):  # a user's preset file travels with the task
         mounts[preset_file(job)] = os.path.abspath(job.loaded.origin)
     config = {"name": f"lora-gym-{options.run_id or job.plan.run_id}"[:63], "resources": resources,
-              "envs": task_env(job, options.run_id or job.plan.run_id, options.max_hours)}
+              "envs": task_env(job, options.run_id or job.plan.run_id, options.max_hours, image)}
     if secrets := task_secrets(image):
         config["secrets"] = dict.fromkeys(secrets)  # names only: the values are given at launch (sky_task)
     return config | {"file_mounts": mounts, "run": ENTRYPOINT}

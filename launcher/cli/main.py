@@ -13,6 +13,7 @@ COMMANDS = {
     "caption": ("launcher.cli.caption_cmd:caption", "Caption every image and video (Gemini, Replicate)."),
     "config": ("launcher.cli.project_cmd:config", "Show the defaults in effect here and where each comes from."),
     "dataset": ("launcher.cli.dataset_cmd:dataset", "Check (and prepare) a dataset before renting a GPU."),
+    "diff": ("launcher.cli.diff_cmd:diff", "What differs between two runs: image, values, dataset, losses."),
     "mcp": ("launcher.cli.mcp_cmd:mcp", "Serve the launcher to an AI assistant (Model Context Protocol, stdio)."),
     "init": ("launcher.cli.project_cmd:init", "Make a project here: lora-gym.toml (defaults) and dataset/."),
     "logs": ("launcher.cli.runs_cmd:logs", "Print a detached run's logs (--follow to stream them)."),

@@ -52,6 +52,11 @@ def project_defaults(auto: bool = False, need_dataset: bool = True):
         @functools.wraps(func)
         def wrapper(**kwargs):
             ctx = click.get_current_context()
+            if kwargs.get("from_run"):  # `run --from RUN`: the recorded run is the defaults (launcher/rerun.py)
+                return func(**kwargs)
+            if "preset" in kwargs and kwargs["preset"] is None:  # optional only because --from can name it
+                raise UserError("missing --preset: give --preset NAME (see `launcher presets list`), or --from RUN "
+                                "to start a recorded run again")
             project = projectfile.load(projectfile.find(Path.cwd()))
             registry = registry_of(project)  # before registry_env sets the variable from the project file
             with registry_env(project):

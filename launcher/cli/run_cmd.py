@@ -29,8 +29,9 @@ Examples:
   launcher run --preset wan21-t2v-14b --dataset ./my-dataset --gpus-per-run 2 --dry-run
   launcher run --preset ./my-preset.toml --expert both --dataset ./my-dataset --dry-run --format json
   launcher run --preset wan21-t2v-1.3b --dataset ./my-dataset --output ./runs --backend local
-  launcher run --preset wan21-t2v-1.3b --dataset ./my-dataset --samples prompts.txt --set samples.every=1 --dry-run""")
-@click.option("--preset", required=True, help="A preset name (see `launcher presets list`) or a .toml path.")
+  launcher run --preset wan21-t2v-1.3b --dataset ./my-dataset --samples prompts.txt --set samples.every=1 --dry-run
+  launcher run --from ./runs/wan21-t2v-1.3b-20261124-101500 --dry-run""")
+@click.option("--preset", help="A preset name (see `launcher presets list`) or a .toml path.")
 @click.option("--expert", type=click.Choice(["high", "low", "both"]), help=EXPERT_HELP)
 @click.option("--dataset", "dataset_dir", type=click.Path(),
               help="Folder of images/videos with a .txt caption beside each (or images/ and videos/) "
@@ -64,20 +65,35 @@ Examples:
 @click.option("--dry-run", is_flag=True, help="Print the plan (or with --backend, its command) and exit.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="Output format of --dry-run: json is one document (the plan, and with --backend what it sends).")
+@click.option("--from", "from_run", metavar="RUN",
+              help="Start a recorded run again (a run id, run folder or run.json): its preset, overrides, expert, "
+                   "image and dataset; --set, --backend and the other options apply on top.")
 @click.option("--no-check", is_flag=True,
               help="Skip the media check (files open, frames, fps) run before launching; --dry-run skips it too.")
 @project_defaults(auto=True)
 def run(preset, expert, dataset_dir, overrides, gpu_memory, gpus_per_run, samples_file, backend, output, image,
-        gpus, cache_volume, gpu_type, follow, max_hours, max_cost, volume, spot, dry_run, fmt, no_check):
+        gpus, cache_volume, gpu_type, follow, max_hours, max_cost, volume, spot, dry_run, fmt, no_check, from_run):
     """Plan a LoRA training run from PRESET on a dataset folder, and run it with --backend."""
-    from launcher import estimate
+    from launcher import estimate, rerun
     from launcher.backends import LaunchOptions, load_backend, require_sdk
     from launcher.cli import render
+    from launcher.core.errors import UserError
 
+    given_dataset, extra = dataset_dir, overrides
+    if from_run:  # the recorded run's inputs, the flags given on top (launcher/rerun.py)
+        recorded, again = rerun.inputs(from_run, preset=preset, expert=expert, dataset=dataset_dir,
+                                       overrides=overrides, image=image, backend=backend)
+        preset, expert, dataset_dir, overrides, image, backend = (again.preset, again.expert, again.dataset,
+                                                                  again.overrides, again.image, again.backend)
+        if backend is None and not dry_run:
+            raise UserError("running needs a backend: add --backend local, modal, runpod or skypilot, or --dry-run "
+                            "to see the plan")
     refuse_misplaced(backend, backend_names())
     if backend and not dry_run:
         require_sdk(backend)
     job = build_job(preset, expert, dataset_dir, overrides, gpu_memory, gpus_per_run, samples_file)
+    if from_run:
+        rerun.check(recorded, job, given_dataset, extra)
     say_notes()
     if backend is None:  # only with --dry-run: without it, project_defaults picked a backend or refused
         click.echo(render.as_json(job) if fmt == "json" else render.plan_text(job, click.get_current_context()))
@@ -105,7 +121,10 @@ def run(preset, expert, dataset_dir, overrides, gpu_memory, gpus_per_run, sample
         click.echo(f"warning: {warning}", err=True)
     if hasattr(chosen, "quote"):  # a paid platform: say what it will cost before starting anything
         quote_run(chosen, job, options, seconds)
-    return chosen.launch(job, options)
+    try:
+        return chosen.launch(job, options)
+    finally:  # what `launcher run --from` and `launcher diff` read back (the record the backend made, if any)
+        rerun.remember(job, options)
 
 
 def _note_hour_limit(job, max_hours: float | None) -> None:

@@ -39,6 +39,7 @@ class MediaDir:
     files: tuple[str, ...]
     digest: str  # sha256 over every media file and caption in it: the cache key's content part
     captions: tuple[str, ...] = ()  # one per file, whitespace-collapsed: the plan's default sample prompts
+    sha256s: tuple[tuple[str, str], ...] = ()  # one per file: (media sha256, caption sha256), what run.json lists
 
 
 @dataclass(frozen=True)
@@ -179,12 +180,13 @@ def _stem_clashes(media: list[Path], prefix: str) -> list[str]:
 
 
 def _media_dir(relpath: str, kind: str, media: list[Path], sha: dict[Path, str]) -> MediaDir:
-    digest, captions = hashlib.sha256(), []
+    digest, captions, sums = hashlib.sha256(), [], []
     for path in media:
         caption = path.with_suffix(CAPTION_EXTENSION)
         digest.update(f"{path.name}\0{sha[path]}\0{sha[caption]}\n".encode())
         captions.append(" ".join((caption_text(caption.read_bytes()) or "").split()))
-    return MediaDir(relpath, kind, tuple(p.name for p in media), digest.hexdigest(), tuple(captions))
+        sums.append((sha[path], sha[caption]))
+    return MediaDir(relpath, kind, tuple(p.name for p in media), digest.hexdigest(), tuple(captions), tuple(sums))
 
 
 def _entry_problem(path: Path, shown: str, root: Path) -> str | None:

@@ -134,13 +134,16 @@ def start(run: RunRequest,
                                                                         "accepted.")] = None) -> dict:
     """Start the run. A paid backend refuses without the estimate the user was shown (its id or amount);
     max_cost applies as on the command line. A local run runs to its end within this call."""
-    from launcher import runs
+    from launcher import rerun, runs
     from launcher.mcp_server.spend import require_shown
 
     job, options, chosen, est, warnings = _estimate(run)
     if est is not None:
         require_shown(est, run.key(), job.loaded.content_hash, estimate_id, estimate_usd)
-    code = chosen.launch(job, options)
+    try:
+        code = chosen.launch(job, options)
+    finally:  # as `launcher run` does: what `launcher run --from` and `launcher diff` read back
+        rerun.remember(job, options)
     # Local runs are recorded too (for `status`), but they ran to their end within this call.
     recorded = any(r["run_id"] == job.plan.run_id for r in runs.all_runs())
     detached = recorded and chosen.capabilities.detach

@@ -79,7 +79,7 @@ def check(sweep: Sweep, options: LaunchOptions) -> None:
 
 def docker_execute(sweep: Sweep, options: LaunchOptions) -> Execute:
     """The real engine: checked once (engine, image, labels), then one container per call."""
-    from launcher.backends.local import connect, engine_of, gpu_requests, image_labels, run_container
+    from launcher.backends.local import connect, engine_of, gpu_requests, image_labels, pinned, run_container
 
     client = connect()
     engine = engine_of(client)
@@ -87,7 +87,7 @@ def docker_execute(sweep: Sweep, options: LaunchOptions) -> Execute:
     image = containers(sweep, options)[0][1].image
     labels.check_image(image, image_labels(client, image, job.loaded.preset.family), job.loaded.preset.family,
                        job.loaded.preset.model.task)
-    return lambda spec: run_container(client, spec, gpu_requests(spec.gpus, *engine))
+    return lambda spec: run_container(client, pinned(client, spec), gpu_requests(spec.gpus, *engine))
 
 
 def _fan_out(trainings: list[tuple[str, ContainerSpec]], workers: list[str], execute: Execute) -> dict[str, int]:

@@ -8,6 +8,7 @@ trap 'echo "[train] got TERM"; sleep 1; echo "[train] last words after TERM"; ex
 
 echo "[cache-latents] preset=${LORA_GYM_PRESET} expert=${LORA_GYM_EXPERT:-} set=${LORA_GYM_SET:-}"
 echo "[cache-latents] user=$(id -u):$(id -g) run_id=${LORA_GYM_RUN_ID:-}"
+echo "[cache-latents] image=${LORA_GYM_IMAGE:-} id=${LORA_GYM_IMAGE_ID:-}"
 if [ -f "$LORA_GYM_PRESET" ]; then
   echo "[cache-latents] preset file: $(head -n 1 "$LORA_GYM_PRESET")"
 fi
