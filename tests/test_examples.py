@@ -1,7 +1,9 @@
 """Every shell example in README.md and docs/ runs: each ```bash block's commands are executed, in order, and
 must succeed (a `launcher` command must also print something). ```text blocks are shown only: commands that
-cannot run here (real cloud runs, image builds, real API keys). `make` commands are not run here (`make test`
-would run itself); CI runs them, so each must be in .ci/run."""
+cannot run here (real cloud runs, image builds, real API keys), except transcripts: a text block whose first
+line is `$ COMMAND` is run too, and every other line of the block must be a line of its output (how the
+troubleshooting page shows real `error:` lines, which so cannot drift from the code). `make` commands are not
+run here (`make test` would run itself); CI runs them, so each must be in .ci/run."""
 
 from __future__ import annotations
 
@@ -25,17 +27,25 @@ def blocks(page: Path) -> list[tuple[str, str]]:
     return found
 
 
-def commands(page: Path) -> list[str]:
-    """The commands of the page's bash blocks: continuation lines joined, comments and blank lines dropped."""
+def steps(page: Path) -> list[tuple[str, list[str] | None]]:
+    """In page order: (command, None) for each command of a bash block (continuation lines joined, comments and
+    blank lines dropped), (command, expected output lines) for each transcript."""
     result = []
     for language, body in blocks(page):
+        if language == "text" and body.startswith("$ "):
+            first, *expected = body.splitlines()
+            result.append((first[2:], [line for line in expected if line.strip()]))
         if language != "bash":
             continue
         for line in re.sub(r"\\\n\s*", " ", body).splitlines():
             line = line.split("  #")[0].strip()
             if line and not line.startswith("#"):
-                result.append(line)
+                result.append((line, None))
     return result
+
+
+def commands(page: Path) -> list[str]:
+    return [command for command, expected in steps(page) if expected is None]
 
 
 def test_the_readme_shows_the_two_setup_commands_first():
@@ -63,7 +73,7 @@ def test_the_examples_cover_the_commands():
     assert {"presets", "run", "dataset", "caption", "sweep"} <= verbs
 
 
-@pytest.mark.parametrize("page", [p for p in PAGES if commands(p)], ids=lambda p: p.relative_to(ROOT).as_posix())
+@pytest.mark.parametrize("page", [p for p in PAGES if steps(p)], ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_every_bash_example_succeeds(page, tmp_path):
     """In a fresh folder (examples/ linked in: the paths are relative to the checkout), with a private HOME and
     state folder and no secret in the environment; in order, as a later command may read what an earlier one
@@ -72,7 +82,7 @@ def test_every_bash_example_succeeds(page, tmp_path):
     (tmp_path / "home").mkdir()
     env = clean_env(HOME=str(tmp_path / "home"), LORA_GYM_HOME=str(tmp_path / "state"))
     exports = []
-    for command in commands(page):
+    for command, expected in steps(page):
         if command.startswith("make "):
             continue
         if command.startswith("export "):
@@ -81,6 +91,12 @@ def test_every_bash_example_succeeds(page, tmp_path):
         script = "\n".join(["set -euo pipefail", *exports, command])
         result = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
                                 timeout=300)
+        if expected is not None:  # a transcript: its lines, as the command prints them
+            printed = (result.stdout + result.stderr).splitlines()
+            assert [line for line in expected if line not in printed] == [], f"{page.name}: {command}: {printed}"
+            if any(line.startswith("error:") for line in expected):
+                assert result.returncode != 0, f"{page.name}: {command} showed an error but succeeded"
+            continue
         assert result.returncode == 0, f"{page.name}: {command}: {result.stderr}"
         if command.startswith("launcher "):
             assert result.stdout.strip(), f"{page.name}: {command} printed nothing"
