@@ -51,3 +51,13 @@ def test_a_broken_link_or_a_page_left_out_of_the_nav_fails_the_build(tmp_path):
         page.write("\nSee [the missing page](missing.md).\n")
     result = build(project, tmp_path / "site2")
     assert result.returncode != 0 and "missing.md" in result.stderr
+
+
+def test_the_assistant_can_read_every_page():
+    """`launcher mcp` serves the docs as resources (lora-gym://docs/<slug>): every page of the site among them."""
+    from launcher.mcp_server.resources import doc_sections
+
+    sections = doc_sections()
+    for page in (ROOT / "docs").glob("*.md"):
+        assert sections[page.stem][1] == page.read_text(encoding="utf-8")
+    assert sections["troubleshooting"][0] == "Troubleshooting" and "your-first-lora" in sections
