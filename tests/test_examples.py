@@ -1,16 +1,19 @@
 """Every shell example in README.md and docs/ runs: each ```bash block's commands are executed, in order, and
 must succeed (a `launcher` command must also print something). ```text blocks are shown only: commands that
-cannot run here (real cloud runs, image builds, real API keys), except transcripts: a text block whose first
-line is `$ COMMAND` is run too, and every other line of the block must be a line of its output (how the
-troubleshooting page shows real `error:` lines, which so cannot drift from the code). `make` commands are not
-run here (`make test` would run itself); CI runs them, so each must be in .ci/run."""
+cannot run here (real cloud runs, image builds, real API keys); each `launcher` command in them must still
+parse (every option and choice exists: Click itself parses it, without running it). A transcript, a text
+block whose first line is `$ COMMAND`, is run too, and every other line of the block must be a line of its
+output (how the troubleshooting page shows real `error:` lines, which so cannot drift from the code). `make`
+commands are not run here (`make test` would run itself); CI runs them, so each must be in .ci/run."""
 
 from __future__ import annotations
 
 import re
+import shlex
 import subprocess
 from pathlib import Path
 
+import click
 import pytest
 from conftest import ROOT, clean_env
 
@@ -48,6 +51,30 @@ def commands(page: Path) -> list[str]:
     return [command for command, expected in steps(page) if expected is None]
 
 
+def shown_commands(page: Path) -> list[str]:
+    """The `launcher` commands of the page's text blocks (not transcripts), continuation lines joined."""
+    result = []
+    for language, body in blocks(page):
+        if language == "text" and not body.startswith("$ "):
+            for line in re.sub(r"\\\n\s*", " ", body).splitlines():
+                line = line.split("  #")[0].strip()
+                if line.startswith("launcher "):
+                    result.append(line)
+    return result
+
+
+def parse(argv: list[str]) -> click.Context:
+    """Click's own parsing of a command line, down to the subcommand, without running anything."""
+    from launcher.cli.main import cli
+
+    ctx = cli.make_context("launcher", list(argv))
+    command = cli
+    while isinstance(command, click.Group):
+        name, command, args = command.resolve_command(ctx, [*ctx._protected_args, *ctx.args])
+        ctx = command.make_context(name, args, parent=ctx)
+    return ctx
+
+
 def test_the_readme_shows_the_two_setup_commands_first():
     assert commands(ROOT / "README.md")[:2] == ["make demo", "make test"]
 
@@ -64,6 +91,21 @@ def test_ci_runs_every_make_command_shown():
 def test_every_block_says_whether_it_runs(page):
     for language, _ in blocks(page):
         assert language in LANGUAGES, f"{page.name}: a ```{language or '(none)'} block: use bash (run) or text"
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if shown_commands(p)], ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_every_command_shown_but_not_run_parses(page):
+    for command in shown_commands(page):
+        try:
+            parse(shlex.split(command)[1:])
+        except click.ClickException as exc:
+            pytest.fail(f"{page.name}: {command}: {exc.format_message()}")
+
+
+def test_a_command_with_an_option_that_does_not_exist_does_not_parse():
+    assert parse(["run", "--preset", "p", "--dataset", "d", "--backend", "local", "--gpus", "0,1"]).params["gpus"]
+    with pytest.raises(click.NoSuchOption):
+        parse(["run", "--preset", "p", "--dataset", "d", "--gpuz", "0,1"])
 
 
 def test_the_examples_cover_the_commands():
