@@ -110,8 +110,20 @@ def runpod_fallback_prices() -> str:
     return "\n".join(rows)
 
 
+def image_weights() -> str:
+    """The weights each image bakes in, as the RunPod backend sizes a pod's container disk without a lock."""
+    from launcher.backends.runpod_pods import APPROX_WEIGHTS_GB
+
+    rows = ["| image | weights baked |", "|---|---|"]
+    for (family, tasks), gb in APPROX_WEIGHTS_GB.items():
+        image = f"`lora-gym-{family}:<v>` (full)" if tasks == "all" else f"`lora-gym-{family}:<v>-{tasks}`"
+        rows.append(f"| {image} | about {gb} GB |")
+    return "\n".join([*rows, "| any `-slim` | none (downloaded into the cache volume on first use, once) |"])
+
+
 FIGURES: dict[str, Callable[[], str]] = {"memory-table": memory_table, "presets-table": presets_table,
-                                         "modal-prices": modal_prices, "runpod-fallback-prices": runpod_fallback_prices}
+                                         "modal-prices": modal_prices, "runpod-fallback-prices": runpod_fallback_prices,
+                                         "image-weights": image_weights}
 
 
 def pages() -> list[Path]:
