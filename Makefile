@@ -27,7 +27,7 @@ clean$(if $(filter-out .venv,$(VENV)), VENV=$(VENV)), then make $(GOAL) PYTHON=$
 endef
 
 .PHONY: install install-dev backends skypilot test lint demo golden bench clean image-wan21 image-wan22 push-wan21 \
-	push-wan22 lock-weights
+	push-wan22 lock-weights docs figures
 
 # Images: `make image-wan22 [FLAVOR=full|slim] [TASKS=all|t2v|i2v] [ENGINE=docker|podman] [REGISTRY=...]
 # [MAX_LAYER_GB=9]`; a missing images/<family>/weights.lock.json is pinned from the Hub first (commit it).
@@ -84,6 +84,12 @@ golden: install-dev            ## re-pin the golden plans after an intended plan
 bench: install-dev
 	$(BIN)/python benchmarks/cli_startup.py
 
+docs: install-dev              ## the documentation site into site/ (`$(BIN)/mkdocs serve` shows it while you edit)
+	$(BIN)/mkdocs build --strict
+
+figures: install-dev           ## regenerate the figures the docs share with the code (tools/docs_figures.py)
+	$(BIN)/python tools/docs_figures.py
+
 image-wan21 image-wan22: image-%: install
 	$(BIN)/python -m launcher.imagebuild build $(IMAGE_ARGS)
 
@@ -95,4 +101,4 @@ lock-weights: install          ## resolve images/$(FAMILY)/weights.lock.json fro
 	$(BIN)/python -m launcher.weights lock --family $(FAMILY) --out images/$(FAMILY)/weights.lock.json
 
 clean:
-	rm -rf $(VENV) .venv-skypilot build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-skypilot build site *.egg-info .pytest_cache .ruff_cache

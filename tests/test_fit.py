@@ -208,34 +208,6 @@ def test_dataset_check_reports_the_fit_on_real_buckets(capsys):
     assert "does not fit 12 GB" in capsys.readouterr().out
 
 
-# --- the estimate table in docs/gpu-memory.md ----------------------------------------------------------
-
-def _cell(name: str, gb: int) -> str:
-    try:
-        _, plan = plan_for(name, gb)
-    except UserError:
-        return "does not fit: shrink the videos"
-    worst = max(plan.memory, key=lambda c: (c.gradient_checkpointing_cpu_offload, c.blocks_to_swap))
-    words = [f"swap {worst.blocks_to_swap}" if worst.blocks_to_swap else "no swap"]
-    words += ["offload"] * worst.gradient_checkpointing_cpu_offload + ["fp8"] * worst.fp8_base
-    peak = max(c.estimated_gpu_gb for c in plan.memory)
-    return f"{', '.join(words)}: {peak:g} GB, host {plan.resources.host_memory_gb}"
-
-
-def estimate_table() -> str:
-    """Every preset (both experts for Wan 2.2) with its default dataset entries, at each tier."""
-    rows = ["| preset | " + " | ".join(f"{gb} GB" for gb in TIERS) + " |", "|---|" + "---|" * len(TIERS)]
-    rows += [f"| `{name}` | " + " | ".join(_cell(name, gb) for gb in TIERS) + " |" for name in preset_names()]
-    return "\n".join(rows)
-
-
-@pytest.mark.parametrize("doc", ["docs/gpu-memory.md", "README.md"])
-def test_the_docs_table_is_the_model_s(doc):
-    from conftest import ROOT
-
-    assert estimate_table() in (ROOT / doc).read_text(), f"{doc}: paste tests/test_fit.py estimate_table()'s output"
-
-
 def test_presets_show_names_the_keys_left_to_the_fit(capsys):
     assert main(["presets", "show", "wan21-t2v-14b", "--set", "train.blocks_to_swap=3"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]

@@ -195,7 +195,7 @@ def test_real_objects_carry_the_spec(monkeypatch):
     ({"SERVICE_ACCOUNT_JSON"}, "REGISTRY_AUTH_TYPE_GCP")])
 def test_registry_secret_keys_are_the_ones_the_sdk_reads(keys, kind):
     """Image.from_registry(secret=) infers the kind of registry login from the secret's keys (modal 1.6.4,
-    modal/_image.py _infer_registry_auth_type): the README's examples, run through the SDK's own code."""
+    modal/_image.py _infer_registry_auth_type): docs/modal.md's examples, run through the SDK's own code."""
     from modal._image import _infer_registry_auth_type
     from modal_proto import api_pb2
 

@@ -31,7 +31,7 @@ MOUNT = "/workspace"  # where a pod's network volume is mounted by default (stor
 ROOT = "lora-gym"  # our folder on the volume: the S3 key prefix and the path under MOUNT
 DEFAULT_DATACENTER = "US-KS-2"  # has the S3 API; RUNPOD_DATACENTER picks another for a new volume
 HF_SECRET = "{{ RUNPOD_SECRET_hf_token }}"  # resolved by RunPod inside the pod; the value never passes here
-# Container disk: the image is pulled onto it. Full images bake the weights (README, Images: sizes).
+# Container disk: the image is pulled onto it. Full images bake the weights (docs/images.md, Sizes).
 SOFTWARE_GB, DISK_MARGIN_GB = 20, 30
 APPROX_WEIGHTS_GB = {("wan22", "all"): 130, ("wan22", "t2v"): 70, ("wan22", "i2v"): 70,
                      ("wan21", "all"): 130, ("wan21", "t2v"): 43, ("wan21", "i2v"): 87}
@@ -68,7 +68,7 @@ def image_flavor(image: str) -> tuple[str, str]:
 
 
 def weights_gb(family: str, tasks: str) -> float:
-    """The lock's total where this checkout has one (images/<family>/weights.lock.json), else the README's."""
+    """The lock's total where this checkout has one (images/<family>/weights.lock.json), else docs/images.md's."""
     lock = Path(__file__).resolve().parents[2] / "images" / family / "weights.lock.json"
     if lock.is_file():
         files = json.loads(lock.read_text(encoding="utf-8"))["files"]

@@ -5,7 +5,7 @@ The task is plain data first (task_config): `--dry-run` prints it as YAML withou
 secret. Secrets are named in the task without a value, and only those set in this environment that the run
 needs (task_secrets); their values go to SkyPilot at launch only (sky_task). The run id is fixed in the task,
 so a recovered job names the same run folder in the mounted store and the entrypoint resumes it from its
-newest saved state (README: Resuming a run). The bucket and `pull`: skypilot_store.py. `sky` is imported only
+newest saved state (docs/resuming.md). The bucket and `pull`: skypilot_store.py. `sky` is imported only
 to launch and to look a run up (`make skypilot`: SkyPilot pins click<8.2, so it gets a venv of its own).
 
 The image runs as root (images/Dockerfile): SkyPilot starts the container, runs its setup in it as root

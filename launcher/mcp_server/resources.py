@@ -42,8 +42,9 @@ def readme_text() -> str:
 
 
 def doc_sections() -> dict[str, tuple[str, str]]:
-    """slug -> (title, text) of the assistant guide (guide.md, shipped in the package) and of each `## ` section
-    of the README."""
+    """slug -> (title, text) of the assistant guide (guide.md, shipped in the package), of each `## ` section
+    of the README and, in a checkout, of each page of the documentation (docs/*.md, slug = file name), which
+    holds what the short README leaves out."""
     from importlib import resources
 
     guide = resources.files("launcher.mcp_server").joinpath("guide.md").read_text(encoding="utf-8")
@@ -52,6 +53,10 @@ def doc_sections() -> dict[str, tuple[str, str]]:
         if block.startswith("## "):
             title = block.splitlines()[0][3:].strip()
             sections[re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")] = (title, block)
+    for page in sorted((REPO_ROOT / "docs").glob("*.md")):
+        text = page.read_text(encoding="utf-8")
+        title = next((line[2:].strip() for line in text.splitlines() if line.startswith("# ")), page.stem)
+        sections[page.stem] = (title, text)
     return sections
 
 
