@@ -103,7 +103,7 @@ def test_every_command_shown_but_not_run_parses(page):
 
 
 def test_a_command_with_an_option_that_does_not_exist_does_not_parse():
-    assert parse(["run", "--preset", "p", "--dataset", "d", "--backend", "local", "--gpus", "0,1"]).params["gpus"]
+    assert parse(["run", "--preset", "p", "--dataset", "d", "--backend", "local", "--gpu-ids", "0,1"]).params["gpus"]
     with pytest.raises(click.NoSuchOption):
         parse(["run", "--preset", "p", "--dataset", "d", "--gpuz", "0,1"])
 

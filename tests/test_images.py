@@ -119,7 +119,11 @@ def test_plain_podman_run_and_exit_codes(full_image, docker_host, volume, tmp_pa
     (tmp_path / "out").mkdir()
     ok = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr[-2000:]
-    failing = [*command[:2], "-e", "FAKE_MUSUBI_FAIL=wan_train_network", *command[2:]]
+    # The printed command names its run folder (LORA_GYM_RUN_ID), and a finished run is never overwritten: the
+    # second run gets a folder of its own.
+    again = [f"{a}-again" if a.startswith("LORA_GYM_RUN_ID=") else a for a in command]
+    assert again != command
+    failing = [*again[:2], "-e", "FAKE_MUSUBI_FAIL=wan_train_network", *again[2:]]
     failed = subprocess.run(failing, capture_output=True, text=True, timeout=600)
     assert failed.returncode == 3 and "stopping the run" in failed.stdout
     runs = sorted((tmp_path / "out").glob("*/run.json"))

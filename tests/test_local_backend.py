@@ -354,5 +354,6 @@ def test_the_promised_command_trains_in_a_folder_made_by_init(podman, capfd, mon
     assert out.splitlines()[0] == "[cache-latents] preset=wan22-t2v-lightning expert=high set="
     # The double counts every .txt: the 6 captions and init's dataset/README.txt (which the dataset check ignores).
     assert "[cache-latents] captions: 7" in out and out.rstrip().endswith("[train] done, exit 0")
-    assert (project / "runs" / "fake-run" / "fake-lora.safetensors").read_text() == "fake lora\n"
+    [record] = runs.all_runs()  # recorded like every run, its folder named by the launcher
+    assert (project / "runs" / record["run_id"] / "fake-lora.safetensors").read_text() == "fake lora\n"
     assert our_containers() == []

@@ -114,7 +114,8 @@ def test_a_cloud_dry_run_prices_the_run_without_a_key(capsys, monkeypatch, backe
                                             ("skypilot", "SkyPilot picks the cloud")])
 def test_unpriced_backends_say_gpu_hours_and_why_no_price(capsys, tmp_path, backend, price):
     _, out = backend_cli(capsys, "run", "--preset", "wan21-t2v-14b", "--dataset", str(EXAMPLE_DATASET), "--dry-run",
-                         "--backend", backend, "--image", IMAGE.replace("22", "21"), "--output", str(tmp_path))
+                         "--backend", backend, "--image", IMAGE.replace("22", "21"),
+                         *(["--output", str(tmp_path)] if backend == "local" else []))  # --output: local only
     line = next(x for x in out.splitlines() if x.startswith("estimate: "))
     assert re.match(r"estimate: ~[\d.]+ h on 1 x 80 GB class GPU = [\d.]+ GPU-hours", line) and price in line
 
@@ -122,8 +123,9 @@ def test_unpriced_backends_say_gpu_hours_and_why_no_price(capsys, tmp_path, back
 @pytest.mark.parametrize("backend", [None, "local", "modal", "runpod"])
 def test_every_sweep_dry_run_ends_with_its_estimate_and_next_command(capsys, tmp_path, backend):
     args = ["sweep", "--preset", "wan21-t2v-1.3b", "--dataset", str(EXAMPLE_DATASET), "--grid",
-            "train.max_train_epochs=10,40", "--dry-run", "--image", IMAGE.replace("22", "21"), "--output",
-            str(tmp_path)] + (["--backend", backend] if backend else [])
+            "train.max_train_epochs=10,40", "--dry-run"]
+    args += ["--backend", backend, "--image", IMAGE.replace("22", "21")] if backend else []
+    args += ["--output", str(tmp_path)] if backend == "local" else []
     out = backend_cli(capsys, *args)[1] if backend else cli(capsys, *args)
     line = next(x for x in out.splitlines() if x.startswith("estimate: "))
     assert line.startswith("estimate: 2 runs + 1 cache pass, ~") and "GPU-hours" in line

@@ -166,7 +166,7 @@ def test_without_a_project_file_dataset_is_dot_dataset_when_it_exists(tmp_path, 
     assert code == 2 and err.startswith("error: no dataset: pass --dataset DIR, put the files in ./dataset")
     shutil.copytree(EXAMPLE_DATASET, tmp_path / "dataset")
     code, out, _ = cli(capsys, "run", "--preset", "wan21-t2v-1.3b", "--dry-run")
-    assert code == 0 and "dataset    : 4 images, 2 videos" in out
+    assert code == 0 and "Dataset: 4 images, 2 videos" in out
 
 
 def test_dataset_check_caption_and_sweep_take_the_project_dataset(project, capsys):

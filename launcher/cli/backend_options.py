@@ -29,7 +29,8 @@ APPLIES = {
 }
 # Options of the plan or of the command itself: they apply with every backend and without one.
 EVERYWHERE = ("preset", "expert", "dataset_dir", "overrides", "gpu_memory", "gpus_per_run", "samples_file",
-              "backend", "dry_run", "fmt", "no_check", "grid_options", "grid_file", "yes", "renamed_gpus")
+              "backend", "dry_run", "fmt", "no_check", "grid_options", "grid_file", "yes", "renamed_gpus",
+              "from_run")
 
 
 def _either(names: list[str]) -> str:
