@@ -24,6 +24,9 @@ class Quote:
     usd_per_hour: float  # per GPU
     gpus: int = 1
     source: str = ""  # where the price comes from (the API's catalog, or a documented table)
+    # How many of the run's trainings run at the same time: `--expert both` on Modal and RunPod trains its two
+    # experts at once, each in its own container or pod (counted in `gpus`), so the wall clock is one training's.
+    parallel: int = 1
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,8 @@ class Estimate:
 
 
 def estimate(training_seconds: float, quote: Quote) -> Estimate:
-    return Estimate(training_seconds / 3600 + STARTUP_HOURS, quote)
+    """`training_seconds`: all the run's trainings one after another; `quote.parallel` of them run at once."""
+    return Estimate(training_seconds / quote.parallel / 3600 + STARTUP_HOURS, quote)
 
 
 def check_budget(est: Estimate, max_cost: float | None) -> None:

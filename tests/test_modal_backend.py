@@ -104,7 +104,10 @@ def test_quote_uses_the_price_table_and_two_gpus_for_both():
     q = modal_backend.ModalBackend().quote(job, options)
     assert (q.gpu, q.usd_per_hour, q.gpus) == ("H100", modal_backend.PRICES["H100"], 2)
     assert "modal.com/pricing" in q.source
-    assert cost.estimate(3600, q).usd == pytest.approx(1.25 * 3.9492 * 2)
+    # 3600 s of training in all: the two experts' 30 minutes each, at the same time, on two GPUs (+ start-up)
+    assert q.parallel == 2 and cost.estimate(3600, q).usd == pytest.approx((0.5 + cost.STARTUP_HOURS) * 3.9492 * 2)
+    single = modal_backend.ModalBackend().quote(*job_and_options(expert="high"))
+    assert single.parallel == 1 and cost.estimate(3600, single).usd == pytest.approx(1.25 * 3.9492)
 
 
 def test_both_is_a_cache_pass_then_two_experts_then_the_pairs_samples():

@@ -385,8 +385,11 @@ def test_quote_uses_the_catalog_price_and_two_gpus_for_both(dataset, fake):
 
     job = prepare("wan22-t2v-lightning", "both", [], dataset)
     quote = runpod.RunPodBackend().quote(job, LaunchOptions(dataset=str(dataset)))
-    assert (quote.gpu, quote.usd_per_hour, quote.gpus) == ("NVIDIA H100 80GB HBM3", 2.69, 2)
+    assert (quote.gpu, quote.usd_per_hour, quote.gpus, quote.parallel) == ("NVIDIA H100 80GB HBM3", 2.69, 2, 2)
     assert quote.source.startswith("RunPod catalog, secure cloud")
+    # the two pods train at the same time: the wall clock is half of both trainings' time, billed on two GPUs
+    from launcher import cost
+    assert cost.estimate(7200, quote).hours == pytest.approx(1 + cost.STARTUP_HOURS)
 
 
 # --- volume transfers -----------------------------------------------------------------------------------

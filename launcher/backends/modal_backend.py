@@ -145,7 +145,8 @@ def gpu_request(job: Job, options: LaunchOptions) -> str:
 
 def quote(job: Job, options: LaunchOptions) -> cost.Quote:
     gpu = choose_gpu(job, options)
-    return cost.Quote(gpu, PRICES[gpu], gpus=gpu_count(job), source=PRICE_SOURCES.get(gpu, PRICE_SOURCE))
+    return cost.Quote(gpu, PRICES[gpu], gpus=gpu_count(job), source=PRICE_SOURCES.get(gpu, PRICE_SOURCE),
+                      parallel=2 if job.plan.expert == "both" else 1)
 
 
 def timeout_s(job: Job, options: LaunchOptions) -> int:

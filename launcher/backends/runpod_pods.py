@@ -130,7 +130,8 @@ def pod_env(job: Job, options: LaunchOptions, expert: str | None, hours: float) 
 def quote_for(job: Job, gpu: dict) -> cost.Quote:
     """The price of this GPU type for the whole run: every pod (two with `--expert both`) x its GPUs."""
     usd, source = price_of(gpu)
-    return cost.Quote(gpu["id"], usd, gpus=len(experts(job)) * job.plan.resources.gpu_count, source=source)
+    pods = len(experts(job))  # they train at the same time
+    return cost.Quote(gpu["id"], usd, gpus=pods * job.plan.resources.gpu_count, source=source, parallel=pods)
 
 
 def volume_id(options: LaunchOptions) -> str | None:
