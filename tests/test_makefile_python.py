@@ -36,8 +36,11 @@ def project(tmp_path) -> Path:
 
 
 def make(project: Path, *args: str) -> subprocess.CompletedProcess:
+    # As typed in a shell: under `make test` the environment says make is already running (MAKELEVEL), and the
+    # inner make would then name itself `make[1]` in its messages.
+    env = {k: v for k, v in clean_env().items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES")}
     return subprocess.run(["make", "--no-print-directory", *args], cwd=project, capture_output=True, text=True,
-                          env=clean_env(MAKEFLAGS=""), timeout=60)
+                          env=env, timeout=60)
 
 
 def refusal(result: subprocess.CompletedProcess) -> str:
