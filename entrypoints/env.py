@@ -36,8 +36,9 @@ VARS = (
     Var("LORA_GYM_MUSUBI_DIR", "/opt/musubi-tuner", "musubi-tuner checkout (installed) whose scripts run."),
     Var("LORA_GYM_PYTHON", "python", "Python interpreter for the cache and merge steps."),
     Var("LORA_GYM_IMAGE_LABELS", "", "JSON file with the image's labels, copied into run.json."),
-    Var("LORA_GYM_IMAGE", "", "The image reference the launcher started (`NAME@sha256:...` when pinned), recorded "
-        "in run.json so `launcher run --from` runs the same image again."),
+    Var("LORA_GYM_IMAGE", "", "The image reference the launcher started (`NAME[:TAG]@sha256:...` when pinned: a cloud "
+        "launch pins a tag to its registry's digest), recorded in run.json so `launcher run --from` runs the same "
+        "image again."),
     Var("LORA_GYM_IMAGE_ID", "", "The local engine's id of that image (`sha256:...`), set by `--backend local`."),
     Var("LORA_GYM_RUN_ID", "", "Name of the run folder; default `<preset>[-<expert>]-<UTC time>`. An unfinished "
         "run's name continues that run."),

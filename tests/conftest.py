@@ -40,6 +40,18 @@ def _private_state(monkeypatch, tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
+def _no_registry_lookups(monkeypatch):
+    """A cloud launch asks the image's registry for its digest (launcher/backends/registry_digest.py): in tests a
+    remote registry is a loopback port nothing listens on (so unresolved, at once), unless a test points it at a
+    double; a loopback registry (tests/test_registry_digest.py's real one) is asked as it is."""
+    from launcher.backends import registry_digest
+
+    real = registry_digest.registry_url
+    monkeypatch.setattr(registry_digest, "registry_url", lambda host: real(host) if host.startswith("127.0.0.1:")
+                        else "http://127.0.0.1:9")
+
+
+@pytest.fixture(autouse=True)
 def _scrub_secrets(monkeypatch):
     for name in SECRET_VARS:
         monkeypatch.delenv(name, raising=False)

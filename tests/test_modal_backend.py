@@ -382,3 +382,24 @@ def test_pull_downloads_the_run_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(modal.Volume, "from_name", lambda name: Outputs())
     assert modal_backend.pull(RECORD, str(tmp_path)) == 0
     assert (tmp_path / "r1" / "high" / "lora.safetensors").read_bytes() == b"weights"
+
+
+def test_a_launch_pins_the_image_tag_to_the_digest_its_registry_names(monkeypatch, capsys):
+    from fakes.fake_registry import serving
+
+    from launcher.cli.main import main
+
+    started = []
+    monkeypatch.setattr(modal_app, "start", lambda spec, root, volume: started.append(spec) or {"app_id": "ap-1",
+                                                                                              "call_id": "fc-1"})
+    monkeypatch.setattr(modal_backend, "first_lines", lambda record, count, wait: None)
+    with serving(monkeypatch, "you/lora-gym-wan22", "0.1.0") as registry:
+        assert main(["run", "--preset", "wan22-t2v-lightning", "--expert", "high", "--dataset", str(EXAMPLE_DATASET),
+                     "--backend", "modal", "--no-check", "--image", IMAGE]) == 0
+    digest = registry.digest("you/lora-gym-wan22", "0.1.0")
+    [spec] = started  # Modal builds `FROM <image>` (modal/_image.py from_registry): a digest is pulled as such
+    assert spec.image == f"{IMAGE}@{digest}" and {c.env["LORA_GYM_IMAGE"] for c in spec.calls} == {spec.image}
+    [record] = runs.all_runs()
+    assert record["image"] == spec.image
+    assert record["reproduce"]["image"] == {"ref": spec.image, "digest": digest, "source": "reference"}
+    assert f"image: {IMAGE} is {digest}" in capsys.readouterr().err

@@ -16,7 +16,7 @@ from conftest import ROOT, clean_env
 from fakes.fake_runpod import FakeRunPod
 
 from launcher import runs
-from launcher.backends import runpod, runpod_api, runpod_gpus, runpod_s3
+from launcher.backends import runpod, runpod_api, runpod_gpus, runpod_pods, runpod_s3
 from launcher.cli.main import main
 from launcher.core.errors import UserError
 from lora_gym_entrypoint import pod as pod_side
@@ -525,3 +525,18 @@ def test_an_explicit_gpu_is_never_swapped_for_another(dataset, volume, fake, cap
     fake.sold_out = {"NVIDIA GeForce RTX 4090"}
     assert launch(dataset, volume, "--gpu", "NVIDIA GeForce RTX 4090") == 2
     assert not fake.created and "placed none of NVIDIA GeForce RTX 4090: 400" in capsys.readouterr().err
+
+
+def test_a_launch_pins_the_image_tag_to_the_digest_its_registry_names(dataset, volume, fake, capsys, monkeypatch):
+    from fakes.fake_registry import serving
+
+    image = "ghcr.io/you/lora-gym-wan21:0.1.0-slim"
+    with serving(monkeypatch, "you/lora-gym-wan21", "0.1.0-slim") as registry:
+        assert launch(dataset, volume, "--image", image) == 0
+    digest = registry.digest("you/lora-gym-wan21", "0.1.0-slim")
+    [body] = fake.created
+    assert body["image"] == body["env"]["LORA_GYM_IMAGE"] == f"{image}@{digest}"
+    assert body["env"]["HF_TOKEN"] == runpod_pods.HF_SECRET  # still a slim image: its tag is kept before the digest
+    [record] = runs.all_runs()
+    assert record["reproduce"]["image"] == {"ref": f"{image}@{digest}", "digest": digest, "source": "reference"}
+    assert f"image: {image} is {digest}" in capsys.readouterr().err

@@ -381,3 +381,28 @@ def test_a_submission_reaches_skypilot_and_its_no_cloud_answer_becomes_one_line(
     assert lines[-1].startswith("error: SkyPilot has no enabled cloud") and "`sky check`" in lines[-1]
     assert "no cloud storage is available" in lines[-1]  # SkyPilot's own answer, from its server
     assert sum(line.startswith("error:") for line in lines) == 1 and "Traceback" not in result.stderr
+
+
+def test_a_launch_pins_the_image_tag_to_the_digest_its_registry_names(monkeypatch, capsys):
+    from fakes.fake_registry import serving
+
+    sky = import_sky()
+    image = "ghcr.io/you/lora-gym-wan21:0.1.0-slim"
+    launched = []
+    monkeypatch.setattr(sky.jobs, "launch", lambda task, name=None, **kwargs: launched.append(task) or "request-1")
+    monkeypatch.setattr(sky, "stream_and_get", lambda request: ([42], None))
+    store_ls(monkeypatch, sky, {"lora-gym-wan21-0123456789": "GCS"})
+    (runs.home() / skypilot_store.ID_FILE).parent.mkdir(parents=True, exist_ok=True)
+    (runs.home() / skypilot_store.ID_FILE).write_text("0123456789\n")
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    with serving(monkeypatch, "you/lora-gym-wan21", "0.1.0-slim") as registry:
+        assert main(["run", "--preset", "wan21-t2v-1.3b", "--dataset", DS, "--backend", "skypilot", "--no-check",
+                     "--image", image]) == 0
+    digest = registry.digest("you/lora-gym-wan21", "0.1.0-slim")
+    [task] = launched  # SkyPilot runs `docker pull <image>` on the VM (sky/provision/docker_utils.py)
+    [resources] = task.resources
+    assert resources.extract_docker_image() == task.envs["LORA_GYM_IMAGE"] == f"{image}@{digest}"
+    assert list(task.secrets) == ["HF_TOKEN"]  # still a slim image: its tag is kept before the digest
+    [record] = runs.all_runs()
+    assert record["reproduce"]["image"] == {"ref": f"{image}@{digest}", "digest": digest, "source": "reference"}
+    assert f"image: {image} is {digest}" in capsys.readouterr().err

@@ -165,3 +165,17 @@ def test_pull_fetches_every_run_of_the_sweep_and_says_which_has_nothing(tmp_path
     files["sw-02/lora.safetensors"] = b"two"
     assert main(["pull", "sw", str(tmp_path)]) == 0 and (tmp_path / "sw-02" / "lora.safetensors").is_file()
     assert (tmp_path / "sw-01" / "report.html").is_file()  # every pulled run folder gets its report
+
+
+def test_a_sweep_launch_pins_the_image_tag_to_its_digest(monkeypatch, capsys):
+    from fakes.fake_registry import serving
+
+    captured = []
+    monkeypatch.setattr(modal_app, "start", lambda spec, root, vol: captured.append(spec) or {"app_id": "ap-9",
+                                                                                            "call_id": "fc-9"})
+    with serving(monkeypatch, "you/lora-gym-wan22", "0.1.0") as registry:
+        assert main(sweep_cli("--no-check")) == 0
+    pinned = f"{IMAGE}@{registry.digest('you/lora-gym-wan22', '0.1.0')}"
+    assert captured[0].image == pinned
+    [record] = [r for r in runs.all_runs() if r.get("kind") == "sweep"]
+    assert record["image"] == pinned

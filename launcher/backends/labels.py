@@ -54,6 +54,13 @@ def registry_of(ref: str) -> str | None:
     return "docker.io"
 
 
+def image_tag(ref: str) -> str:
+    """The tag of a reference, '' when it has none; a digest after it (`NAME:TAG@sha256:...`, as a launch pins a
+    tag) leaves the tag's meaning (its flavor and tasks) as it was."""
+    name = ref.split("@", 1)[0].rsplit("/", 1)[-1]
+    return name.partition(":")[2]
+
+
 def cloud_image(ref: str | None, family: str, platform: str, env: Mapping[str, str] | None = None) -> str:
     """The image a cloud platform pulls: --image or the family's default, refused when only this machine has
     it (no registry, or a loopback one). Every cloud backend calls this before it prints or sends anything."""

@@ -61,9 +61,8 @@ def registry_auth(environ=os.environ) -> str | None:
 
 
 def image_flavor(image: str) -> tuple[str, str]:
-    """(full | slim, all | t2v | i2v) from a tag `<version>[-slim][-<tasks>]`; a digest counts as full, all."""
-    tag = image.rsplit(":", 1)[1] if ":" in image.rsplit("/", 1)[-1] else ""
-    parts = tag.split("-")[1:] if "@" not in image else []
+    """(full | slim, all | t2v | i2v) from a tag `<version>[-slim][-<tasks>]`; a bare digest counts as full, all."""
+    parts = labels.image_tag(image).split("-")[1:]
     return ("slim" if "slim" in parts else "full"), next((p for p in parts if p in ("t2v", "i2v")), "all")
 
 

@@ -68,9 +68,8 @@ def image_of(job: Job, options: LaunchOptions) -> str:
 
 
 def slim(image: str) -> bool:
-    """Whether the tag says slim (`<version>-slim[-<tasks>]`, launcher.imagebuild.image_tag); a digest: full."""
-    name = image.rsplit("/", 1)[-1]
-    return "@" not in name and "slim" in name.partition(":")[2].split("-")[1:]
+    """Whether the tag says slim (`<version>-slim[-<tasks>]`, launcher.imagebuild.image_tag); a bare digest: full."""
+    return "slim" in labels.image_tag(image).split("-")[1:]
 
 
 def task_secrets(image: str, env: Mapping[str, str] | None = None) -> list[str]:

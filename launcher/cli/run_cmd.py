@@ -121,6 +121,10 @@ def run(preset, expert, dataset_dir, overrides, gpu_memory, gpus_per_run, sample
         click.echo(f"warning: {warning}", err=True)
     if hasattr(chosen, "quote"):  # a paid platform: say what it will cost before starting anything
         quote_run(chosen, job, options, seconds)
+    if backend != "local":  # a cloud pulls by reference: pin the tag to the digest it names now (not in a dry run)
+        from launcher.backends import registry_digest
+
+        options = registry_digest.pinned(options, job.loaded.preset.family)
     try:
         return chosen.launch(job, options)
     finally:  # what `launcher run --from` and `launcher diff` read back (the record the backend made, if any)

@@ -96,6 +96,10 @@ def sweep(preset, expert, dataset_dir, grid_options, grid_file, yes, overrides, 
         return 0
     for line in estimate:
         click.echo(line, err=True)
+    if backend != "local":  # as `launcher run`: every run pulls the image by the digest its tag names now
+        from launcher.backends import registry_digest
+
+        options = registry_digest.pinned(options, planned.trainings[0].job.loaded.preset.family)
     return module.launch(planned, options)
 
 

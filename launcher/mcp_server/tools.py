@@ -140,6 +140,10 @@ def start(run: RunRequest,
     job, options, chosen, est, warnings = _estimate(run)
     if est is not None:
         require_shown(est, run.key(), job.loaded.content_hash, estimate_id, estimate_usd)
+    if chosen.capabilities.name != "local":  # as `launcher run`: a cloud pulls the image by its digest
+        from launcher.backends import registry_digest
+
+        options = registry_digest.pinned(options, job.loaded.preset.family)
     try:
         code = chosen.launch(job, options)
     finally:  # as `launcher run` does: what `launcher run --from` and `launcher diff` read back
