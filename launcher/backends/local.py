@@ -13,8 +13,6 @@ import dataclasses
 import os
 import re
 import shlex
-import shutil
-import subprocess
 import sys
 import threading
 from collections.abc import Callable
@@ -24,7 +22,8 @@ from pathlib import Path
 
 from launcher import runs
 from launcher.backends import Capabilities, LaunchOptions, labels, local_runs
-from launcher.core.engine_values import docker_volume, gpu_ids, image_reference
+from launcher.backends.local_gpus import gpu_requests, host_gpu_count, parse_gpus
+from launcher.core.engine_values import docker_volume, image_reference
 from launcher.core.errors import UserError
 from launcher.core.inputs import creatable_dir
 from launcher.core.job import DEFAULT_PATHS, Job
@@ -34,7 +33,6 @@ PRESETS_DIR = "/presets"
 SHM_SIZE = "8g"
 STOP_TIMEOUT_S = 30  # SIGTERM, then this long for the entrypoint to stop its step, then SIGKILL
 LOG_DRAIN_S = 10  # after the container stopped, how long its last log lines may take to arrive
-PODMAN_CDI_API = (5, 4)  # first Podman whose Docker API honours GPU (CDI) device requests
 UNREACHABLE = "cannot reach Docker or Podman"
 PODMAN_SOCKET_FIX = ("start Docker, or Podman's Docker API with `podman system service --time=0 "
                      "unix:///run/podman/podman.sock &` and `export DOCKER_HOST=unix:///run/podman/podman.sock`")
@@ -64,24 +62,6 @@ class ContainerSpec:
 
 
 # --- the container as data -------------------------------------------------------------------------------
-
-def parse_gpus(value: str, count: int | None = None) -> tuple[str, ...] | str | None:
-    return gpu_ids(value, "--gpu-ids", count)
-
-
-def host_gpu_count() -> int | None:
-    """This machine's GPUs (`nvidia-smi -L`) when the engine runs here too; None when that cannot be known (a
-    remote DOCKER_HOST, no nvidia-smi): --gpu-ids then gets only the static range check."""
-    host = os.environ.get("DOCKER_HOST", "")
-    found = shutil.which("nvidia-smi")
-    if (host and not host.startswith("unix://")) or not found:
-        return None
-    try:
-        listed = subprocess.run([found, "-L"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return sum(line.startswith("GPU ") for line in listed.stdout.splitlines()) if listed.returncode == 0 else None
-
 
 def _host_path(path: str | Path) -> str:
     resolved = str(Path(path).expanduser().resolve())
@@ -174,21 +154,6 @@ def render_command(argv: list[str]) -> str:
         i += 2 if takes_value else 1
     lines.append(words[-1])
     return " \\\n    ".join(lines)
-
-
-def gpu_requests(gpus: tuple[str, ...] | str | None, engine: str, version: tuple[int, ...]) -> list[dict]:
-    """docker-py device_requests: Docker's NVIDIA request, or CDI devices for Podman (which ignores the former)."""
-    if not gpus:
-        return []
-    ids = None if gpus == "all" else list(gpus)
-    if engine != "podman":
-        request = {"count": -1} if ids is None else {"device_ids": ids}
-        return [request | {"capabilities": [["gpu"]]}]
-    if version < PODMAN_CDI_API:
-        raise UserError(f"Podman {'.'.join(map(str, version))} ignores GPU requests over its Docker API "
-                        "(honoured from Podman 5.4): upgrade Podman or use Docker, or pass --gpu-ids none")
-    cdi = [f"nvidia.com/gpu={i}" for i in (ids or ["all"])]
-    return [{"driver": "cdi", "device_ids": cdi, "capabilities": [["gpu"]]}]
 
 
 def run_kwargs(spec: ContainerSpec, device_requests: list[dict]) -> dict:

@@ -15,15 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from launcher.backends import LaunchOptions, labels
-from launcher.backends.local import (
-    ContainerSpec,
-    container_spec,
-    docker_run_argv,
-    host_gpu_count,
-    output_dir,
-    parse_gpus,
-    render_command,
-)
+from launcher.backends.local import ContainerSpec, container_spec, docker_run_argv, output_dir, render_command
+from launcher.backends.local_gpus import host_gpu_count, parse_gpus
 from launcher.core.job import Job
 from launcher.sweep.prepare import Sweep
 
@@ -79,7 +72,8 @@ def check(sweep: Sweep, options: LaunchOptions) -> None:
 
 def docker_execute(sweep: Sweep, options: LaunchOptions) -> Execute:
     """The real engine: checked once (engine, image, labels), then one container per call."""
-    from launcher.backends.local import connect, engine_of, gpu_requests, image_labels, pinned, run_container
+    from launcher.backends.local import connect, engine_of, image_labels, pinned, run_container
+    from launcher.backends.local_gpus import gpu_requests
 
     client = connect()
     engine = engine_of(client)
