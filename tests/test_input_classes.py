@@ -268,8 +268,10 @@ def test_every_class_has_several_cases():
     assert len({c.id for c in CASES}) == len(CASES)
 
 
-@pytest.mark.parametrize("case", CASES, ids=[f"{c.cls}: {c.id}" for c in CASES])
-def test_bad_input_class(case, tmp_path, dataset, capsys, monkeypatch):
+def run_refused(case, tmp_path, dataset, capsys, monkeypatch, fill) -> tuple[str, str]:
+    """One case through its program (the launcher's argv, each argument through `fill`, or the entrypoint's
+    environment), with what every refusal must keep: exit 2, one `error:` line of at most 400 characters, no
+    traceback, no secret, nothing created. Returns stdout and the error line."""
     monkeypatch.chdir(tmp_path)
     for name, value in SECRETS.items():
         monkeypatch.setenv(name, value)
@@ -280,15 +282,22 @@ def test_bad_input_class(case, tmp_path, dataset, capsys, monkeypatch):
         _entrypoint_env(monkeypatch, case.env, dataset, tmp_path)
         code = entrypoint_main([])
     else:
-        code = launcher_main([a.format(dataset=dataset, tmp=tmp_path) for a in case.argv])
+        code = launcher_main([fill(a) for a in case.argv])
     out, err = capsys.readouterr()
     lines = err.strip().splitlines()
     assert code == 2, (out, err)
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert "Traceback" not in out + err and len(lines[0]) <= 400, "one readable line"
-    said = out + lines[0] if case.report else lines[0]
+    assert not [name for name, value in SECRETS.items() if value in out + err]
+    assert _tree(tmp_path) == before
+    return out, lines[0]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c.cls}: {c.id}" for c in CASES])
+def test_bad_input_class(case, tmp_path, dataset, capsys, monkeypatch):
+    out, line = run_refused(case, tmp_path, dataset, capsys, monkeypatch,
+                            lambda arg: arg.format(dataset=dataset, tmp=tmp_path))
+    said = out + line if case.report else line
     for word in case.words:
         assert word in said, f"{word!r} not in {said!r}"
     assert case.report or out == ""
-    assert not [name for name, value in SECRETS.items() if value in out + err]
-    assert _tree(tmp_path) == before
