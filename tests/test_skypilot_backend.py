@@ -308,8 +308,9 @@ def test_skypilot_refusals_are_one_line(monkeypatch, capsys, error, expected):
             "No cloud access is available")
 
     monkeypatch.setattr(sky.jobs, "launch", refuse)
+    # pinned by digest, so no registry is asked and no note about it comes first
     assert main(["run", "--preset", "wan21-t2v-1.3b", "--dataset", DS, "--backend", "skypilot", "--no-check",
-                 "--image", "ghcr.io/you/lora-gym-wan21:0.1.0"]) == 2
+                 "--image", f"ghcr.io/you/lora-gym-wan21:0.1.0@sha256:{'0' * 64}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0] and "Traceback" not in err[0]
     assert runs.all_runs() == []
